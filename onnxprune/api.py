@@ -24,8 +24,7 @@ from .errors import OnnxPruneError
 from .graph import ModelIdentity
 from .load import load_model, save_model
 from .normalize import normalize
-from .optimize import finalize
-from .rewrite import rewrite
+from .deploy import deploy
 from .compensate import site_means, site_stats
 from .score import METRICS, GroupScores
 from .select import TARGETS, n_removed, select
@@ -175,16 +174,22 @@ def score_model(am: AnalyzedModel, calib: Calibration | None, *, metric: str = "
     return out
 
 
-def make_engine(am: AnalyzedModel, calib: Calibration, *, value: str | None = None,
-                device: str = "auto", means=None, max_memory_mb: float | None = None):
-    from .engine import Engine
+def value_function(am: AnalyzedModel, calib: Calibration, value: str | None = None):
+    """The named value function, or the default for this model's outputs and labels."""
     from .value import default_value_function, make_value_function
     first = am.graph.outputs[0].shape or ()
     value_fn = (make_value_function(value) if value else
                 default_value_function(calib.labels is not None, first))
     if value_fn.needs_labels and calib.labels is None:
         raise OnnxPruneError(f"value function '{value_fn.name}' needs a 'labels' array in --calib")
-    return Engine(am, calib, value_fn, device=device, max_memory_mb=max_memory_mb, means=means)
+    return value_fn
+
+
+def make_engine(am: AnalyzedModel, calib: Calibration, *, value: str | None = None,
+                device: str = "auto", means=None, max_memory_mb: float | None = None):
+    from .engine import Engine
+    return Engine(am, calib, value_function(am, calib, value), device=device,
+                  max_memory_mb=max_memory_mb, means=means)
 
 
 def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
@@ -195,9 +200,10 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
           global_: bool = False, target: str = "units", steps: int = 1,
           scores: Mapping[int, np.ndarray] | None = None, holdout: float = 0.25,
           latency: bool = True, max_memory_mb: float | None = None, aggregate: str = "mean",
-          progress: Progress | None = None) -> PruneResult:
+          refit: bool = True, progress: Progress | None = None) -> PruneResult:
     """Score, select, rewrite, verify. `ratio` is the fraction of units removed per group
-    (or of the model's parameters/MACs with `target`)."""
+    (or of the model's parameters/MACs with `target`). Compensation and `refit` are
+    guarded: each is kept only if it beats plain removal on held-out samples (deploy.py)."""
     _check_options(ratio, steps, round_to, target, scores, aggregate)
     am = model if isinstance(model, AnalyzedModel) else analyze_model(model)
     data = as_calibration(calib, am.proto)
@@ -206,6 +212,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
     _check_runs(am, device, data)
     scoring, held_out, held_note = _split(data, holdout, seed)
     original, timings = am, dict(am.seconds)
+    guard = _guard(am, held_out or scoring, held_note, value) if compensate or refit else None
+    choices = []
     step_ratio = 1 - (1 - ratio) ** (1 / steps) if target == "units" else ratio / steps
     all_scores: dict[int, GroupScores] = {}
     for step in range(steps):
@@ -232,7 +240,10 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
                       step_ratio if target == "units" else step_target,
                       round_to=round_to, target=target, global_=global_)
         _emit(progress, "rewrite", 0, 1)
-        pruned = finalize(rewrite(am.analysis, keep, means=means), am.ident)
+        choice = deploy(am.analysis, am.ident, keep, means=means, guard=guard,
+                        refit_data=scoring if refit and scoring is not None else None)
+        pruned = choice.model
+        choices.append(choice.to_json(guard))
         timings[f"score{step + 1}"] = t1 - t0
         timings[f"rewrite{step + 1}"] = time.perf_counter() - t1
         if steps == 1:
@@ -251,9 +262,19 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
                           options={"compensate": compensate, "round_to": round_to,
                                    "target": target, "global": global_, "steps": steps,
                                    "exclude": list(exclude), "estimator": estimator,
-                                   "budget": budget, "value": value, "aggregate": aggregate})
+                                   "budget": budget, "value": value, "aggregate": aggregate,
+                                   "refit": refit})
+    report["deploy"] = choices if steps > 1 else choices[0]
     return PruneResult(pruned, report, {g: s.values for g, s in all_scores.items()},
                        keep if steps == 1 else {}, original.analysis)
+
+
+def _guard(am: AnalyzedModel, data: Calibration | None, note: str | None, value: str | None):
+    from .deploy import Guard
+    if data is None:
+        return None
+    where = "held-out samples" if note and "held-out" in note else "calibration samples (too few to hold out)"
+    return Guard(am.proto, data, value_function(am, data, value), f"{data.n_samples} {where}")
 
 
 def _check_runs(am: AnalyzedModel, device: str, data: Calibration | None) -> None:

@@ -20,12 +20,14 @@ from .ops import handler_for
 
 class RewriteContext:
     def __init__(self, analysis: Analysis, keep_channel: np.ndarray, graph: gs.Graph,
-                 means: Mapping[str, np.ndarray] | None = None) -> None:
+                 means: Mapping[str, np.ndarray] | None = None,
+                 refits: Mapping[str, Any] | None = None) -> None:
         self.analysis = analysis
         self.graph = graph
         self.opset = analysis.graph.opset
         self.keep_channel = keep_channel
         self.means = means or {}
+        self.refits = refits or {}
         self.sites = {s.node: s for s in analysis.sites}
         self._names = set(graph.tensors().keys())
 
@@ -41,14 +43,10 @@ class RewriteContext:
                           bias_index: int | None, out_axis: int) -> None:
         """Compensation (FLAP): a removed input channel is replaced by its calibration mean,
         whose constant contribution goes into the bias. Must run before the node's weights are
-        sliced (it reads the original weights); the bias is then sliced with the outputs."""
-        site = self.sites.get(node_key(node))
-        mean = None if site is None else self.means.get(site.tensor)
-        if mean is None:
-            return
-        matrix, _ = handler.compensation(node, np.where(keep_in, 0.0, np.asarray(mean, np.float64)))
-        delta = matrix.sum(axis=0)
-        if not delta.any():
+        sliced (it reads the original weights); the bias is then sliced with the outputs.
+        A refit node (refit.py) gets its fitted bias shift instead."""
+        delta = self._bias_shift(node, handler, keep_in)
+        if delta is None or not delta.any():
             return
         y = node.outputs[0]
         dtype = np.dtype(y.dtype) if y.dtype is not None else np.dtype(np.float32)
@@ -70,6 +68,21 @@ class RewriteContext:
         const = gs.Constant(self.fresh(f"{y.name}__bias"), delta.reshape(shape).astype(dtype))
         self.graph.nodes.append(gs.Node("Add", name=self.fresh(f"{y.name}__compensate"),
                                         inputs=[raw, const], outputs=[y]))
+
+    def _bias_shift(self, node: gs.Node, handler: Any, keep_in: np.ndarray) -> np.ndarray | None:
+        if (refit := self.refits.get(node_key(node))) is not None:
+            return np.asarray(refit.bias, np.float64)
+        site = self.sites.get(node_key(node))
+        mean = None if site is None else self.means.get(site.tensor)
+        if mean is None:
+            return None
+        matrix, _ = handler.compensation(node, np.where(keep_in, 0.0, np.asarray(mean, np.float64)))
+        return matrix.sum(axis=0)
+
+    def apply_refit(self, node: gs.Node) -> None:
+        """Swap in the refit weight (unpruned layout) before the handler slices it."""
+        if (refit := self.refits.get(node_key(node))) is not None:
+            self.set_input(node, 1, refit.weight)
 
     def keep(self, tensor: gs.Tensor | None) -> np.ndarray | None:
         """Bool per channel position of a tracked tensor, or None if nothing of it is removed."""
@@ -120,17 +133,20 @@ def empty_tensors(analysis: Analysis, keep_channel: np.ndarray) -> list[str]:
 
 
 def rewrite(analysis: Analysis, keep: Mapping[int, Sequence[int]],
-            means: Mapping[str, np.ndarray] | None = None) -> gs.Graph:
+            means: Mapping[str, np.ndarray] | None = None,
+            refits: Mapping[str, Any] | None = None) -> gs.Graph:
     """A pruned copy of the analysed graph; the analysed graph itself is not modified.
 
     `means` (per mask-site tensor, per channel) turns on compensation: removed channels'
-    mean contributions are folded into the consumers' biases."""
+    mean contributions are folded into the consumers' biases. `refits` (per consumer node
+    key, from refit.py) replaces those consumers' weights and bias shifts."""
     keep_channel = channel_keep(analysis, keep)
     if empty := empty_tensors(analysis, keep_channel):
         raise ValueError(f"pruning would empty tensor '{empty[0]}'; keep at least one of its units")
     graph = analysis.graph.copy()
-    rw = RewriteContext(analysis, keep_channel, graph, means)
+    rw = RewriteContext(analysis, keep_channel, graph, means, refits)
     for node in list(graph.nodes):
+        rw.apply_refit(node)
         handler_for(node).rewrite(node, rw)
     strip_shapes(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()

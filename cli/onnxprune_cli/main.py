@@ -98,7 +98,8 @@ def scoring_options(fn):
         click.option("--max-memory", "max_memory", type=float, default=None,
                      help="Memory bound for scoring, in MB."),
         click.option("--no-compensate", "no_compensate", is_flag=True,
-                     help="Remove units outright instead of replacing them by their mean."),
+                     help="Remove units outright (default: also try replacing them by their mean, kept "
+                          "only when that helps on held-out samples)."),
         click.option("-q", "--quiet", is_flag=True, help="No progress on stderr."),
     ]):
         fn = option(fn)
@@ -127,12 +128,15 @@ def scoring_options(fn):
               help="What --ratio is a fraction of.")
 @click.option("--steps", default=1, show_default=True, type=int,
               help="Prune in K rounds, re-scoring in between.")
+@click.option("--refit/--no-refit", default=True, show_default=True,
+              help="Also try a least-squares refit of the layers that read pruned channels; "
+              "it ships only if it beats the alternatives on held-out samples.")
 @click.option("--no-latency", "no_latency", is_flag=True, help="Skip the latency measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON report on stdout.")
 @scoring_options
 @guarded
 def prune_cmd(model, calib, ratio, output, report_path, scores_path, round_to, exclude, global_,
-              target, steps, no_latency, as_json, metric, seed, estimator, budget, value,
+              target, steps, refit, no_latency, as_json, metric, seed, estimator, budget, value,
               aggregate, device, max_memory, no_compensate, quiet):
     """Prune MODEL and write the smaller model."""
     import onnxprune
@@ -146,7 +150,7 @@ def prune_cmd(model, calib, ratio, output, report_path, scores_path, round_to, e
         compensate=not no_compensate, estimator=estimator, budget=budget, value=value,
         round_to=round_to, exclude=exclude, global_=global_, target=target, steps=steps,
         scores=scores, latency=not no_latency, max_memory_mb=max_memory, aggregate=aggregate,
-        progress=Progress(quiet or as_json))
+        refit=refit, progress=Progress(quiet or as_json))
     result.save(out)
     result.report["output"] = str(out)
     result.report["after"]["file_bytes"] = out.stat().st_size + _data_size(out)

@@ -24,6 +24,22 @@ def _fmt(n: float) -> str:
     return f"{n:.0f}"
 
 
+_DEPLOY_NAMES = {"plain": "plain removal", "compensated": "mean compensation",
+                 "refit": "least-squares refit"}
+
+
+def _deploy_line(deploy) -> str | None:
+    """Which variant shipped and, when a guard chose, the figures it chose by."""
+    last = deploy[-1] if isinstance(deploy, list) and deploy else deploy
+    if not last:
+        return None
+    line = f"shipped: {_DEPLOY_NAMES.get(last['chosen'], last['chosen'])}"
+    if len(last.get("values", {})) > 1:
+        figures = ", ".join(f"{_DEPLOY_NAMES.get(k, k)} {v:.4g}" for k, v in last["values"].items())
+        line += f" (best {last['value_function']} on {last['guard_samples']}: {figures})"
+    return line
+
+
 def prune_table(report: dict) -> str:
     b, a = report["before"], report["after"]
     rows = []
@@ -45,8 +61,10 @@ def prune_table(report: dict) -> str:
     opts = report.get("options", {})
     head = (f"pruned {report['model']} -> {report.get('output')}  (metric {report['metric']}, "
             f"ratio {report['ratio']}" + (f" of {opts['target']}" if opts.get("target", "units") != "units" else "")
-            + (", compensated" if opts.get("compensate") else "") + f", seed {report['seed']})")
+            + f", seed {report['seed']})")
     out = [head, "", _table(["", "before", "after", "after/before"], rows)]
+    if line := _deploy_line(report.get("deploy")):
+        out.append(line)
     if lat:
         out.append(f"latency: median [quartiles] of {bl['runs']} interleaved runs each; "
                    f"speed-up x{lat['speedup']['median']:.2f}")

@@ -1,0 +1,77 @@
+"""Which pruned model to ship: plain removal, mean compensation, or a least-squares refit.
+
+Selection fixes *which* units go; this stage decides how the survivors absorb their loss.
+Compensation and refit usually help but can hurt (a mean far from typical inputs, a refit
+that overfits a handful of samples), so each candidate is built, run on guard samples that
+scoring did not see, and scored with the same value function as the Shapley game (negative
+KL to the original, cross-entropy with labels, ...). The best one ships; the report lists
+every candidate's figure, so the user sees what the guard decided and why.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import onnx
+
+from .analyze import Analysis
+from .calib import Calibration
+from .graph import ModelIdentity
+from .optimize import finalize
+from .rewrite import channel_keep, rewrite
+from .verify import run_model
+
+
+class Guard:
+    """The original's outputs on the guard samples and a value function prepared on them."""
+
+    def __init__(self, original: onnx.ModelProto, data: Calibration, value_fn: Any, note: str):
+        self.data, self.value_fn, self.note = data, value_fn, note
+        value_fn.prepare(run_model(original, data.inputs), data.labels)
+
+    def value(self, model: onnx.ModelProto) -> float:
+        outputs = run_model(model, self.data.inputs)
+        return float(np.mean(self.value_fn([o[None] for o in outputs])))
+
+
+@dataclass
+class Choice:
+    model: onnx.ModelProto
+    chosen: str
+    values: dict[str, float] = field(default_factory=dict)
+    refit_layers: int = 0
+
+    def to_json(self, guard: Guard | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"chosen": self.chosen}
+        if guard is not None:
+            out.update({"value_function": guard.value_fn.name, "guard_samples": guard.note,
+                        "values": {k: round(v, 6) for k, v in self.values.items()}})
+        if self.refit_layers:
+            out["refit_layers"] = self.refit_layers
+        return out
+
+
+def deploy(analysis: Analysis, ident: ModelIdentity, keep: Mapping[int, np.ndarray], *,
+           means: Mapping[str, np.ndarray] | None, refit_data: Calibration | None,
+           guard: Guard | None) -> Choice:
+    """Build the candidates and keep the best on the guard samples (the first without one)."""
+    candidates: dict[str, onnx.ModelProto] = {}
+    if means is not None:
+        candidates["compensated"] = finalize(rewrite(analysis, keep, means=means), ident)
+    if means is None or guard is not None:
+        candidates["plain"] = finalize(rewrite(analysis, keep), ident)
+    layers = 0
+    if refit_data is not None:
+        from .refit import refit_consumers
+        refits = refit_consumers(analysis, ident, channel_keep(analysis, keep), refit_data.inputs)
+        if refits:
+            layers = len(refits)
+            candidates["refit"] = finalize(rewrite(analysis, keep, means=means, refits=refits), ident)
+    if guard is None or len(candidates) == 1:
+        name = next(iter(candidates))
+        return Choice(candidates[name], name, refit_layers=layers)
+    values = {name: guard.value(model) for name, model in candidates.items()}
+    # ties (ratio 0, nothing to compensate) go to the earlier, simpler-to-explain candidate
+    best = max(values, key=lambda k: (values[k], -list(values).index(k)))
+    return Choice(candidates[best], best, values, layers)

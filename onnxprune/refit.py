@@ -1,0 +1,256 @@
+"""Least-squares refit of the consumers of pruned channels (ThiNet / channel-pruning style).
+
+Compensation keeps a removed channel's mean. Refit goes further: for each consumer whose
+input channels were cut (a 2-D Conv with one group, a Gemm, an X @ W MatMul), the weights
+of its *kept* input channels and its bias are re-solved so that, on the calibration
+activations of the original model, the consumer's output matches the original output:
+
+    min_{D, b}  || P_rem W_rem^T  -  P_keep D  -  b ||^2  +  lam ||D||^2
+
+(P: the consumer's input rows, im2col patches for a Conv; the first term is exactly what
+the removed channels contributed). Mean compensation is the point D = 0 of this problem,
+so on the fitting data refit is never worse per layer. The ridge `lam` is chosen on a
+fold of samples held out of the fit. Whether the whole model improves is not guaranteed
+(layers are fitted on the original's inputs, not the pruned model's), so `api.prune`
+keeps a refit only when held-out fidelity says it helps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .analyze import Analysis, MaskSite
+from .graph import ModelIdentity, const_value, node_key, to_proto
+from .runtime import make_session
+
+LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # relative to the mean variance of the kept inputs
+MAX_STATS_BYTES = 2**30  # Gram matrices held at once: more sites per pass of the model
+POSITIONS = 256  # rows per sample at most (spatial or sequence positions, seeded subset):
+                 # enough to fit, and it bounds the cost on large feature maps
+
+
+@dataclass
+class Refit:
+    """New values for one consumer, in the *unpruned* layout (the rewrite slices them)."""
+
+    weight: np.ndarray  # the consumer's weight input, refit at kept input channels
+    bias: np.ndarray    # added to the consumer's bias, per output channel
+    lam: float          # the ridge chosen (relative)
+
+
+@dataclass
+class _Layer:
+    """How one consumer turns its input into rows P and what its weight matrix is."""
+
+    site: MaskSite
+    node: gs.Node
+    rows: Callable[[np.ndarray, np.random.Generator], np.ndarray]  # batch -> [rows, d], weight-column order
+    w_eff: np.ndarray                         # [d, C_out]: output = rows @ w_eff (+ bias)
+    keep_cols: np.ndarray                     # bool [d]
+    pack: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (D, b) -> weight, bias
+
+
+def refit_consumers(analysis: Analysis, ident: ModelIdentity, keep_channel: np.ndarray,
+                    inputs: Mapping[str, np.ndarray], *, device: str = "cpu",
+                    batch: int = 16) -> dict[str, Refit]:
+    """Refits per consumer node key, for the consumers this module knows how to refit."""
+    layers = [lay for site in analysis.sites
+              if not keep_channel[site.ids].all()
+              and (lay := _layer(analysis, site, keep_channel)) is not None]
+    out: dict[str, Refit] = {}
+    for chunk in _by_memory(layers):
+        stats = _accumulate(analysis, ident, chunk, inputs, device, batch)
+        for lay, (fit, val) in zip(chunk, stats):
+            out[lay.site.node] = _solve(lay, fit, val)
+    return out
+
+
+# ----------------------------------------------------------------------------
+# per op: rows and weight layout
+
+
+def _layer(analysis: Analysis, site: MaskSite, keep_channel: np.ndarray) -> _Layer | None:
+    nodes = {node_key(n): n for n in analysis.graph.nodes}
+    node = nodes[site.node]
+    keep_in = keep_channel[site.ids]
+    make = {"Conv": _conv_layer, "Gemm": _gemm_layer, "MatMul": _matmul_layer}.get(node.op)
+    return None if make is None or site.input_index != 0 else make(site, node, keep_in)
+
+
+def _conv_layer(site, node, keep_in) -> _Layer | None:
+    w = const_value(node.inputs[1])
+    if (w is None or w.ndim != 4 or int(node.attrs.get("group", 1)) != 1
+            or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
+        return None
+    c_out, c_in, kh, kw = w.shape
+    pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
+    strides = list(node.attrs.get("strides", [1, 1]))
+    dil = list(node.attrs.get("dilations", [1, 1]))
+
+    def rows(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        span = ((kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1)
+        win = np.lib.stride_tricks.sliding_window_view(xp, span, axis=(2, 3))
+        win = win[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]]  # [n, C, Ho, Wo, kh, kw]
+        ho, wo = win.shape[2:4]
+        pick = _positions(ho * wo, rng)
+        patches = win[:, :, pick // wo, pick % wo]                       # [n, C, P, kh, kw]
+        return patches.transpose(0, 2, 1, 3, 4).reshape(-1, c_in * kh * kw)
+
+    def pack(d: np.ndarray, b: np.ndarray):
+        flat = w.reshape(c_out, -1).astype(np.float64).copy()
+        flat[:, keep_cols] += d.T
+        return flat.reshape(w.shape).astype(w.dtype), b
+
+    keep_cols = np.repeat(keep_in, kh * kw)
+    return _Layer(site, node, rows, w.reshape(c_out, -1).T.astype(np.float64), keep_cols, pack)
+
+
+def _gemm_layer(site, node, keep_in) -> _Layer | None:
+    b = const_value(node.inputs[1])
+    alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
+    if b is None or b.ndim != 2 or int(node.attrs.get("transA", 0)) or beta == 0:
+        return None
+    trans_b = int(node.attrs.get("transB", 0))
+    w_eff = alpha * (b.T if trans_b else b).astype(np.float64)  # [K, N]
+
+    def pack(d: np.ndarray, bias: np.ndarray):
+        new = w_eff.copy()
+        new[keep_in] += d
+        new /= alpha
+        return (new.T if trans_b else new).astype(b.dtype), bias / beta  # C is scaled by beta
+
+    return _Layer(site, node, lambda x, rng: x.reshape(len(x), -1), w_eff, keep_in, pack)
+
+
+def _matmul_layer(site, node, keep_in) -> _Layer | None:
+    w = const_value(node.inputs[1])
+    if w is None or w.ndim != 2 or site.axis != site.rank - 1:
+        return None  # only X @ W with X's channels last
+
+    def pack(d: np.ndarray, bias: np.ndarray):
+        new = w.astype(np.float64).copy()
+        new[keep_in] += d
+        return new.astype(w.dtype), bias
+
+    def rows(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        seq = x.reshape(len(x), -1, x.shape[-1])
+        return seq[:, _positions(seq.shape[1], rng)].reshape(-1, x.shape[-1])
+
+    return _Layer(site, node, rows, w.astype(np.float64), keep_in, pack)
+
+
+def _positions(total: int, rng: np.random.Generator) -> np.ndarray:
+    if total <= POSITIONS:
+        return np.arange(total)
+    return np.sort(rng.choice(total, POSITIONS, replace=False))
+
+
+# ----------------------------------------------------------------------------
+# statistics and solve
+
+
+@dataclass
+class _Stats:
+    """Sums over rows of P_keep (k) and of the removed channels' contribution R."""
+
+    n: int = 0
+    s_k: np.ndarray | float = 0.0
+    s_r: np.ndarray | float = 0.0
+    g_kk: np.ndarray | float = 0.0
+    g_kr: np.ndarray | float = 0.0
+    rr: float = 0.0
+
+    def add(self, p_keep: np.ndarray, r: np.ndarray) -> None:
+        self.n += len(p_keep)
+        self.s_k = self.s_k + p_keep.sum(0)
+        self.s_r = self.s_r + r.sum(0)
+        self.g_kk = self.g_kk + p_keep.T @ p_keep
+        self.g_kr = self.g_kr + p_keep.T @ r
+        self.rr += float((r * r).sum())
+
+    def plus(self, other: "_Stats") -> "_Stats":
+        return _Stats(self.n + other.n, self.s_k + other.s_k, self.s_r + other.s_r,
+                      self.g_kk + other.g_kk, self.g_kr + other.g_kr, self.rr + other.rr)
+
+    def error(self, d: np.ndarray, b: np.ndarray) -> float:
+        """sum over rows of ||R - P_keep D - b||^2, from the sums alone."""
+        cross = float(np.sum(d * self.g_kr) + b @ self.s_r)
+        fitted = float(np.sum(d * (self.g_kk @ d)) + 2 * (self.s_k @ d) @ b + self.n * b @ b)
+        return self.rr - 2 * cross + fitted
+
+
+def _by_memory(layers: list[_Layer]) -> Iterator[list[_Layer]]:
+    chunk, used = [], 0
+    for lay in layers:
+        size = 2 * 8 * int(lay.keep_cols.sum()) * (int(lay.keep_cols.sum()) + lay.w_eff.shape[1])
+        if chunk and used + size > MAX_STATS_BYTES:
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(lay)
+        used += size
+    if chunk:
+        yield chunk
+
+
+def _accumulate(analysis: Analysis, ident: ModelIdentity, layers: list[_Layer],
+                inputs: Mapping[str, np.ndarray], device: str, batch: int) -> list[tuple[_Stats, _Stats]]:
+    """One pass of the original model; every 4th sample goes to the validation fold."""
+    names = sorted({lay.site.tensor for lay in layers})
+    sess = _site_session(analysis, ident, names, device)
+    feeds = [i.name for i in sess.get_inputs()]
+    n = len(next(iter(inputs.values())))
+    step = 1 if any(i.shape and i.shape[0] == 1 for i in sess.get_inputs()) else batch
+    stats = [(_Stats(), _Stats()) for _ in layers]
+    rng = np.random.default_rng(0)
+    val = np.arange(n) % 4 == 3 if n >= 4 else np.zeros(n, dtype=bool)
+    for start in range(0, n, step):
+        values = dict(zip(names, sess.run(names, {k: inputs[k][start:start + step] for k in feeds})))
+        for lay, (fit, held) in zip(layers, stats):
+            x = values[lay.site.tensor].astype(np.float64)
+            for fold, pick in ((fit, ~val[start:start + step]), (held, val[start:start + step])):
+                if pick.any():
+                    p = lay.rows(x[pick], rng)
+                    fold.add(p[:, lay.keep_cols], p[:, ~lay.keep_cols] @ lay.w_eff[~lay.keep_cols])
+    return stats
+
+
+def _site_session(analysis: Analysis, ident: ModelIdentity, names: list[str], device: str):
+    graph = analysis.graph.copy()
+    tensors = graph.tensors()
+    graph.outputs = [tensors[name] for name in names]
+    for t in graph.outputs:
+        t.dtype = t.dtype or np.float32
+    graph.cleanup(remove_unused_graph_inputs=False)
+    return make_session(to_proto(graph, ident), device)
+
+
+class _Ridge:
+    """Centered ridge solutions for any lambda from one eigendecomposition (the intercept
+    is not penalized)."""
+
+    def __init__(self, stats: _Stats) -> None:
+        n = max(stats.n, 1)
+        self.mu_k, self.mu_r = stats.s_k / n, stats.s_r / n
+        cov_kk = stats.g_kk / n - np.outer(self.mu_k, self.mu_k)
+        cov_kr = stats.g_kr / n - np.outer(self.mu_k, self.mu_r)
+        self.eig, self.vec = np.linalg.eigh(cov_kk)
+        self.proj = self.vec.T @ cov_kr
+        self.scale = max(float(self.eig.sum()) / max(len(self.eig), 1), 1e-12)
+
+    def solve(self, lam: float) -> tuple[np.ndarray, np.ndarray]:
+        d = self.vec @ (self.proj / np.maximum(self.eig + lam * self.scale, 1e-300)[:, None])
+        return d, self.mu_r - self.mu_k @ d
+
+
+def _solve(lay: _Layer, fit: _Stats, val: _Stats) -> Refit:
+    lam = LAMBDAS[-1]
+    if val.n and fit.n:
+        ridge = _Ridge(fit)
+        lam = min(LAMBDAS, key=lambda lam: val.error(*ridge.solve(lam)))
+    d, b = _Ridge(fit.plus(val)).solve(lam)
+    weight, bias = lay.pack(d, b)
+    return Refit(weight, bias, lam)
