@@ -196,7 +196,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
           calib: str | os.PathLike | Mapping[str, np.ndarray] | Calibration | None = None, *,
           ratio: float = 0.5, metric: str = "shapley", seed: int = 0, device: str = "auto",
           compensate: bool = True, estimator: str = "auto", budget: int | None = None,
-          value: str | None = None, round_to: int = 1, exclude: Sequence[str] = (),
+          value: str | None = None, round_to: int | str = 1, exclude: Sequence[str] = (),
           global_: bool = False, target: str = "units", steps: int = 1,
           scores: Mapping[int, np.ndarray] | None = None, holdout: float = 0.25,
           latency: bool = True, max_memory_mb: float | None = None, aggregate: str = "mean",
@@ -204,6 +204,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
     """Score, select, rewrite, verify. `ratio` is the fraction of units removed per group
     (or of the model's parameters/MACs with `target`). Compensation and `refit` are
     guarded: each is kept only if it beats plain removal on held-out samples (deploy.py)."""
+    requested_round_to = round_to
+    round_to = _round_to(round_to, device)
     _check_options(ratio, steps, round_to, target, scores, aggregate)
     am = model if isinstance(model, AnalyzedModel) else analyze_model(model)
     data = as_calibration(calib, am.proto)
@@ -260,6 +262,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
                           metric=metric, seed=seed, verification=verification,
                           n_samples=None if data is None else data.n_samples, seconds=timings,
                           options={"compensate": compensate, "round_to": round_to,
+                                   "round_to_requested": requested_round_to,
                                    "target": target, "global": global_, "steps": steps,
                                    "exclude": list(exclude), "estimator": estimator,
                                    "budget": budget, "value": value, "aggregate": aggregate,
@@ -306,6 +309,19 @@ def _reused(am: AnalyzedModel, scores: Mapping[int, Any], gids: list[int]) -> di
                                  f"{am.analysis.group(gid).units} units; rescore this model")
         out[gid] = GroupScores(gid, values, method="reused")
     return out
+
+
+def _round_to(round_to: int | str, device: str) -> int:
+    """`"auto"`: the channel multiple this machine's runtime is fastest at (select.py)."""
+    from .select import hardware_multiple
+    if isinstance(round_to, str):
+        if round_to.strip().lower() == "auto":
+            return hardware_multiple("cuda" if device == "cuda" else "cpu")
+        try:
+            return int(round_to)
+        except ValueError:
+            raise OnnxPruneError(f"--round-to must be a positive integer or 'auto', got {round_to!r}") from None
+    return int(round_to)
 
 
 def _check_options(ratio, steps, round_to, target, scores, aggregate="mean") -> None:
@@ -357,7 +373,7 @@ def _verify(original: onnx.ModelProto, pruned: onnx.ModelProto, data: Calibratio
         if result["latency"]["speedup"]["median"] < 1:
             result["warnings"] = ["the pruned model measured slower than the original: ONNX "
                                   "Runtime's CPU convs work in blocks of 8 or 16 channels; try "
-                                  "--round-to 16 (docs/benchmarks.md, End to end)"]
+                                  "--round-to auto (docs/benchmarks.md, End to end)"]
     return result
 
 

@@ -206,6 +206,25 @@ def test_selection_options(work, extra):
         assert 0.3 < frac < 0.75  # mixing-layer params near half; biases/norms not targeted
 
 
+def test_round_to_auto_uses_the_hardware_multiple(work):
+    from onnxprune.select import hardware_multiple
+    result = run(work / "m.onnx", "--calib", work / "c.npz", "--ratio", 0.5, "--json",
+                 "--no-latency", "--metric", "l1", "--round-to", "auto")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    multiple = hardware_multiple()
+    assert report["options"]["round_to"] == multiple
+    assert report["options"]["round_to_requested"] == "auto"
+    for g in report["groups"]:
+        if g["prunable"] and g["units"] >= 2 * multiple:
+            assert g["kept"] % multiple == 0, g
+
+
+def test_round_to_garbage_is_a_user_error(work):
+    assert_user_error(run(work / "m.onnx", "--calib", work / "c.npz", "--ratio", 0.5,
+                          "--round-to", "sixteen"), "--round-to")
+
+
 def test_round_to_never_removes_more_than_asked():
     from onnxprune.select import n_removed
     assert n_removed(32, 0.3, 16) == 0          # 22 kept -> rounded up to 32
