@@ -4,12 +4,15 @@
     /work/venv/bin/python bench/end_to_end.py --write         # also docs/benchmarks.md, "End to end"
     /work/venv/bin/python bench/end_to_end.py --models resnet_basic --ratios 0.5 --seconds 3
 
-For every model and ratio, `onnxprune.prune` runs twice with the defaults (Shapley, its
-default budget, seed 0): with compensation (the default) and without. Per row:
+For every model and ratio, `onnxprune.prune` runs twice (Shapley, its default budget,
+seed 0): with the defaults, where compensation and a least-squares refit are candidates
+next to plain removal and the one with the best value on the held-out quarter ships
+("shipped", the report's `deploy`), and with `compensate=False, refit=False` ("none":
+plain removal, scored without compensation). Per row:
 
 - parameter and MAC ratios pruned/original, from the report;
 - the MAC reduction (original MACs / pruned MACs) next to the measured ONNX Runtime CPU
-  speed-up (original latency / pruned latency) at batch 1 and 32 (the compensated model).
+  speed-up (original latency / pruned latency) at batch 1 and 32 (the shipped model).
   Latency is measured in one loop per model that runs the original and every pruned
   variant in turn, order rotated each round (A B C, B C A, ...), all sessions with the same
   options and `session.intra_op.allow_spinning=0` (DESIGN.md, Measuring), for --seconds
@@ -17,11 +20,11 @@ default budget, seed 0): with compensation (the default) and without. Per row:
   per-round ratios original/pruned; [q1-q3] are their quartiles (the noise). "padded MAC
   red." is the MAC reduction with every Conv's output channels rounded up to the NCHWc
   block of ONNX Runtime's CPU kernels (16 with AVX-512, 8 with AVX2): ORT pads them so;
-- the wall time of the whole `prune` call (compensated, `latency=False`: the report's own
+- the wall time of the whole `prune` call (defaults, `latency=False`: the report's own
   timing is left out since it is measured here) as a multiple of one forward pass of the
   original over the calibration set (median of 5 `session.run` on all samples, measured
   in the same run, session created beforehand);
-- held-out fidelity with and without compensation: the report's `verification` (cosine
+- held-out fidelity of the shipped model and of plain removal: the report's `verification` (cosine
   and top-1 agreement against the original on the quarter of the calibration samples held
   out from scoring), and the same figures on a larger held-out set (512 fresh synthetic
   samples for zoo models; the 1,000 MNIST test images for the trained models, with
@@ -33,8 +36,9 @@ attention mask, seq 16 (latency at seq 32). Trained MNIST models get the first 1
 of `models/trained/mnist_calib.npz` with their labels (so the value function is the task
 loss); they are also pruned at ratio 0.1 (--trained-ratios), where they still work.
 
-A `--round-to` experiment (issue 5) re-selects units with `round_to=8` and 16 from the same
-Shapley scores (`scores=`, no re-scoring; see ROUND_TO) and times them in the same loop.
+A `--round-to auto` experiment (issue 5) re-selects units at this machine's NCHWc multiple
+from the same Shapley scores (`scores=`, no re-scoring; see ROUND_TO) and times them in the
+same loop.
 """
 from __future__ import annotations
 
@@ -63,12 +67,11 @@ TRAINED_MODELS = ["resnet_mnist", "vgg_mnist"]
 MODELS = ZOO_MODELS + TRAINED_MODELS
 RESNET = "resnet_basic"  # the issue's "ResNet-style model" for the speed-up target
 ROUND_TO = {  # (model, ratio) -> round_to values to try with the same scores
-    ("resnet_basic", 0.5): [8, 16],
-    ("resnet_basic", 0.3): [8, 16],
-    ("resnet_bottleneck", 0.5): [16],
-    ("mobilenetv2", 0.3): [16],
-    ("mobilenetv2", 0.5): [16],
-    ("resnet_mnist", 0.3): [8, 16],
+    ("resnet_basic", 0.5): ["auto"],
+    ("resnet_basic", 0.3): ["auto"],
+    ("resnet_bottleneck", 0.5): ["auto"],
+    ("mobilenetv2", 0.5): ["auto"],
+    ("resnet_mnist", 0.5): ["auto"],
 }
 N_CALIB, N_HELD, SEQ_CALIB, SEQ_LAT = 64, 512, 16, 32
 N_TRAINED_CALIB = 128
@@ -219,10 +222,11 @@ def bench_model(name: str, ratios: list[float], seconds: float, min_rounds: int,
         for comp in (True, False):
             t0 = time.perf_counter()
             r = onnxprune.prune(str(path), calib=calib, ratio=ratio, compensate=comp,
-                                latency=False, seed=0)
+                                refit=comp, latency=False, seed=0)
             wall = time.perf_counter() - t0
             res[comp] = (r, wall)
-            log(f"  {name} ratio {ratio} compensate={comp}: {wall:.1f} s")
+            log(f"  {name} ratio {ratio} {'defaults' if comp else 'none'}: {wall:.1f} s, "
+                f"shipped {r.report['deploy']['chosen']}")
         r, wall = res[True]
         rep, rep_none = r.report, res[False][0].report
         key = f"r{ratio}"
@@ -243,6 +247,7 @@ def bench_model(name: str, ratios: list[float], seconds: float, min_rounds: int,
             "held_out": {"comp": fidelity(proto, r.model, held, labels, want),
                          "none": fidelity(proto, res[False][0].model, held, labels, want)},
             "calibration_samples": rep["calibration_samples"],
+            "shipped": rep["deploy"]["chosen"], "deploy": rep["deploy"],
         }
         # structural equality of the two models' widths (compensation may add bias nodes)
         row["same_widths"] = row["widths"] == [(g["units"], g["kept"])
@@ -254,6 +259,7 @@ def bench_model(name: str, ratios: list[float], seconds: float, min_rounds: int,
                                  scores=r.scores, latency=False, seed=0)
             wall2 = time.perf_counter() - t0
             rep2 = r2.report
+            rt = rep2["options"]["round_to"]
             k2 = f"r{ratio}_rt{rt}"
             variants[k2] = r2.model
             rows.append({
@@ -269,6 +275,7 @@ def bench_model(name: str, ratios: list[float], seconds: float, min_rounds: int,
                 "verification": {"comp": rep2["verification"], "none": None},
                 "held_out": {"comp": fidelity(proto, r2.model, held, labels, want), "none": None},
                 "calibration_samples": rep2["calibration_samples"],
+                "shipped": rep2["deploy"]["chosen"], "deploy": rep2["deploy"],
             })
             log(f"  {name} ratio {ratio} round_to={rt} (reused scores): {wall2:.1f} s")
     for batch, feeds in lat_feeds.items():
@@ -299,9 +306,9 @@ def _lat(d: dict) -> str:
 def table(rows: list[dict]) -> str:
     head = ("| model | ratio | params | MACs | MAC reduction | padded MAC red. | "
             "speed-up b1 [q1-q3] | speed-up / MAC red. b1 | speed-up b32 [q1-q3] | "
-            "speed-up / MAC red. b32 | prune s | prune / fwd pass | cosine comp | cosine none | "
-            "top-1 comp | top-1 none |")
-    lines = [head, "|---|---:|" + "---:|" * 14]
+            "speed-up / MAC red. b32 | prune s | prune / fwd pass | shipped | cosine shipped | "
+            "cosine none | top-1 shipped | top-1 none |")
+    lines = [head, "|---|---:|" + "---:|" * 10 + "---|" + "---:|" * 4]
     for r in rows:
         model = r["model"] + (" (trained)" if r["trained"] else "")
         ratio = f"{r['ratio']}" + (f" round_to {r['round_to']}" if r["round_to"] > 1 else "")
@@ -314,14 +321,14 @@ def table(rows: list[dict]) -> str:
             f"{r['mac_reduction']:.2f}x | {r['padded_mac_reduction']:.2f}x | {_lat(r['lat_b1'])} | "
             f"{r['lat_b1']['speedup'] / r['mac_reduction']:.2f} | {_lat(r['lat_b32'])} | "
             f"{r['lat_b32']['speedup'] / r['mac_reduction']:.2f} | {wall} | {mult} | "
-            f"{_fid(vc, 'cosine')} | {_fid(vn, 'cosine')} | "
+            f"{r.get('shipped', '—')} | {_fid(vc, 'cosine')} | {_fid(vn, 'cosine')} | "
             f"{_fid(vc, 'top1_agreement')} | {_fid(vn, 'top1_agreement')} |")
     return "\n".join(lines)
 
 
 def held_out_table(rows: list[dict]) -> str:
-    lines = ["| model | ratio | held-out samples | cosine comp | cosine none | top-1 comp | "
-             "top-1 none | accuracy original / comp / none |",
+    lines = ["| model | ratio | held-out samples | cosine shipped | cosine none | top-1 shipped | "
+             "top-1 none | accuracy original / shipped / none |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["round_to"] > 1:
@@ -337,7 +344,7 @@ def held_out_table(rows: list[dict]) -> str:
 
 
 def exceptions(rows: list[dict], which: str) -> list[str]:
-    """Places where compensation gave worse fidelity than none (per output, cosine or top-1)."""
+    """Places where the shipped model is less faithful than plain removal (per output)."""
     out = []
     for r in rows:
         if r["round_to"] > 1:
@@ -346,17 +353,17 @@ def exceptions(rows: list[dict], which: str) -> list[str]:
         for oc, on in zip(c["outputs"], n["outputs"]):
             if oc["cosine"] < on["cosine"] - 1e-6:
                 out.append(f"{r['model']} ratio {r['ratio']} output '{oc['name']}': cosine "
-                           f"{oc['cosine']:.4f} with compensation vs {on['cosine']:.4f} without "
+                           f"{oc['cosine']:.4f} shipped ({r['shipped']}) vs {on['cosine']:.4f} none "
                            f"(-{on['cosine'] - oc['cosine']:.4f})")
             if (oc["top1_agreement"] is not None and on["top1_agreement"] is not None
                     and oc["top1_agreement"] < on["top1_agreement"]):
                 out.append(f"{r['model']} ratio {r['ratio']} output '{oc['name']}': top-1 "
-                           f"agreement {oc['top1_agreement']:.3f} with compensation vs "
-                           f"{on['top1_agreement']:.3f} without "
+                           f"agreement {oc['top1_agreement']:.3f} shipped ({r['shipped']}) vs "
+                           f"{on['top1_agreement']:.3f} none "
                            f"(-{on['top1_agreement'] - oc['top1_agreement']:.3f})")
         if "accuracy_after" in c and c["accuracy_after"] < n["accuracy_after"]:
-            out.append(f"{r['model']} ratio {r['ratio']}: accuracy {c['accuracy_after']:.3f} with "
-                       f"compensation vs {n['accuracy_after']:.3f} without")
+            out.append(f"{r['model']} ratio {r['ratio']}: accuracy {c['accuracy_after']:.3f} shipped "
+                       f"({r['shipped']}) vs {n['accuracy_after']:.3f} none")
     return out
 
 
@@ -376,7 +383,7 @@ def summary(rows: list[dict], total_seconds: float) -> str:
     for which, label in (("verification", "the report's held-out quarter"),
                          ("held_out", "the larger held-out set")):
         exc = exceptions(rows, which)
-        lines.append(f"- compensation worse than none on {label}: "
+        lines.append(f"- shipped model worse than plain removal on {label}: "
                      + ("none" if not exc else f"{len(exc)} case(s)"))
         lines += [f"  - {e}" for e in exc]
     iqr = [r[f"lat_b{b}"]["q3"] / r[f"lat_b{b}"]["q1"] for r in rows for b in (1, 32)]
