@@ -243,7 +243,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
                       round_to=round_to, target=target, global_=global_)
         _emit(progress, "rewrite", 0, 1)
         choice = deploy(am.analysis, am.ident, keep, means=means, guard=guard,
-                        refit_data=scoring if refit and scoring is not None else None)
+                        refit_data=scoring if refit and scoring is not None else None,
+                        progress=progress)
         pruned = choice.model
         choices.append(choice.to_json(guard))
         timings[f"score{step + 1}"] = t1 - t0

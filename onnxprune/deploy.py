@@ -10,7 +10,7 @@ every candidate's figure, so the user sees what the guard decided and why.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import onnx
@@ -54,8 +54,9 @@ class Choice:
 
 def deploy(analysis: Analysis, ident: ModelIdentity, keep: Mapping[int, np.ndarray], *,
            means: Mapping[str, np.ndarray] | None, refit_data: Calibration | None,
-           guard: Guard | None) -> Choice:
+           guard: Guard | None, progress: Callable[[dict], None] | None = None) -> Choice:
     """Build the candidates and keep the best on the guard samples (the first without one)."""
+    emit = progress or (lambda event: None)
     candidates: dict[str, onnx.ModelProto] = {}
     if means is not None:
         candidates["compensated"] = finalize(rewrite(analysis, keep, means=means), ident)
@@ -64,13 +65,18 @@ def deploy(analysis: Analysis, ident: ModelIdentity, keep: Mapping[int, np.ndarr
     layers = 0
     if refit_data is not None:
         from .refit import refit_consumers
-        refits = refit_consumers(analysis, ident, channel_keep(analysis, keep), refit_data.inputs)
+        emit({"stage": "refit", "done": 0, "total": 0})
+        refits = refit_consumers(
+            analysis, ident, channel_keep(analysis, keep), refit_data.inputs,
+            progress=lambda done, total: emit({"stage": "refit", "done": done, "total": total,
+                                               "unit": "layers"}))
         if refits:
             layers = len(refits)
             candidates["refit"] = finalize(rewrite(analysis, keep, means=means, refits=refits), ident)
     if guard is None or len(candidates) == 1:
         name = next(iter(candidates))
         return Choice(candidates[name], name, refit_layers=layers)
+    emit({"stage": "deploy", "done": 0, "total": 0})
     values = {name: guard.value(model) for name, model in candidates.items()}
     # ties (ratio 0, nothing to compensate) go to the earlier, simpler-to-explain candidate
     best = max(values, key=lambda k: (values[k], -list(values).index(k)))

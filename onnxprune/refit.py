@@ -55,8 +55,10 @@ class _Layer:
 
 def refit_consumers(analysis: Analysis, ident: ModelIdentity, keep_channel: np.ndarray,
                     inputs: Mapping[str, np.ndarray], *, device: str = "cpu",
-                    batch: int = 16) -> dict[str, Refit]:
-    """Refits per consumer node key, for the consumers this module knows how to refit."""
+                    batch: int = 16,
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, Refit]:
+    """Refits per consumer node key, for the consumers this module knows how to refit.
+    `progress(done, total)` is called with layers done after each pass of the model."""
     layers = [lay for site in analysis.sites
               if not keep_channel[site.ids].all()
               and (lay := _layer(analysis, site, keep_channel)) is not None]
@@ -65,6 +67,8 @@ def refit_consumers(analysis: Analysis, ident: ModelIdentity, keep_channel: np.n
         stats = _accumulate(analysis, ident, chunk, inputs, device, batch)
         for lay, (fit, val) in zip(chunk, stats):
             out[lay.site.node] = _solve(lay, fit, val)
+        if progress is not None:
+            progress(len(out), len(layers))
     return out
 
 

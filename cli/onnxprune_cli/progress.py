@@ -7,7 +7,8 @@ import time
 import click
 
 LABELS = {"means": "calibration means", "score": "scoring", "rewrite": "rewriting",
-          "verify": "verifying and timing"}
+          "refit": "refitting the layers after pruned channels",
+          "deploy": "choosing what ships on held-out samples", "verify": "verifying and timing"}
 
 
 class Progress:
@@ -36,7 +37,7 @@ class Progress:
         now = time.perf_counter()
         elapsed = now - self.start
         eta = elapsed / done * (total - done)
-        text = (f"  {LABELS.get(stage, stage)} {done}/{total} groups"
+        text = (f"  {LABELS.get(stage, stage)} {done}/{total} {event.get('unit', 'groups')}"
                 + (f", {event['evaluations']} evaluations" if "evaluations" in event else "")
                 + f", {elapsed:.0f}s elapsed, ETA {eta:.0f}s")
         if self.tty:
