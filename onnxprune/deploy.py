@@ -32,7 +32,8 @@ class Guard:
 
     def value(self, model: onnx.ModelProto) -> float:
         outputs = run_model(model, self.data.inputs)
-        return float(np.mean(self.value_fn([o[None] for o in outputs])))
+        value = float(np.mean(self.value_fn([o[None] for o in outputs])))
+        return value if np.isfinite(value) else -np.inf  # NaN never wins
 
 
 @dataclass
@@ -46,7 +47,8 @@ class Choice:
         out: dict[str, Any] = {"chosen": self.chosen}
         if guard is not None:
             out.update({"value_function": guard.value_fn.name, "guard_samples": guard.note,
-                        "values": {k: round(v, 6) for k, v in self.values.items()}})
+                        "values": {k: round(v, 6) if np.isfinite(v) else None
+                                   for k, v in self.values.items()}})
         if self.refit_layers:
             out["refit_layers"] = self.refit_layers
         return out

@@ -66,7 +66,8 @@ def refit_consumers(analysis: Analysis, ident: ModelIdentity, keep_channel: np.n
     for chunk in _by_memory(layers):
         stats = _accumulate(analysis, ident, chunk, inputs, device, batch)
         for lay, (fit, val) in zip(chunk, stats):
-            out[lay.site.node] = _solve(lay, fit, val)
+            if (refit := _solve(lay, fit, val)) is not None:
+                out[lay.site.node] = refit
         if progress is not None:
             progress(len(out), len(layers))
     return out
@@ -250,11 +251,20 @@ class _Ridge:
         return d, self.mu_r - self.mu_k @ d
 
 
-def _solve(lay: _Layer, fit: _Stats, val: _Stats) -> Refit:
+def _finite(stats: _Stats) -> bool:
+    return all(np.isfinite(x).all() for x in (stats.s_k, stats.s_r, stats.g_kk, stats.g_kr, stats.rr))
+
+
+def _solve(lay: _Layer, fit: _Stats, val: _Stats) -> Refit | None:
+    """None when the activations are not finite (NaN/Inf weights): no refit is offered."""
+    if not (_finite(fit) and _finite(val)):
+        return None
     lam = LAMBDAS[-1]
     if val.n and fit.n:
         ridge = _Ridge(fit)
         lam = min(LAMBDAS, key=lambda lam: val.error(*ridge.solve(lam)))
     d, b = _Ridge(fit.plus(val)).solve(lam)
     weight, bias = lay.pack(d, b)
+    if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+        return None
     return Refit(weight, bias, lam)

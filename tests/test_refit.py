@@ -133,6 +133,20 @@ def test_unsupported_consumers_are_not_refit():
     assert refits == {}
 
 
+def test_non_finite_activations_offer_no_refit():
+    """An Inf weight upstream (a corrupted file ORT still runs) must not crash the solve."""
+    model, h = _model("conv", duplicate=False, seed=6)
+    first = model.graph.initializer[0]
+    weight = numpy_helper.to_array(first).copy()
+    weight.flat[0] = np.inf
+    first.CopyFrom(numpy_helper.from_array(weight, first.name))
+    am = analyze_model(model)
+    an = am.analysis
+    gid = int(an.ch_group[an.maps[h].ids[0]])
+    keep = channel_keep(an, {gid: np.array([0, 1])})
+    assert refit_consumers(an, am.ident, keep, {"x": _data(model)}) == {}
+
+
 def test_guard_ships_the_best_candidate():
     model, _ = _model("conv", duplicate=False, seed=4)
     data = _data(model, n=64)
