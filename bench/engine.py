@@ -9,13 +9,14 @@ interleaved A B C A B C ... (DESIGN.md, Measuring), medians reported:
   (a) naive   the fully instrumented model, one coalition per session.run (N rows)
   (b) batch   Engine(prefix_cache=False): K coalitions x N samples per run
   (c) prefix  Engine(prefix_cache=True): batching + only the suffix after the cut runs
-              (the engine cuts only where the suffix has <= 75% of the MACs; elsewhere
-              (c) is (b))
+              (on CPU the cut is made on ORT's optimized graph of the instrumented model)
 
 Every session has `session.intra_op.allow_spinning=0`. Setup (instrumenting, the prefix
-pass, session creation) is excluded: each method is warmed up on its group first. The
-last part runs the engine in child processes at two memory bounds and reports their peak
-RSS (VmHWM), which must stay bounded at the small one.
+pass, session creation, the engine's timing of K) is excluded: each method is warmed up on
+its group first; the engines' setup time per group is printed after each table. The load
+average (other jobs share the cores) is printed with each table. The last part runs the
+engine in child processes at two memory bounds and reports their peak RSS (VmHWM), which
+must stay bounded at the small one.
 """
 from __future__ import annotations
 
@@ -95,11 +96,14 @@ def measure(model: str, gids: dict[str, int], n: int, args) -> list[dict]:
     }
     rng = np.random.default_rng(1)
     rows = []
+    setup: dict[str, float] = {}
     for where, gid in gids.items():
         methods["a"] = Naive(am, calib, gid)
         coalitions = rng.random((args.coalitions, am.analysis.group(gid).units)) < 0.5
-        for m in methods.values():  # warm-up: builds plans, fills the prefix cache
+        for key, m in methods.items():  # warm-up: builds plans, fills the prefix cache
+            t0 = time.perf_counter()
             m.values(gid, coalitions[:2])
+            setup[key] = time.perf_counter() - t0
         times = {k: [] for k in methods}
         results = {}
         for _ in range(args.repeats):
@@ -110,16 +114,18 @@ def measure(model: str, gids: dict[str, int], n: int, args) -> list[dict]:
         for key in "bc":  # the three must agree
             np.testing.assert_allclose(results[key], results["a"], rtol=1e-3, atol=1e-5)
         rate = {k: args.coalitions / statistics.median(v) for k, v in times.items()}
-        info = methods["c"].info()
+        plan = methods["c"].info()["plans"][str(gid)]
+        cut = ("ORT graph" if plan.get("preoptimized") else "source") if plan["prefix"] else "no"
         rows.append({"model": model, "n": n, "where": where, "gid": gid,
                      "units": am.analysis.group(gid).units, **rate, "share": suffix_share(am, gid),
-                     "k": info["k_per_run"], "path": methods["c"].path})
+                     "k": plan["k_per_run"], "cut": cut, "setup_b": setup["b"], "setup_c": setup["c"]})
     return rows
 
 
 def suffix_share(am, gid: int) -> float:
-    """MACs of the suffix that runs per coalition / MACs of the whole model: 1/share bounds
-    what prefix caching can gain."""
+    """MACs of the suffix that runs per coalition / MACs of the whole model. 1/share is what
+    prefix caching would gain if time followed MACs; it does not quite (early layers do
+    fewer MACs per second), so it is no strict bound."""
     suffix = cut_model(am.analysis, am.ident, [gid], None, prefix=True).suffix
     return count_macs(gs.import_onnx(suffix)) / count_macs(am.graph)
 
@@ -173,6 +179,7 @@ def main() -> None:
           f"per measurement, {args.repeats} interleaved repeats, medians")
     for n in args.samples:
         rows = []
+        load_before = os.getloadavg()
         for model in args.models:
             am = analyze_model(ZOO / f"{model}.onnx")
             gids = positions(am)
@@ -181,7 +188,16 @@ def main() -> None:
                                    if g.id not in gids.values()}}
             rows += measure(model, gids, n, args)
         print_table(rows, n, args)
+        print(f"load average (1, 5, 15 min) before: {fmt_load(load_before)}, "
+              f"after: {fmt_load(os.getloadavg())}")
+        print(f"setup per group (first call, incl. K timing), median: (b) "
+              f"{statistics.median(r['setup_b'] for r in rows):.2f} s, (c) "
+              f"{statistics.median(r['setup_c'] for r in rows):.2f} s")
     rss_report(args)
+
+
+def fmt_load(load: tuple[float, float, float]) -> str:
+    return " ".join(f"{x:.1f}" for x in load)
 
 
 def print_table(rows: list[dict], n: int, args) -> None:
@@ -192,14 +208,14 @@ def print_table(rows: list[dict], n: int, args) -> None:
     for r in rows:
         print(f"| {r['model']} | {r['gid']} ({r['where']}) | {r['units']} | {100 * r['share']:.0f}% "
               f"| {r['a']:.0f} | {r['b']:.0f} | {r['c']:.0f} | {r['b'] / r['a']:.2f} "
-              f"| {r['c'] / r['a']:.2f} | {r['k']} | {'yes' if 'prefix' in r['path'] else 'no'} |")
+              f"| {r['c'] / r['a']:.2f} | {r['k']} | {r['cut']} |")
     for model in args.models:
         mine = [r for r in rows if r["model"] == model]
         ca = statistics.mean(r["c"] / r["a"] for r in mine)
         ba = statistics.mean(r["b"] / r["a"] for r in mine)
         bound = statistics.mean(1 / r["share"] for r in mine)
         print(f"mean over the {len(mine)} groups of {model}: (b)/(a) = {ba:.2f}, (c)/(a) = {ca:.2f} "
-              f"(MAC bound for (c)/(a): {bound:.2f})")
+              f"(mean MAC ratio, model / suffix: {bound:.2f})")
 
 
 def rss_report(args) -> None:

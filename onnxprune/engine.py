@@ -7,18 +7,24 @@ Three things make a coalition cheap (DESIGN.md, Scoring):
 
 - **Batched coalitions.** The mask input has a batch axis, so one ORT run evaluates K
   coalitions x n samples: the n-sample inputs are tiled K times and row k*n + i carries
-  coalition k's mask. On CPU the host tiles (numpy; nothing to copy when K = 1, and ORT's
-  Tile kernel measured slower than the copy). On CUDA the scoring model tiles in the graph
-  (a `Tile` fed by the extra input `onnxprune_tile` = [K]) so the data stays on the device
-  and only the masks change between runs. K and n come from a memory budget and the
-  sub-model's activation sizes, estimated from inferred shapes.
+  coalition k's mask. On CPU the host tiles once per group and every run feeds views of
+  those copies (tiling per run cost as much as a late group's suffix; ORT's Tile kernel
+  measured slower than the copy). On CUDA the scoring model tiles in the graph (a `Tile`
+  fed by the extra input `onnxprune_tile` = [K]) so the data stays on the device and only
+  the masks change between runs. n and the largest K come from a memory budget and the
+  sub-model's activation sizes, estimated from inferred shapes; on CPU K itself is then
+  measured (`Engine._tune`: a few timed runs at K = 1, 2, 4, ...), since what pays depends
+  on the suffix's size and on the machine's load.
 - **Prefix caching.** Nodes upstream of a group's masked tensors do not depend on the
-  mask. The scoring model is cut there: a prefix (the original model with the cut tensors
-  as outputs) runs once on the calibration data, and each coalition batch runs only the
-  suffix. Cut tensors must carry the samples on axis 0 (checked from inferred shapes, else
-  by a probe run on two samples; failing that, their producer joins the suffix). The cache
-  is per group and only one group's cache is held at a time. A group whose suffix holds
-  most of the model's MACs is not cut: the gain is small and the cut costs ORT fusions.
+  mask. The scoring model is cut there: a prefix (the model with the cut tensors as
+  outputs) runs once on the calibration data, and each coalition batch runs only the
+  suffix. On CPU the cut is made on the graph ORT itself runs for the whole instrumented
+  model (its fusions and NCHWc layout: a blocked residual is cached as such and stays
+  fused into its Conv), on CUDA on the source graph. Cut tensors must carry the samples
+  on axis 0 (checked from inferred shapes, else by a probe run on two samples; failing
+  that, their producer joins the suffix). The cache is per group and only one group's
+  cache is held at a time. A source-graph cut whose suffix holds most of the model's MACs
+  is not made: the gain is small and it costs ORT fusions.
 - **Fixed batch models** (input batch 1): the batch is made dynamic when that is proven on
   the model (Reshape targets' leading 1 becomes 0 = copy, then batch 2 is checked against
   two batch-1 runs); otherwise one coalition x one sample per run.
@@ -31,6 +37,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -46,7 +54,7 @@ from .errors import OnnxPruneError
 from .graph import ModelIdentity, const_value, to_proto
 from .instrument import instrument, mask_name
 from .normalize import infer_shapes, strip_shapes
-from .runtime import make_session, ort, session_device
+from .runtime import make_session, ort, session_device, session_options
 from .value import ValueFunction
 
 if TYPE_CHECKING:  # api will import the engine; avoid the cycle at run time
@@ -58,7 +66,11 @@ DEFAULT_MAX_MB = 2048.0
 _MAX_PLANS = 3          # scoring sessions kept (each holds its sub-model's weights)
 _CACHE_SHARE = 0.5      # cached activations may use at most this share of the budget
 _MAX_SUFFIX_SHARE = 0.75  # cut only when the suffix has at most this share of the MACs
-_CPU_RUN_BYTES = 2 << 20  # CPU: largest activation of one run (about one core's L2 cache)
+_CPU_RUN_BYTES = 2 << 20  # CPU, untuned: largest activation of one run (about one L2 cache)
+_VALUE_BYTES = 16 << 20   # outputs handed to one value-function call (its overhead is per call)
+_TUNE_ROUNDS = 3          # timed runs per K when tuning (the minimum counts: load only adds)
+_TUNE_SLOWER = 1.15       # stop doubling K once a coalition costs this much more than the best
+_TUNE_RUN_S = 0.02        # ... or once one run is long enough to amortize its fixed cost
 
 __all__ = ["Engine", "backend_for", "cut_model", "default_memory_mb", "make_batch_dynamic",
            "probe_aligned", "row_bytes", "site_fill"]
@@ -234,6 +246,13 @@ class _Cut:
     cached: list[str]                  # the ones the prefix computes
     outputs: list[str]                 # model outputs that depend on the masks
     mac_share: float                   # the suffix's share of the model's MACs
+    plain: _Cut | None = None          # set when cut from ORT's optimized graph: the same cut
+                                       # of the source graph, whose shapes size the runs
+
+    @property
+    def preoptimized(self) -> bool:
+        """Prefix and suffix are ORT's optimized graph: sessions must not optimize again."""
+        return self.plain is not None
 
 
 Aligned = Callable[[list[gs.Variable]], set[str]]
@@ -242,30 +261,86 @@ Aligned = Callable[[list[gs.Variable]], set[str]]
 def cut_model(analysis: Analysis, ident: ModelIdentity, gids: Sequence[int],
               fill: Mapping[tuple[str, int], np.ndarray] | None, prefix: bool,
               tile_in_graph: bool = False, aligned: Aligned | None = None,
-              means: Mapping[str, np.ndarray] | None = None) -> _Cut:
+              means: Mapping[str, np.ndarray] | None = None,
+              preoptimize: bool = False,
+              samples: Mapping[str, np.ndarray] | None = None) -> _Cut:
     """Instrument `gids` and split the model into a mask-free prefix and a masked suffix
     (with `tile_in_graph`, one that tiles its data inputs K times itself). `aligned` says
     which tensors carry the samples on axis 0 (default: those whose inferred dim 0 is the
-    inputs' batch dim)."""
+    inputs' batch dim).
+
+    With `preoptimize` (CPU) the split is made on the graph ORT's CPU provider would run for
+    the whole instrumented model (`optimized_cpu_model`): fusions and NCHWc layout stay as in
+    a full run. Cutting the source graph instead breaks them where a cut tensor feeds a
+    residual Add (the Add, a reorder and the Relu then run apart: half of a late group's
+    suffix time on resnet_bottleneck). Tensors ORT made are probed on `samples` (None: they
+    are not cut, their producers join the suffix). Falls back to the source graph's cut."""
     graph = instrument(analysis, gids, fill=fill, means=means)
     masks = [mask_name(g) for g in gids]
     has_subgraphs = any(isinstance(v, gs.Graph) or (isinstance(v, list) and v and isinstance(v[0], gs.Graph))
                         for n in graph.nodes for v in n.attrs.values())
-    if prefix and not has_subgraphs:  # subgraphs may read outer tensors implicitly: no cut
+    cuttable = prefix and not has_subgraphs  # subgraphs may read outer tensors implicitly
+    full = to_proto(graph, ident) if cuttable and preoptimize else None  # before the split
+    aligned = aligned or shape_aligned(analysis.graph)
+    plain = _split(graph, ident, analysis.graph, masks, cuttable, tile_in_graph, aligned)
+    total = count_macs(analysis.graph)
+    own = sum(node_macs(n) for n in graph.nodes if not n.name.startswith("onnxprune_"))
+    plain.mac_share = own / total if total else 0.0  # the model's own MACs left in the suffix
+    optimized = optimized_cpu_model(full) if full is not None and plain.prefix is not None else None
+    if optimized is None:
+        return plain
+    batch = next((t.shape[0] for t in analysis.graph.inputs if t.shape), None)
+    try:
+        cut = _split_optimized(optimized, masks, aligned, samples, batch)
+    except Exception:  # ORT's graph is only a speed-up: any trouble with it, the plain cut
+        return plain
+    if cut.prefix is None or cut.outputs != plain.outputs:  # nothing left to cache: plain
+        return plain
+    # the source cut only sizes the runs: its shapes without the weights
+    light = dataclasses.replace(plain, suffix=_light_copy(plain.suffix, {}),
+                                prefix=plain.prefix and _light_copy(plain.prefix, {}))
+    return dataclasses.replace(cut, mac_share=plain.mac_share, plain=light)
+
+
+def _split_optimized(optimized: onnx.ModelProto, masks: list[str], aligned: Aligned,
+                     samples: Mapping[str, np.ndarray] | None, batch: Any) -> _Cut:
+    graph = gs.import_onnx(optimized)
+    graph.toposort()
+    ident, source = ModelIdentity.of(optimized), graph.copy()
+    checked = _optimized_aligned(aligned, source, ident, samples, batch)
+    return _split(graph, ident, source, masks, True, False, checked)
+
+
+def _split(graph: gs.Graph, ident: ModelIdentity, source: gs.Graph, masks: list[str],
+           cuttable: bool, tile_in_graph: bool, aligned: Aligned) -> _Cut:
+    """The cut of instrumented `graph` (changed in place) at the tensors its mask-dependent
+    nodes read; the prefix is taken from `source`, the same graph without masks."""
+    if cuttable:
         suffix_nodes = _dependent(graph, set(masks))
     else:
         suffix_nodes = {id(n) for n in graph.nodes}
-    aligned = aligned or shape_aligned(analysis.graph)
     cut = _cut_tensors(graph, suffix_nodes, set(masks), aligned)
     produced = {o.name for n in graph.nodes if id(n) in suffix_nodes for o in n.outputs}
     outputs = [t.name for t in graph.outputs if t.name in produced]
     data_inputs = {t.name for t in graph.inputs}
     cached = [name for name in cut if name not in data_inputs]
     suffix = _suffix(graph, ident, cut, masks, outputs, tile_in_graph)
-    total = count_macs(analysis.graph)
-    own = sum(node_macs(n) for n in graph.nodes if not n.name.startswith("onnxprune_"))
-    share = own / total if total else 0.0  # the model's own MACs left in the suffix
-    return _Cut(suffix, _prefix(analysis, ident, cached), cut, cached, outputs, share)
+    return _Cut(suffix, _prefix(source, ident, cached), cut, cached, outputs, 1.0)
+
+
+def optimized_cpu_model(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """`model` after all of ORT's CPU graph optimizations (as saved by ORT: contrib ops, NCHWc
+    tensors; valid on this machine and ORT version only), or None if ORT cannot save it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "optimized.onnx")
+        opts = session_options(1, spinning=False)
+        opts.optimized_model_filepath = path
+        try:
+            ort().InferenceSession(model.SerializeToString(), opts,
+                                   providers=["CPUExecutionProvider"])
+            return onnx.load(path)
+        except Exception:  # e.g. a model over 2 GB: the source graph's cut still works
+            return None
 
 
 def _dependent(graph: gs.Graph, sources: set[str]) -> set[int]:
@@ -323,22 +398,62 @@ def probe_aligned(analysis: Analysis, ident: ModelIdentity, names: list[str],
                   samples: Mapping[str, np.ndarray]) -> set[str]:
     """The tensors among `names` whose row i depends on sample i only, by running them on two
     samples at once and on each alone (for dims shape inference could not name)."""
+    return set(_probe(analysis.graph, ident, names, samples,
+                      lambda model: make_session(model, "cpu")))
+
+
+def _probe(graph: gs.Graph, ident: ModelIdentity, names: list[str],
+           samples: Mapping[str, np.ndarray], session: Callable[[onnx.ModelProto], Any]
+           ) -> dict[str, np.ndarray]:
+    """probe_aligned on any graph: name -> its value on two samples, for those that pass."""
     if min(arr.shape[0] for arr in samples.values()) < 2:
-        return set()  # one sample cannot show that rows stay apart
-    graph = analysis.graph.copy()
+        return {}  # one sample cannot show that rows stay apart
+    graph = graph.copy()
     tensors = graph.tensors()
     graph.outputs = [tensors[n] for n in names]
     graph.cleanup(remove_unused_graph_inputs=True)
     try:
-        sess = make_session(to_proto(graph, ident), "cpu")
+        sess = session(to_proto(graph, ident))
         feeds = {i.name: samples[i.name][:2] for i in sess.get_inputs()}
         both = sess.run(None, feeds)
         alone = [sess.run(None, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(2)]
     except Exception:  # the probe itself does not run: prove nothing
-        return set()
-    return {name for j, name in enumerate(names)
+        return {}
+    return {name: both[j] for j, name in enumerate(names)
             if _same(both[j], np.concatenate([alone[0][j], alone[1][j]])
                      if alone[0][j].ndim and alone[0][j].shape[0] == 1 else None)}
+
+
+def preoptimized_session(model: onnx.ModelProto, threads: int | None = None,
+                         spinning: bool = False) -> Any:
+    """A CPU session for a graph ORT already optimized (optimizing it again is unsupported)."""
+    opts = session_options(threads, spinning=spinning)
+    opts.graph_optimization_level = ort().GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort().InferenceSession(model.SerializeToString(), opts,
+                                  providers=["CPUExecutionProvider"])
+
+
+def _optimized_aligned(aligned: Aligned, graph: gs.Graph, ident: ModelIdentity,
+                       samples: Mapping[str, np.ndarray] | None, batch: Any) -> Aligned:
+    """`aligned` for ORT's optimized `graph`: the tensors it made (NCHWc ones, say) carry no
+    shape or type, so a probe decides, and gives them the dtype and dims the suffix's inputs
+    must declare."""
+    probed: dict[str, np.ndarray | None] = {}
+
+    def check(tensors: list[gs.Variable]) -> set[str]:
+        ok = aligned([t for t in tensors if t.dtype is not None])
+        unknown = [t for t in tensors if t.dtype is None]
+        new = [t.name for t in unknown if t.name not in probed]
+        if new and samples is not None:
+            found = _probe(graph, ident, new, samples, preoptimized_session)
+            probed.update({n: found.get(n) for n in new})
+        for t in unknown:
+            value = probed.get(t.name)
+            if value is not None:
+                t.dtype, t.shape = value.dtype, [batch, *value.shape[1:]]
+                ok.add(t.name)
+        return ok
+    return check
 
 
 def _two_samples(arr: np.ndarray) -> np.ndarray:
@@ -406,10 +521,10 @@ def _tile_input(graph: gs.Graph, x: gs.Variable, tile: gs.Variable,
             graph.outputs[i] = tiled
 
 
-def _prefix(analysis: Analysis, ident: ModelIdentity, cached: list[str]) -> onnx.ModelProto | None:
+def _prefix(source: gs.Graph, ident: ModelIdentity, cached: list[str]) -> onnx.ModelProto | None:
     if not cached:
         return None
-    graph = analysis.graph.copy()
+    graph = source.copy()
     tensors = graph.tensors()
     graph.outputs = [tensors[n] for n in cached]
     graph.cleanup(remove_unused_graph_inputs=True).toposort()
@@ -445,7 +560,8 @@ def site_fill(analysis: Analysis, gids: Sequence[int],
 
 
 class _CpuBackend:
-    """Host arrays, plain `run`; K coalitions' copies of the data are made here."""
+    """Host arrays, plain `run`. The K copies of a chunk's data are made once per plan
+    (`hold`) and reused by every run: tiling per run cost as much as a late group's suffix."""
 
     device = "cpu"
     tile_in_graph = False
@@ -453,14 +569,22 @@ class _CpuBackend:
     def put(self, arr: np.ndarray) -> Any:
         return arr
 
-    def tiled(self, data: Mapping[str, np.ndarray], k: int) -> tuple[dict[str, Any], dict]:
-        """(data inputs for K coalitions, extra host inputs)."""
+    def hold(self, data: Mapping[str, np.ndarray], k: int) -> dict[str, Any]:
+        """The data inputs tiled for up to k coalitions (row j*n + i is sample i)."""
         if k == 1:
-            return dict(data), {}
-        return {name: np.tile(arr, (k,) + (1,) * (arr.ndim - 1)) for name, arr in data.items()}, {}
+            return dict(data)
+        return {name: np.tile(arr, (k,) + (1,) * (arr.ndim - 1)) for name, arr in data.items()}
+
+    def tiled(self, held: Mapping[str, np.ndarray], k: int, rows: int) -> tuple[dict[str, Any], dict]:
+        """(data inputs for k coalitions, extra host inputs): leading rows of the held tiles,
+        views (contiguous, no copy)."""
+        return {name: arr[:k * rows] for name, arr in held.items()}, {}
 
     def rows(self, value: Any) -> int:
         return int(value.shape[0])
+
+    def nbytes(self, value: Any) -> int | None:
+        return int(value.nbytes)
 
     def run(self, sess: Any, data: Mapping[str, Any], host: Mapping[str, np.ndarray],
             outputs: list[str], keep: bool = False) -> list[Any]:
@@ -478,15 +602,22 @@ class _CudaBackend:
     def __init__(self, rt: Any, device_id: int = 0) -> None:
         self.rt, self.device_id = rt, device_id
 
-    def tiled(self, data: Mapping[str, Any], k: int) -> tuple[dict[str, Any], dict]:
+    def hold(self, data: Mapping[str, Any], k: int) -> dict[str, Any]:
+        """The device data as is: the scoring model tiles it in the graph."""
+        return dict(data)
+
+    def tiled(self, held: Mapping[str, Any], k: int, rows: int) -> tuple[dict[str, Any], dict]:
         """The scoring model tiles on the device; it is only told K."""
-        return dict(data), {TILE_INPUT: np.array([k], dtype=np.int64)}
+        return dict(held), {TILE_INPUT: np.array([k], dtype=np.int64)}
 
     def put(self, arr: np.ndarray) -> Any:
         return self.rt.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), "cuda", self.device_id)
 
     def rows(self, value: Any) -> int:
         return int(value.shape()[0])
+
+    def nbytes(self, value: Any) -> int | None:
+        return None  # the caller's estimate
 
     def run(self, sess: Any, data: Mapping[str, Any], host: Mapping[str, np.ndarray],
             outputs: list[str], keep: bool = False) -> list[Any]:
@@ -524,14 +655,21 @@ class _Plan:
     cut: _Cut
     session: Any
     chunks: list[_Chunk]
-    k_run: int
-    est: dict[str, int]                       # byte estimates behind k_run and chunks
-    feeds: list[dict[str, Any]] | None = None  # per chunk: suffix input -> array / OrtValue
+    k_run: int                                # coalitions per run
+    k_max: int                                # what the memory budget (and the user) allow
+    est: dict[str, Any]                       # byte estimates behind k_run and chunks
+    feeds: list[dict[str, Any]] | None = None  # per chunk: suffix input -> held data
     cache_bytes: int = 0
+    tuned: bool = False                       # k_run was measured (CPU), not estimated
 
     @property
     def prefixed(self) -> bool:
         return self.cut.prefix is not None
+
+    @property
+    def k_value(self) -> int:
+        """Coalitions per value-function call: whole runs, as many as its output budget holds."""
+        return self.k_run * max(1, self.est["value_coalitions"] // self.k_run)
 
 
 def _chunks(n: int, per_run: int, fixed_rows: int | None) -> list[_Chunk]:
@@ -563,6 +701,8 @@ class Engine:
     threads: ORT intra-op threads (default: all cores).
     spinning: ORT worker threads spin while idle; off by default because on a shared
       2-core machine spinning made the same runs about 2x slower (DESIGN.md, Measuring).
+    tune: on CPU, choose K per group from a few timed runs when its plan is built (about a
+      dozen runs' worth of setup); otherwise K comes from activation sizes alone.
     """
 
     def __init__(self, am: AnalyzedModel, calib: Calibration, value_fn: ValueFunction, *,
@@ -571,7 +711,7 @@ class Engine:
                  fill: Mapping[int, np.ndarray] | None = None,
                  means: Mapping[str, np.ndarray] | None = None,
                  prefix_cache: bool = True, threads: int | None = None,
-                 spinning: bool = False) -> None:
+                 spinning: bool = False, tune: bool = True) -> None:
         self.ident = am.ident
         self.value_fn = value_fn
         self.fill = fill
@@ -579,6 +719,7 @@ class Engine:
         self.prefix_cache = prefix_cache
         self.threads = threads or os.cpu_count() or 1
         self.spinning = spinning
+        self.tune = tune
         self.max_coalitions = max_coalitions
         self.budget = int((max_memory_mb if max_memory_mb is not None else default_memory_mb()) * 2**20)
         self.evaluations = 0
@@ -588,6 +729,7 @@ class Engine:
         self._inputs = self._check_inputs(am.analysis, calib)
         self.n = calib.n_samples
         self.analysis, self.fixed_rows, self.batch = self._batch_mode(am.analysis)
+        self._source_names = set(self.analysis.graph.tensors())
         # ops that combine samples (analysis.batch_mixing): per-sample coalitions would leak
         # into each other, so each run carries one coalition for all samples (mask batch 1)
         self.mixing = bool(self.analysis.batch_mixing)
@@ -619,8 +761,8 @@ class Engine:
             self.evaluations += coalitions.shape[0]
             return out
         plan = self._activate(gids)
-        for start in range(0, coalitions.shape[0], plan.k_run):
-            block = slice(start, min(coalitions.shape[0], start + plan.k_run))
+        for start in range(0, coalitions.shape[0], plan.k_value):
+            block = slice(start, min(coalitions.shape[0], start + plan.k_value))
             out[block] = self.value_fn(self._outputs(plan, [m[block] for m in masks]))
         self.evaluations += coalitions.shape[0]
         return out
@@ -635,7 +777,8 @@ class Engine:
             "samples_per_run": plan.chunks[0].stop - plan.chunks[0].start if plan else None,
             "cache_mb": round(sum(p.cache_bytes for p in self._plans.values()) / 2**20, 2),
             "plans": {",".join(map(str, p.gids)): {
-                "prefix": p.prefixed, "k_per_run": p.k_run, "chunks": len(p.chunks),
+                "prefix": p.prefixed, "k_per_run": p.k_run, "k_max": p.k_max, "tuned": p.tuned,
+                "chunks": len(p.chunks),
                 "cache_mb": round(p.cache_bytes / 2**20, 2),
                 **{k: v for k, v in p.est.items()}} for p in self._plans.values()},
         }
@@ -662,8 +805,10 @@ class Engine:
                 return dynamic, None, "made dynamic"
         return analysis, fixed, f"fixed {fixed}"
 
-    def _session(self, model: onnx.ModelProto, device: str) -> Any:
-        return make_session(model, device, self.threads, spinning=self.spinning)
+    def _session(self, model: onnx.ModelProto, device: str, preoptimized: bool = False) -> Any:
+        if not preoptimized:
+            return make_session(model, device, self.threads, spinning=self.spinning)
+        return preoptimized_session(model, self.threads, self.spinning)
 
     def _values_mixing(self, gids: tuple[int, ...], masks: list[np.ndarray]) -> np.ndarray:
         """One session run per coalition on the whole calibration set, masks of batch 1."""
@@ -727,67 +872,98 @@ class Engine:
                 raise OnnxPruneError(f"group {g} is not prunable: {self.analysis.group(g).reason}")
         cut = cut_model(self.analysis, self.ident, gids, site_fill(self.analysis, gids, self.fill),
                         prefix and not self.mixing, self.backend.tile_in_graph, self._aligned,
-                        means=self.means)
-        cache_row = sum(size * int(np.prod(dims, dtype=np.int64))
-                        for size, dims in (self._acts.get(n, (4, ())) for n in cut.cached))
+                        means=self.means, preoptimize=self.backend.device == "cpu",
+                        samples=self._inputs if self.fixed_rows is None else None)
+        cache_row = self._cache_row(cut)
         cache = cache_row * self.n
-        if prefix and cut.prefix is not None and (cache > _CACHE_SHARE * self.budget
-                                                  or cut.mac_share > _MAX_SUFFIX_SHARE):
-            # Caching would eat the budget, or save little: a cut costs ORT fusions (a Conv
-            # can no longer absorb a residual Add whose operand is a graph input) and can
-            # then be slower than the whole model (bench/engine.py).
+        if prefix and cut.prefix is not None and (
+                cache > _CACHE_SHARE * self.budget
+                or (not cut.preoptimized and cut.mac_share > _MAX_SUFFIX_SHARE)):
+            # Caching would eat the budget, or save little: a cut of the source graph costs
+            # ORT fusions (a Conv can no longer absorb a residual Add whose operand is a graph
+            # input) and can then be slower than the whole model (bench/engine.py).
             return self._plan(gids, prefix=False)
-        chunks, k_run, est = self._sizes(cut, cache)
+        chunks, k_run, k_max, est = self._sizes(cut, cache)
         est["cache_row_bytes"] = cache_row
-        return _Plan(gids, cut, self._session(cut.suffix, self.device), chunks, k_run, est)
+        est["preoptimized"] = cut.preoptimized
+        session = self._session(cut.suffix, self.device, cut.preoptimized)
+        return _Plan(gids, cut, session, chunks, k_run, k_max, est)
+
+    def _cache_row(self, cut: _Cut) -> int:
+        """Bytes per sample of the cached tensors: inferred for the calibration's shapes, or for
+        those ORT made (an NCHWc copy pads channels), the dims their probe declared."""
+        declared = {vi.name: vi.type.tensor_type for vi in cut.suffix.graph.input}
+        total = 0
+        for name in cut.cached:
+            if name in self._acts:
+                size, dims = self._acts[name]
+                total += size * int(np.prod(dims, dtype=np.int64))
+            elif name in declared:
+                tt = declared[name]
+                dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim[1:]]
+                itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+                total += itemsize * int(np.prod(dims, dtype=np.int64))
+        return total
 
     def _aligned(self, tensors: list[gs.Variable]) -> set[str]:
         """Which candidate cut tensors carry the samples on axis 0: from inferred shapes, and
         where those name no dim, by a probe run (cached per tensor)."""
         batch_dims = {t.shape[0] for t in self.analysis.graph.inputs if t.shape}
         state = {t.name: batch_dim_state(t, batch_dims) for t in tensors}
-        unknown = [n for n, v in state.items() if v is None and n not in self._probed]
+        unknown = [n for n, v in state.items() if v is None and n not in self._probed
+                   and n in self._source_names]  # ORT's new tensors: their producer joins
         if unknown and self.fixed_rows is None:
             ok = probe_aligned(self.analysis, self.ident, unknown, self._inputs)
             self._probed.update({n: n in ok for n in unknown})
         return {n for n, v in state.items() if v or (v is None and self._probed.get(n, False))}
 
-    def _sizes(self, cut: _Cut, cache: int) -> tuple[list[_Chunk], int, dict[str, int]]:
-        """Samples per run n and coalitions per run K.
+    def _sizes(self, cut: _Cut, cache: int) -> tuple[list[_Chunk], int, int, dict[str, Any]]:
+        """Samples per run n, coalitions per run K (an estimate `_tune` may replace) and the
+        largest K the budget allows.
 
-        Memory: a run of K coalitions x n samples needs about K*n suffix rows plus the K*N
-        output buffer; the prefix needs n rows of its own; the cache is held throughout.
-        Speed: on CPU, rows beyond the point where the largest activation of a run outgrows
-        the caches (about _CPU_RUN_BYTES) make ORT slower, not faster (measured in
-        bench/engine.py), so K also stops there; a GPU wants the biggest batch that fits."""
-        suffix_row, largest = row_bytes(cut.suffix, self._dims)
-        prefix_row = row_bytes(cut.prefix, self._dims)[0] if cut.prefix is not None else 0
+        Memory: a run of K coalitions x n samples needs about K*n suffix rows (its inputs, held
+        tiled between runs on CPU, included) plus the K*N output buffer; the prefix needs n
+        rows of its own; the cache is held throughout; value-function calls get blocks of
+        outputs worth up to 1/8 of the rest (at most _VALUE_BYTES).
+        Speed: a GPU wants the biggest batch that fits. On CPU more rows stop paying once the
+        working set outgrows the caches; without tuning K stops where the largest activation
+        of a run reaches _CPU_RUN_BYTES."""
+        sizing = cut.plain or cut  # shapes of the source graph (ORT's contrib ops infer none)
+        suffix_row, largest = row_bytes(sizing.suffix, self._dims)
+        suffix_row += max(0, self._cache_row(cut) - self._cache_row(sizing))  # NCHWc copies
+        prefix_row = row_bytes(sizing.prefix, self._dims)[0] if sizing.prefix is not None else 0
         out_row = sum(self.reference[i].nbytes // self.n for i in self._output_index(cut))
         avail = max(self.budget - cache, 1)
-        est = {"suffix_mac_share": round(cut.mac_share, 3),
-               "suffix_row_bytes": suffix_row, "prefix_row_bytes": prefix_row,
-               "output_row_bytes": out_row, "cache_bytes": cache}
+        value_bytes = min(avail // 8, _VALUE_BYTES)
+        avail -= value_bytes
+        est: dict[str, Any] = {
+            "suffix_mac_share": round(cut.mac_share, 3), "suffix_row_bytes": suffix_row,
+            "prefix_row_bytes": prefix_row, "output_row_bytes": out_row, "cache_bytes": cache,
+            "value_coalitions": max(1, value_bytes // max(1, self.n * out_row))}
         if self.fixed_rows:
-            return _chunks(self.n, 0, self.fixed_rows), 1, est
+            return _chunks(self.n, 0, self.fixed_rows), 1, 1, est
         per_sample = max(prefix_row, suffix_row + out_row, 1)
         n_run = int(min(self.n, max(1, avail // per_sample)))
-        k_run = 1
+        k_max = 1
         if n_run == self.n:
-            k_run = max(1, avail // max(1, self.n * (suffix_row + out_row)))
-            if self.backend.device == "cpu":
-                k_run = min(k_run, max(1, _CPU_RUN_BYTES // max(1, largest * self.n)))
+            k_max = max(1, avail // max(1, self.n * (suffix_row + out_row)))
         if self.max_coalitions:
-            k_run = min(k_run, self.max_coalitions)
-        return _chunks(self.n, n_run, None), int(k_run), est
+            k_max = min(k_max, self.max_coalitions)
+        k_run = k_max
+        if self.backend.device == "cpu":
+            k_run = min(k_max, max(1, _CPU_RUN_BYTES // max(1, largest * self.n)))
+        return _chunks(self.n, n_run, None), int(k_run), int(k_max), est
 
     def _output_index(self, cut: _Cut) -> list[int]:
         names = [t.name for t in self.analysis.graph.outputs]
         return [names.index(o) for o in cut.outputs]
 
     def _fill(self, plan: _Plan) -> bool:
-        """Per chunk, the suffix's data inputs: calibration rows and prefix outputs. False if a
-        prefix output does not have the chunk's rows (then the plan must not be cut)."""
-        sess = self._session(plan.cut.prefix, self.device) if plan.prefixed else None
+        """Per chunk, the suffix's data inputs: calibration rows and prefix outputs, held for
+        K coalitions. False if a prefix output does not have the chunk's rows (then the plan
+        must not be cut)."""
+        sess = (self._session(plan.cut.prefix, self.device, plan.cut.preoptimized)
+                if plan.prefixed else None)
         feeds, nbytes = [], 0
         for c in plan.chunks:
             chunk = {k: self.backend.put(_rows(v, c)) for k, v in self._inputs.items()
@@ -799,24 +975,68 @@ class Engine:
                 if any(self.backend.rows(o) != c.rows for o in outs):
                     return False
                 chunk.update(zip(plan.cut.cached, outs))
-                nbytes += plan.est["cache_row_bytes"] * c.rows
+                sizes = [self.backend.nbytes(o) for o in outs]  # NCHWc pads channels
+                nbytes += sum(sizes) if None not in sizes else plan.est["cache_row_bytes"] * c.rows
             feeds.append(chunk)
-        plan.feeds, plan.cache_bytes = feeds, nbytes
+        del sess
+        if self.tune and not plan.tuned and self.backend.device == "cpu" and plan.k_max > 1:
+            self._tune(plan, feeds[0])
+        copies = 1 if self.backend.tile_in_graph else plan.k_run
+        plan.feeds = [self.backend.hold(f, copies) for f in feeds]
+        plan.cache_bytes = nbytes * copies
         return True
+
+    def _tune(self, plan: _Plan, data: Mapping[str, Any]) -> None:
+        """CPU: K from timings of the suffix at K = 1, 2, 4, ... up to what the budget allows,
+        stopping once a coalition costs clearly more than at the best K so far or one run gets
+        long (tuning stays a small part of scoring a group). The cache-size estimate was off
+        both ways: a late group's small suffix wanted 4-8x more rows per run."""
+        rows = plan.chunks[0].rows
+        widths = [self.analysis.group(g).units for g in plan.gids]
+        timings: dict[int, float] = {}
+        k = 1
+        while True:
+            held = self.backend.hold(data, k)
+            masks = [np.ones((k * rows, w), np.float32) for w in widths]
+            self._run(plan, held, masks, k, rows)  # warm-up: the arena grows to this K
+            timings[k] = min(self._timed_run(plan, held, masks, k, rows)
+                             for _ in range(_TUNE_ROUNDS)) / k
+            del held
+            best = min(timings.values())
+            if k >= plan.k_max or timings[k] > _TUNE_SLOWER * best or timings[k] * k > _TUNE_RUN_S:
+                break
+            k = min(2 * k, plan.k_max)
+        plan.k_run, plan.tuned = min(timings, key=timings.__getitem__), True
+        plan.est["tuned_ms_per_coalition"] = {k: round(t * 1e3, 3) for k, t in timings.items()}
 
     # -- running
 
+    def _run(self, plan: _Plan, held: Mapping[str, Any], masks: list[np.ndarray], k: int,
+             rows: int) -> list[Any]:
+        """One ORT run of k coalitions x `rows` samples; masks are [k*rows, units] each."""
+        data, extra = self.backend.tiled(held, k, rows)
+        host = {mask_name(g): m for g, m in zip(plan.gids, masks)}
+        return self.backend.run(plan.session, data, {**host, **extra}, plan.cut.outputs)
+
+    def _timed_run(self, plan: _Plan, held: Mapping[str, Any], masks: list[np.ndarray], k: int,
+                   rows: int) -> float:
+        t0 = time.perf_counter()
+        self._run(plan, held, masks, k, rows)
+        return time.perf_counter() - t0
+
     def _outputs(self, plan: _Plan, masks: list[np.ndarray]) -> list[np.ndarray]:
-        """All model outputs [k, N, ...] for k coalitions (rows of `masks`)."""
+        """All model outputs [k, N, ...] for k coalitions (rows of `masks`), k_run per run."""
         k = masks[0].shape[0]
         index = self._output_index(plan.cut)
         bufs = {i: np.empty((k, *self.reference[i].shape), self.reference[i].dtype) for i in index}
-        for c, data in zip(plan.chunks, plan.feeds):
-            host = {mask_name(g): np.repeat(m, c.rows, axis=0) for g, m in zip(plan.gids, masks)}
-            data, extra = self.backend.tiled(data, k)
-            outs = self.backend.run(plan.session, data, {**host, **extra}, plan.cut.outputs)
-            for i, out in zip(index, outs):
-                out = np.asarray(out).reshape(k, c.rows, *out.shape[1:])
-                bufs[i][:, c.start:c.stop] = out[:, :c.stop - c.start]
+        for c, held in zip(plan.chunks, plan.feeds):
+            rep = [np.repeat(m, c.rows, axis=0) for m in masks]  # row j*rows + i: coalition j
+            for s in range(0, k, plan.k_run):
+                e = min(k, s + plan.k_run)
+                outs = self._run(plan, held, [r[s * c.rows:e * c.rows] for r in rep], e - s, c.rows)
+                for i, out in zip(index, outs):
+                    out = np.asarray(out)
+                    out = out.reshape(e - s, c.rows, *out.shape[1:])
+                    bufs[i][s:e, c.start:c.stop] = out[:, :c.stop - c.start]
         return [bufs[i] if i in bufs else np.broadcast_to(ref[None], (k, *ref.shape))
                 for i, ref in enumerate(self.reference)]

@@ -116,17 +116,72 @@ def positions(am: AnalyzedModel) -> list[int]:
 # ------------------------------------------------------------------------- exactness
 
 
-@pytest.mark.parametrize("prefix", [True, False], ids=["prefix", "no-prefix"])
+@pytest.mark.parametrize("prefix", ["optimized", "source", None],
+                         ids=["prefix", "prefix-source-cut", "no-prefix"])
 @pytest.mark.parametrize("name", ["resnet_basic", "mobilenetv2", "vgg_bn", "inception"])
-def test_values_equal_plain_run(name, prefix):
+def test_values_equal_plain_run(name, prefix, monkeypatch):
+    if prefix == "source":  # the cut of the source graph (CUDA, or ORT cannot save its graph)
+        monkeypatch.setattr(engine_mod, "optimized_cpu_model", lambda model: None)
     am = zoo(name)
     calib = calibration(am)
-    engine = Engine(am, calib, Probe(), prefix_cache=prefix)
+    engine = Engine(am, calib, Probe(), prefix_cache=prefix is not None)
     for gid in positions(am):
         coal = coalitions(am.analysis.group(gid).units, 5, gid)
         assert_same(engine.values(gid, coal), plain_values(am, calib, [gid], coal))
+        if prefix:
+            assert engine.info()["plans"][str(gid)]["preoptimized"] == (prefix == "optimized")
     assert engine.path == ("batched+prefix" if prefix else "batched")
     assert engine.evaluations == 5 * len(positions(am))
+
+
+def test_cpu_cut_is_made_on_orts_optimized_graph():
+    # ORT's NCHWc tensors are cut tensors too: cached in their blocked layout, given the
+    # dtype and dims a probe found, so a residual Add stays fused into its Conv in the suffix
+    am = zoo("resnet_bottleneck")
+    calib = calibration(am)
+    engine = Engine(am, calib, Probe())
+    gid = am.analysis.prunable[-1].id
+    coal = coalitions(am.analysis.group(gid).units, 4, 0)
+    assert_same(engine.values(gid, coal), plain_values(am, calib, [gid], coal))
+    cut = engine._plans[(gid,)].cut
+    assert cut.preoptimized and cut.plain is not None and cut.plain.mac_share == cut.mac_share
+    made = [n for n in cut.cached if n not in engine._source_names]
+    ops = {(n.domain, n.op_type) for n in cut.suffix.graph.node}
+    if ("com.microsoft.nchwc", "Conv") in ops:  # NCHWc needs AVX2 or better
+        assert made, "the residual should be cached in NCHWc layout"
+        assert ("", "Add") not in ops  # fused into the Conv
+    declared = {vi.name: vi.type.tensor_type for vi in cut.suffix.graph.input}
+    for name in made:
+        assert declared[name].elem_type and len(declared[name].shape.dim) >= 1
+    plan = engine._plans[(gid,)]  # the budget counts what is held, padding included
+    assert plan.cache_bytes == sum(plan.feeds[0][n].nbytes for n in cut.cached)
+
+
+def test_trouble_with_orts_graph_falls_back_to_the_source_cut(monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("an ORT graph graphsurgeon cannot read")
+    monkeypatch.setattr(engine_mod, "_split_optimized", broken)
+    am = zoo("resnet_basic")
+    calib = calibration(am)
+    engine = Engine(am, calib, Probe())
+    gid = positions(am)[-1]
+    coal = coalitions(am.analysis.group(gid).units, 3, 2)
+    assert_same(engine.values(gid, coal), plain_values(am, calib, [gid], coal))
+    plan = engine.info()["plans"][str(gid)]
+    assert plan["prefix"] and not plan["preoptimized"]
+
+
+def test_optimized_cut_without_probe_samples_falls_back_or_stays_exact(monkeypatch):
+    # fixed batch 1 (no probe possible): ORT's tensors cannot be cut; values stay exact
+    monkeypatch.setattr(engine_mod, "make_batch_dynamic", lambda *a, **k: None)
+    am = zoo("resnet_basic_b1")
+    calib = calibration(am, n=2)
+    engine = Engine(am, calib, Probe())
+    gid = positions(am)[-1]
+    coal = coalitions(am.analysis.group(gid).units, 2, 1)
+    assert_same(engine.values(gid, coal), plain_values(am, calib, [gid], coal, per_sample=True))
+    cut = engine._plans[(gid,)].cut
+    assert all(n in engine._source_names for n in cut.inputs)
 
 
 @pytest.mark.parametrize("name", ["c2f", "unet", "nhwc", "resnext", "se_net_dynamo",
@@ -299,7 +354,7 @@ def test_tiny_memory_budget_gives_small_runs_and_same_values():
     got = tiny.values(gid, coal)
     info = tiny.info()
     assert info["k_per_run"] == 1 and info["samples_per_run"] < 12
-    assert roomy.info()["k_per_run"] > 1
+    assert roomy.info()["plans"][str(gid)]["k_max"] > 1  # K itself is measured (tuning)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
@@ -313,17 +368,67 @@ def test_max_coalitions_caps_k():
     assert engine.info()["k_per_run"] == 3
 
 
-def test_no_cut_where_the_suffix_is_most_of_the_model(monkeypatch):
+@pytest.mark.parametrize("optimized", [True, False], ids=["optimized-cut", "source-cut"])
+def test_no_cut_where_the_suffix_is_most_of_the_model(monkeypatch, optimized):
+    # the rule is for cuts of the source graph, which lose ORT fusions; a cut of ORT's
+    # optimized graph runs a subset of a full run's kernels and is made at any share
     monkeypatch.setattr(engine_mod, "_MAX_SUFFIX_SHARE", 0.75)
+    if not optimized:
+        monkeypatch.setattr(engine_mod, "optimized_cpu_model", lambda model: None)
     am = zoo("resnet_basic")
     engine = Engine(am, calibration(am), Probe())
     early, late = positions(am)[0], positions(am)[-1]
     engine.values(early, coalitions(am.analysis.group(early).units, 2, 0))
-    assert engine.path == "batched"
+    assert engine.path == ("batched+prefix" if optimized else "batched")
     engine.values(late, coalitions(am.analysis.group(late).units, 2, 0))
     assert engine.path == "batched+prefix"
     plans = engine.info()["plans"]
     assert plans[str(late)]["suffix_mac_share"] < 0.75 < plans[str(early)]["suffix_mac_share"]
+
+
+def test_tuning_picks_k_within_the_budget_and_keeps_values():
+    am = zoo("vgg_bn")
+    calib = calibration(am)
+    gid = positions(am)[-1]
+    coal = coalitions(am.analysis.group(gid).units, 9, 4)
+    fixed = Engine(am, calib, Probe(), tune=False).values(gid, coal)
+    engine = Engine(am, calib, Probe(), max_coalitions=4)
+    assert_same(engine.values(gid, coal), fixed)
+    plan = engine.info()["plans"][str(gid)]
+    assert plan["tuned"] and 1 <= plan["k_per_run"] <= plan["k_max"] == 4
+    timed = plan["tuned_ms_per_coalition"]
+    assert set(timed) <= {1, 2, 4} and plan["k_per_run"] == min(timed, key=timed.get)
+
+
+def test_held_tiles_are_reused_by_every_run():
+    backend = engine_mod._CpuBackend()
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    held = backend.hold({"x": x}, 4)
+    assert held["x"].shape == (12, 2) and np.array_equal(held["x"][3:6], x)
+    data, extra = backend.tiled(held, 2, 3)
+    assert data["x"].shape == (6, 2) and np.shares_memory(data["x"], held["x"]) and not extra
+    assert backend.hold({"x": x}, 1)["x"] is x  # one coalition: nothing copied
+
+
+def test_value_function_gets_whole_blocks_of_runs():
+    calls = []
+
+    class Counting(Probe):
+        def __call__(self, outputs):
+            calls.append(outputs[0].shape[0])
+            return super().__call__(outputs)
+
+    am = zoo("resnet_basic")
+    calib = calibration(am)
+    gid = positions(am)[-1]
+    coal = coalitions(am.analysis.group(gid).units, 10, 5)
+    engine = Engine(am, calib, Counting(), max_coalitions=2, tune=False)
+    assert_same(engine.values(gid, coal), plain_values(am, calib, [gid], coal))
+    assert engine.info()["k_per_run"] == 2 and calls == [10]  # 5 runs, one value call
+    engine._plans[(gid,)].est["value_coalitions"] = 3  # a small output budget: whole runs
+    calls.clear()
+    engine.values(gid, coal)
+    assert calls == [2, 2, 2, 2, 2]
 
 
 def test_cache_is_held_for_one_group_at_a_time():
