@@ -260,10 +260,13 @@ def _solve(lay: _Layer, fit: _Stats, val: _Stats) -> Refit | None:
     if not (_finite(fit) and _finite(val)):
         return None
     lam = LAMBDAS[-1]
-    if val.n and fit.n:
-        ridge = _Ridge(fit)
-        lam = min(LAMBDAS, key=lambda lam: val.error(*ridge.solve(lam)))
-    d, b = _Ridge(fit.plus(val)).solve(lam)
+    try:
+        if val.n and fit.n:
+            ridge = _Ridge(fit)
+            lam = min(LAMBDAS, key=lambda lam: val.error(*ridge.solve(lam)))
+        d, b = _Ridge(fit.plus(val)).solve(lam)
+    except np.linalg.LinAlgError:  # finite but absurd activations: refit is optional
+        return None
     weight, bias = lay.pack(d, b)
     if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
         return None
