@@ -685,6 +685,14 @@ def _rows(arr: np.ndarray, chunk: _Chunk) -> np.ndarray:
     return np.concatenate([part, np.repeat(part[-1:], pad, axis=0)]) if pad > 0 else part
 
 
+def _mask_rows(mask: np.ndarray, chunk: _Chunk) -> np.ndarray:
+    """[k, units] (one coalition for all samples) or [k, N, units] (one per sample) -> the
+    mask input's rows for the chunk, coalition-major: [k * rows, units]."""
+    if mask.ndim == 2:
+        return np.repeat(mask, chunk.rows, axis=0)
+    return np.stack([_rows(m, chunk) for m in mask]).reshape(-1, mask.shape[-1])
+
+
 # ----------------------------------------------------------------------------- engine
 
 
@@ -733,6 +741,9 @@ class Engine:
         # ops that combine samples (analysis.batch_mixing): per-sample coalitions would leak
         # into each other, so each run carries one coalition for all samples (mask batch 1)
         self.mixing = bool(self.analysis.batch_mixing)
+        # estimators may give every sample its own coalition ([K, N, units]): the mask input
+        # already has one row per (coalition, sample), except on the mixing path
+        self.per_sample_masks = not self.mixing
         self.reference = self._reference(device)
         value_fn.prepare(self.reference, calib.labels)
 
@@ -743,16 +754,19 @@ class Engine:
         return self.values_joint([gid], coalitions)
 
     def values_joint(self, gids: list[int], coalitions: np.ndarray) -> np.ndarray:
-        """bool [K, sum of the groups' units], columns in the order of `gids` -> [K, N]."""
+        """bool [K, sum of the groups' units], columns in the order of `gids` -> [K, N].
+        Per-sample coalitions [K, N, units] give sample i of coalition k its own mask."""
         gids = tuple(int(g) for g in gids)
         if not gids or len(set(gids)) != len(gids):
             raise ValueError(f"groups must be distinct and at least one, got {list(gids)}")
         widths = [self.analysis.group(g).units for g in gids]
         coalitions = np.asarray(coalitions)
-        if coalitions.ndim != 2 or coalitions.shape[1] != sum(widths):
-            raise ValueError(f"coalitions must be [K, {sum(widths)}] for groups {list(gids)}, "
-                             f"got {coalitions.shape}")
-        masks = np.split(coalitions.astype(np.float32), np.cumsum(widths)[:-1], axis=1)
+        shape = f"[K, {sum(widths)}]" + (f" or [K, {self.n}, {sum(widths)}]" if self.per_sample_masks else "")
+        per_sample = coalitions.ndim == 3 and coalitions.shape[1] == self.n and self.per_sample_masks
+        if coalitions.ndim not in (2, 3) or coalitions.shape[-1] != sum(widths) or (
+                coalitions.ndim == 3 and not per_sample):
+            raise ValueError(f"coalitions must be {shape} for groups {list(gids)}, got {coalitions.shape}")
+        masks = np.split(coalitions.astype(np.float32), np.cumsum(widths)[:-1], axis=-1)
         out = np.empty((coalitions.shape[0], self.n), dtype=np.float64)
         if coalitions.shape[0] == 0:
             return out
@@ -1030,7 +1044,7 @@ class Engine:
         index = self._output_index(plan.cut)
         bufs = {i: np.empty((k, *self.reference[i].shape), self.reference[i].dtype) for i in index}
         for c, held in zip(plan.chunks, plan.feeds):
-            rep = [np.repeat(m, c.rows, axis=0) for m in masks]  # row j*rows + i: coalition j
+            rep = [_mask_rows(m, c) for m in masks]  # row j*rows + i: coalition j, sample i
             for s in range(0, k, plan.k_run):
                 e = min(k, s + plan.k_run)
                 outs = self._run(plan, held, [r[s * c.rows:e * c.rows] for r in rep], e - s, c.rows)

@@ -21,6 +21,14 @@ twice (typical for the sizes 1 and n-1 in KernelSHAP) is evaluated once. Cache h
 with the cache a run may draw up to ``_CACHE_STRETCH`` times ``budget`` rows in total; the cache
 stops growing at ``_CACHE_MAX_FLOATS`` stored values.
 
+Per-sample coalitions
+---------------------
+``persample`` needs a value function that also accepts bool ``[K, N, n]``: row k evaluates sample
+s with its own coalition ``masks[k, s]`` (same cost as a ``[K, n]`` row: one pass over the N
+samples). It still accepts ``[K, n]`` (every sample with the same coalition). The engine's
+masks already have one row per (coalition, sample); a value function says it supports this with
+an attribute ``per_sample_masks = True``.
+
 Standard errors
 ---------------
 ``Estimate.stderr`` is the Monte Carlo standard error of ``Estimate.values`` over the estimator's
@@ -33,6 +41,7 @@ Estimators (``ESTIMATORS``; all take ``budget``, ``seed``, ``batch``)
 exact        all 2^n coalitions, n <= 16                        stderr 0
 permutation  random orders, n - 1 evaluations each              sd over permutations / sqrt(P)
 antithetic   pairs (pi, reversed pi), optional truncation       sd over pairs / sqrt(pairs)
+persample    antithetic pairs drawn independently per sample     pooled per-sample sd / sqrt(P N^2)
 kernelshap   paired kernel samples, constrained least squares   sandwich over pairs
 adaptive     antithetic rounds until the bottom-k cut is clear  per-unit sd / sqrt(draws), shrunk
 joint        ridge over random sub-models of several groups     ridge sandwich (not Shapley)
@@ -609,6 +618,122 @@ def estimate_antithetic(
 
 
 # ---------------------------------------------------------------------------------------------
+# 3b. Antithetic permutations drawn independently per calibration sample
+
+
+def supports_per_sample(value_fn: ValueFn) -> bool:
+    """Whether ``value_fn`` accepts per-sample coalitions [K, N, n] (see the module doc)."""
+    return bool(getattr(value_fn, "per_sample_masks", False))
+
+
+def _per_sample_prefixes(game: _Game, rank: np.ndarray) -> np.ndarray:
+    """Values [C, n-1, N] of the prefixes of sizes 1..n-1 of per-sample orders ``rank``
+    [C, N, n] (sample s of chain c keeps the units u with rank[c, s, u] < size). Rows are built
+    ``batch`` at a time (a row is N x n bools), counted and budgeted as rows; no cache, since a
+    row of N independent coalitions practically never repeats."""
+    c, n_samples, n = rank.shape
+    total = c * (n - 1)
+    if game.evaluations + total > game.budget:
+        raise RuntimeError(
+            f"estimator tried {game.evaluations + total} evaluations, budget {game.budget}"
+        )
+    game.requested += total
+    out = np.empty((total, n_samples))
+    for lo in range(0, total, game.batch):
+        idx = np.arange(lo, min(total, lo + game.batch))
+        masks = rank[idx // (n - 1)] < (idx % (n - 1) + 1)[:, None, None]
+        rows = np.asarray(game.value_fn(masks), dtype=np.float64)
+        if rows.shape != (len(idx), n_samples):
+            raise ValueError(
+                f"value function returned shape {rows.shape} for per-sample coalitions "
+                f"{masks.shape}; expected [K, N]"
+            )
+        if not np.all(np.isfinite(rows)):
+            raise ValueError("value function returned non-finite values")
+        game.evaluations += len(idx)
+        out[idx] = rows
+    return out.reshape(c, n - 1, n_samples)
+
+
+def _per_sample_pairs(game: _Game, rng: np.random.Generator, m: int) -> np.ndarray:
+    """m antithetic pairs with an independent order per sample: pair-averaged per-sample
+    marginals [m, N, n]. Sample s of chain c walks its own order; each (chain, sample) marginal
+    sequence telescopes to v_s(full) - v_s(empty)."""
+    n, n_samples = game.n, len(game.v_full_ps)
+    perms = rng.permuted(np.tile(np.arange(n), (m * n_samples, 1)), axis=1)
+    perms = perms.reshape(m, 1, n_samples, n)
+    rank = np.argsort(np.concatenate([perms, perms[..., ::-1]], axis=1), axis=-1)  # [m, 2, N, n]
+    rank = rank.reshape(2 * m, n_samples, n)
+    chain = np.empty((2 * m, n + 1, n_samples))
+    chain[:, 0], chain[:, n] = game.v_empty_ps, game.v_full_ps
+    chain[:, 1:n] = _per_sample_prefixes(game, rank)
+    steps = np.diff(chain, axis=1).transpose(0, 2, 1)  # [2m, N, n] by position
+    by_unit = np.take_along_axis(steps, rank, axis=2)
+    return 0.5 * (by_unit[0::2] + by_unit[1::2])
+
+
+def estimate_persample(
+    value_fn: ValueFn,
+    n: int,
+    *,
+    budget: int | None = None,
+    seed: Any = 0,
+    batch: int = DEFAULT_BATCH,
+    n_pairs: int | None = None,
+    cache: bool = False,
+) -> Estimate:
+    """Antithetic permutation sampling with an independent permutation pair per calibration
+    sample (needs per-sample coalitions, see the module doc).
+
+    The Shapley value of the mean game is the mean over samples of the per-sample Shapley values
+    (linearity), so sample s may use its own random orders. With one order shared by all samples
+    (``antithetic``) the permutation noise is common to the N samples and averaging over them
+    removes none of it; with independent orders the N per-sample errors average out. Same cost per
+    pair, 2 (n - 1) rows of N samples; on the zoo's groups the variance per evaluation is 10-40x
+    lower than ``antithetic`` (bench/estimators.py). Each draw (pair) stays efficient: every
+    sample's marginals telescope, so the draw sums exactly to v(full) - v(empty); null units get
+    exactly 0.
+
+    stderr: draws are independent over pairs and samples, so
+        Var(value_i) = sum_s Var_s(pair marginal of i) / (P N^2),
+    with each sample's variance estimated over its P pairs (pooled over N samples, hence far
+    steadier than an sd over P draws). ``info["draws"]`` holds the per-pair means over samples.
+    ``cache`` is accepted for a uniform signature and ignored: rows of N independent coalitions
+    practically never repeat.
+    """
+    if n >= 2 and not supports_per_sample(value_fn):
+        raise ValueError("the persample estimator needs a value function with per_sample_masks")
+    game = _open_game(value_fn, n, budget, batch, cache=False)
+    if n <= 1:
+        return _trivial(game, "persample")
+    _require(game, 2 * (n - 1), "one antithetic pair")
+    rng = np.random.default_rng(seed)
+    max_pairs = n_pairs if n_pairs is not None else np.iinfo(np.int64).max
+    cost = 2 * (n - 1)
+    draws: list[np.ndarray] = []
+    drawn = 0
+    while drawn < max_pairs:
+        m = min(max_pairs - drawn, game.affordable(cost), max(1, game.batch // cost))
+        if m <= 0:
+            break
+        draws.append(_per_sample_pairs(game, rng, m))
+        drawn += m
+    per_sample = np.concatenate(draws)  # [P, N, n]
+    pairs, n_samples = per_sample.shape[:2]
+    values = per_sample.mean(axis=(0, 1))
+    if pairs >= 2:
+        var = per_sample.var(axis=0, ddof=1).sum(axis=0) / (pairs * n_samples**2)
+        stderr = np.sqrt(var)
+    else:
+        stderr = np.full(n, np.inf)
+    return _result(
+        game, values, stderr, "persample",
+        samples=np.full(n, pairs * n_samples),
+        info={"pairs": pairs, "draws": per_sample.mean(axis=1)},
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
 # 4. Paired KernelSHAP
 
 
@@ -948,6 +1073,7 @@ ESTIMATORS: dict[str, Callable[..., Estimate]] = {
     "exact": estimate_exact,
     "permutation": estimate_permutation,
     "antithetic": estimate_antithetic,
+    "persample": estimate_persample,
     "kernelshap": estimate_kernelshap,
     "adaptive": estimate_adaptive,
     "joint": _joint_single,

@@ -15,7 +15,13 @@ import numpy as np
 from .analyze import Analysis
 from .baselines import weight_norm_scores
 from .errors import OnnxPruneError
-from .estimators import ESTIMATORS, Estimate, default_budget, estimate
+from .estimators import (
+    ESTIMATORS,
+    Estimate,
+    default_budget,
+    estimate,
+    supports_per_sample,
+)
 
 # name -> (needs data, description)
 BASELINES = {
@@ -29,7 +35,10 @@ BASELINES = {
     "taylor": (True, "first-order Taylor: finite difference of v on the unit's mask"),
 }
 METRICS = ("shapley", *BASELINES)
-DEFAULT_ESTIMATOR = "antithetic"  # best Spearman/overlap per evaluation in bench/estimators.py
+# Best Spearman/overlap per evaluation in bench/estimators.py. It needs per-sample coalitions
+# from the engine (and mean aggregation); without them auto falls back to FALLBACK_ESTIMATOR.
+DEFAULT_ESTIMATOR = "persample"
+FALLBACK_ESTIMATOR = "antithetic"
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -50,14 +59,28 @@ class GroupScores:
                 "stderr": None if self.stderr is None else self.stderr.tolist()}
 
 
-def pick_estimator(n: int, budget: int, name: str = "auto") -> str:
+def pick_estimator(n: int, budget: int, name: str = "auto", per_sample: bool = False) -> str:
     """Exact enumeration for small groups (n <= 8 costs at most 256 evaluations) or when it
-    fits the budget; the default sampler otherwise."""
+    fits the budget; the default sampler otherwise (its fallback when ``per_sample`` coalitions
+    cannot be evaluated)."""
     if name != "auto":
         if name not in ESTIMATORS:
             raise OnnxPruneError(f"unknown estimator '{name}' (choose from auto, {', '.join(ESTIMATORS)})")
         return name
-    return "exact" if n <= 8 or (n <= 16 and 2 ** n <= budget) else DEFAULT_ESTIMATOR
+    if n <= 8 or (n <= 16 and 2 ** n <= budget):
+        return "exact"
+    return DEFAULT_ESTIMATOR if per_sample else FALLBACK_ESTIMATOR
+
+
+class _GroupValue:
+    """One group's value function; takes per-sample coalitions when the engine does."""
+
+    def __init__(self, engine, gid: int):
+        self.engine, self.gid = engine, gid
+        self.per_sample_masks = bool(getattr(engine, "per_sample_masks", False))
+
+    def __call__(self, coalitions: np.ndarray) -> np.ndarray:
+        return self.engine.values(self.gid, coalitions)
 
 
 def shapley_group(engine, gid: int, *, estimator: str = "auto", budget: int | None = None,
@@ -65,7 +88,11 @@ def shapley_group(engine, gid: int, *, estimator: str = "auto", budget: int | No
     """Shapley values of one group's units, all other groups intact."""
     n = engine.analysis.group(gid).units
     budget = budget or default_budget(n)
-    name = pick_estimator(n, budget, estimator)
+    fn = _GroupValue(engine, gid)
+    name = pick_estimator(n, budget, estimator, supports_per_sample(fn) and aggregate == "mean")
+    if name == "persample" and n >= 2 and not supports_per_sample(fn):
+        raise OnnxPruneError("the persample estimator needs an engine that evaluates per-sample "
+                             "coalitions; use --estimator antithetic")
     if name == "exact":
         budget = max(budget, 2 ** n)
     kwargs: dict[str, Any] = {"budget": budget, "seed": seed, "batch": 256}
@@ -80,7 +107,7 @@ def shapley_group(engine, gid: int, *, estimator: str = "auto", budget: int | No
         kwargs.pop("seed")
     t0 = time.perf_counter()
     try:
-        est: Estimate = estimate(name, lambda c: engine.values(gid, c), n, **kwargs)
+        est: Estimate = estimate(name, fn, n, **kwargs)
     except ValueError as exc:
         if "budget" not in str(exc):
             raise

@@ -116,6 +116,28 @@ def positions(am: AnalyzedModel) -> list[int]:
 # ------------------------------------------------------------------------- exactness
 
 
+@pytest.mark.parametrize("name", ["resnet_basic", "mobilenetv2"])
+def test_per_sample_coalitions_reach_their_own_samples(name):
+    """Sample i of coalition k is evaluated under its own mask: each entry equals the value
+    of that mask given to every sample (the ordinary [K, units] path, itself checked
+    against plain runs)."""
+    am = zoo(name)
+    calib = calibration(am)
+    engine = Engine(am, calib, Probe())
+    assert engine.per_sample_masks
+    for gid in positions(am):
+        units = am.analysis.group(gid).units
+        rng = np.random.default_rng(gid)
+        coal = rng.random((3, calib.n_samples, units)) < 0.5
+        got = engine.values(gid, coal)
+        for k in range(3):
+            for i in range(calib.n_samples):
+                want = engine.values(gid, coal[k, i][None])[0, i]
+                assert abs(got[k, i] - want) <= 1e-4 * max(abs(want), 1e-6)
+    with pytest.raises(ValueError, match="coalitions must be"):
+        engine.values(gid, np.ones((2, calib.n_samples + 1, units), bool))
+
+
 @pytest.mark.parametrize("prefix", ["optimized", "source", None],
                          ids=["prefix", "prefix-source-cut", "no-prefix"])
 @pytest.mark.parametrize("name", ["resnet_basic", "mobilenetv2", "vgg_bn", "inception"])

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from onnxprune import estimators as E
 
-SAMPLING = ["permutation", "antithetic", "kernelshap", "adaptive"]
+SAMPLING = ["permutation", "antithetic", "persample", "kernelshap", "adaptive"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,11 +84,29 @@ def block_game(a: np.ndarray, c: np.ndarray, gamma: float, block: int = 4):
     return value, phi
 
 
+class PerSample:
+    """A game given on shared coalitions [K, n] made to take per-sample ones [K, N, n] too:
+    every distinct mask on all samples, then each sample's own column."""
+
+    per_sample_masks = True
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, masks):
+        if masks.ndim == 2:
+            return self.fn(masks)
+        k, n_samples, n = masks.shape
+        uniq, inv = np.unique(masks.reshape(-1, n), axis=0, return_inverse=True)
+        return self.fn(uniq)[inv.reshape(k, n_samples), np.arange(n_samples)]
+
+
 class Counting:
     """Wraps a value function; records rows and the largest call."""
 
     def __init__(self, fn):
         self.fn, self.rows, self.largest = fn, 0, 0
+        self.per_sample_masks = E.supports_per_sample(fn)
 
     def __call__(self, masks):
         assert masks.dtype == bool
@@ -113,6 +131,8 @@ def brute_force_shapley(value, n: int) -> np.ndarray:
 def run(name: str, value, n: int, **kw) -> E.Estimate:
     if name == "adaptive":
         kw.setdefault("k", n // 2)
+    if name == "persample" and not E.supports_per_sample(value):
+        value = PerSample(value)
     return E.estimate(name, value, n, **kw)
 
 
@@ -173,6 +193,18 @@ def test_null_player_gets_exactly_zero(name, aggregate):
         assert est.stderr[3] == 0.0
 
 
+def test_persample_null_player_and_symmetry():
+    value, _ = toy_game()  # unit 3 has output weight 0
+    est = run("persample", value, 4, budget=40)
+    assert est.values[3] == 0.0 and est.stderr[3] == 0.0
+    rng = np.random.default_rng(3)
+    c = rng.normal(size=(4, 6))
+    c[:, 1] = c[:, 0]  # interchangeable units: equal in expectation, within the stderr
+    est = run("persample", lambda m: np.tanh(m.astype(float) @ c.T), 6, budget=400, seed=1)
+    gap = abs(est.values[0] - est.values[1])
+    assert gap <= 3 * np.hypot(est.stderr[0], est.stderr[1])
+
+
 # ---------------------------------------------------------------------------------------------
 # Sampling estimators on the toy and on games with known values
 
@@ -190,22 +222,22 @@ def test_sampling_estimators_on_toy(name):
 def test_permutation_efficiency_holds_per_permutation():
     rng = np.random.default_rng(0)
     value = tanh_game(rng, 12)
-    for name in ("permutation", "antithetic"):
-        est = E.estimate(name, value, 12, budget=300, seed=2)
+    for name in ("permutation", "antithetic", "persample"):
+        est = run(name, value, 12, budget=300, seed=2)
         draws = est.info["draws"]
         assert len(draws) >= 5
         np.testing.assert_allclose(draws.sum(axis=1), est.v_full - est.v_empty, rtol=0, atol=1e-12)
         assert abs(est.efficiency_gap) < 1e-12
 
 
-@pytest.mark.parametrize("name", ["permutation", "antithetic", "kernelshap"])
+@pytest.mark.parametrize("name", ["permutation", "antithetic", "persample", "kernelshap"])
 def test_stderr_is_calibrated_on_a_higher_order_game(name):
     """z = (estimate - exact) / stderr over 40 seeds and 8 units: mean z^2 near 1."""
     value = tanh_game(np.random.default_rng(1), 8)
     exact = E.estimate_exact(value, 8).values
     z = np.array(
         [(est.values - exact) / est.stderr
-         for est in (E.estimate(name, value, 8, budget=300, seed=s) for s in range(40))]
+         for est in (run(name, value, 8, budget=300, seed=s) for s in range(40))]
     )  # fmt: skip
     assert 0.5 < np.mean(z**2) < 2.0, np.mean(z**2)
     assert np.mean(np.abs(z) > 3) < 0.02
@@ -231,6 +263,8 @@ def test_pairwise_games_closed_form(n, n_samples, scale, seed):
     assert abs(ks.efficiency_gap) < 1e-9
     anti = E.estimate_antithetic(value, n, budget=max(4, 2 * n), seed=seed)
     np.testing.assert_allclose(anti.values, phi, atol=1e-9)
+    per = run("persample", value, n, budget=max(4, 2 * n), seed=seed)
+    np.testing.assert_allclose(per.values, phi, atol=1e-9)
 
 
 def test_kernelshap_reports_zero_stderr_when_exact_and_positive_otherwise():
@@ -274,14 +308,30 @@ def test_truncation_efficiency_gap_is_bounded_by_tol():
 @pytest.mark.parametrize("budget", [40, 97, 500])
 @pytest.mark.parametrize("cache", [True, False])
 def test_budget_and_batch_respected(name, budget, cache):
-    counter = Counting(tanh_game(np.random.default_rng(7), 9))
+    counter = Counting(PerSample(tanh_game(np.random.default_rng(7), 9)))
     kw = {} if name == "joint" else {"cache": cache}
     est = run(name, counter, 9, budget=budget, batch=16, seed=0, **kw)
     assert est.evaluations == counter.rows <= budget
     assert counter.largest <= 16
 
 
-@pytest.mark.parametrize("name", ["permutation", "antithetic", "adaptive"])
+def test_persample_needs_per_sample_masks_and_beats_shared_orders():
+    """Refused without per-sample support (before any evaluation); with it, on a game whose
+    samples share their structure, far closer to exact than shared orders at the same budget."""
+    never = Counting(lambda m: np.zeros((len(m), 3)))
+    with pytest.raises(ValueError, match="per_sample_masks"):
+        E.estimate_persample(never, 6)
+    assert never.rows == 0
+    rng = np.random.default_rng(14)
+    c = rng.normal(size=10) + rng.normal(scale=0.3, size=(32, 10))  # 32 similar samples
+    value = lambda m: np.tanh(1.5 * m.astype(float) @ c.T - 1.0)  # noqa: E731
+    exact = E.estimate_exact(value, 10).values
+    err = {name: np.mean([np.mean((run(name, value, 10, budget=100, seed=s).values - exact) ** 2)
+                          for s in range(10)]) for name in ("antithetic", "persample")}  # fmt: skip
+    assert err["persample"] < err["antithetic"] / 4, err
+
+
+@pytest.mark.parametrize("name", ["permutation", "antithetic", "persample", "adaptive"])
 def test_too_small_budget_is_refused(name):
     with pytest.raises(ValueError, match="budget"):
         run(name, tanh_game(np.random.default_rng(0), 9), 9, budget=9)
@@ -436,3 +486,34 @@ def test_joint_estimates_weighted_banzhaf_not_shapley():
     (est,) = E.estimate_joint(value, [6], keep_ratio=0.3, budget=4000, seed=0, ridge=1e-6)
     banzhaf = (a + 0.3 * b.sum(-1)).mean(0)
     np.testing.assert_allclose(est.values, banzhaf, atol=5 * est.stderr.max() + 0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring in score.py: auto picks persample only when the engine takes per-sample coalitions
+
+
+def test_auto_estimator_follows_engine_support():
+    from types import SimpleNamespace
+
+    from onnxprune.errors import OnnxPruneError
+    from onnxprune.score import pick_estimator, shapley_group
+
+    assert pick_estimator(40, 400) == "antithetic"
+    assert pick_estimator(40, 400, per_sample=True) == "persample"
+    assert pick_estimator(6, 60, per_sample=True) == "exact"
+    value = PerSample(tanh_game(np.random.default_rng(15), 10))
+    exact = E.estimate_exact(value, 10).values
+
+    def engine(per_sample: bool):
+        group = SimpleNamespace(units=10)
+        return SimpleNamespace(analysis=SimpleNamespace(group=lambda gid: group),
+                               values=lambda gid, c: value(c), per_sample_masks=per_sample)
+
+    with_masks = shapley_group(engine(True), 0, budget=200)
+    assert with_masks.method == "shapley/persample"
+    assert np.all(np.abs(with_masks.values - exact) <= 4 * with_masks.stderr + 1e-9)
+    assert shapley_group(engine(False), 0, budget=200).method == "shapley/antithetic"
+    assert shapley_group(engine(True), 0, budget=200, aggregate="mean+2std").method == \
+        "shapley/antithetic"
+    with pytest.raises(OnnxPruneError, match="per-sample"):
+        shapley_group(engine(False), 0, budget=200, estimator="persample")

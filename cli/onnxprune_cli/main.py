@@ -83,8 +83,8 @@ def scoring_options(fn):
                      help="Ranking metric."),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--estimator", default="auto", show_default=True,
-                     help="Shapley estimator: auto, exact, permutation, antithetic, kernelshap, "
-                          "adaptive, joint."),
+                     help="Shapley estimator: auto (exact for small groups, else persample), exact, "
+                          "persample, permutation, antithetic, kernelshap, adaptive, joint."),
         click.option("--budget", type=int, default=None,
                      help="Coalition evaluations per group (default: 10 x units)."),
         click.option("--value", default=None,
