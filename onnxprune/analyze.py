@@ -114,6 +114,11 @@ class AnalysisContext:
 
     # -- recording
     def set_map(self, tensor: gs.Tensor, cmap: ChannelMap) -> None:
+        if (why := _disagrees(tensor, cmap)) is not None:
+            # a malformed model (or a handler's view that shape inference contradicts): the
+            # channels are pinned and not followed further, never guessed
+            self.pin(cmap.ids, f"'{tensor.name}' {why}")
+            return
         if cmap.axis == 0:
             # masks carry the batch on axis 0; channels there cannot be masked per sample
             self.pin(cmap.ids, f"channels end up on the batch axis at '{tensor.name}'")
@@ -179,6 +184,20 @@ class AnalysisContext:
                 return "an embedding lookup (Gather)"
             frontier.extend(i for i in node.inputs if not isinstance(i, gs.Constant))
         return "an op the analysis does not follow"
+
+
+def _disagrees(tensor: gs.Tensor, cmap: ChannelMap) -> str | None:
+    """Why the tensor's inferred shape cannot hold `cmap` (None if it can, or is unknown)."""
+    shape = tensor.shape
+    if shape is None:
+        return None
+    if not 0 <= cmap.axis < len(shape):
+        return f"has rank {len(shape)}, so no channel axis {cmap.axis} (a malformed model?)"
+    dim = shape[cmap.axis]
+    if isinstance(dim, (int, np.integer)) and dim >= 0 and dim != cmap.size:
+        return (f"has {dim} positions on axis {cmap.axis} where the analysis expects "
+                f"{cmap.size} channels (a malformed model?)")
+    return None
 
 
 def analyze(graph: gs.Graph) -> Analysis:

@@ -22,7 +22,7 @@ from .calib import Calibration, calibration_from_arrays, input_specs_from_model,
 from .cost import count_macs, count_params, group_costs
 from .errors import OnnxPruneError
 from .graph import ModelIdentity
-from .load import load_model, save_model
+from .load import load_model, model_bytes, save_model
 from .normalize import normalize
 from .deploy import deploy
 from .compensate import site_means, site_stats
@@ -282,14 +282,17 @@ def _guard(am: AnalyzedModel, data: Calibration | None, note: str | None, value:
 
 
 def _check_runs(am: AnalyzedModel, device: str, data: Calibration | None) -> None:
-    """ONNX Runtime must accept and run the original (on one calibration sample); its refusal
+    """ONNX Runtime must accept and run the original (on every calibration sample, in the
+    batches verification uses: a model may fail only beyond one sample; and unoptimized: ORT's
+    rewrites can hide an inconsistency that the folded, pruned model then shows); its refusal
     is the user's to fix (an op it lacks, an unknown IR version, contradictory attributes), so
     it becomes one line. Failures on models we build stay bugs with tracebacks."""
     from .runtime import make_session
+    from .verify import run_batches
     try:
-        sess = make_session(am.proto, "cpu" if device == "auto" else device)
-        if data is not None:
-            sess.run(None, {i.name: data.inputs[i.name][:1] for i in sess.get_inputs()})
+        sess = make_session(am.proto, "cpu" if device == "auto" else device, optimize=False)
+        for _ in run_batches(sess, data.inputs) if data is not None else ():
+            pass
     except OnnxPruneError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types
@@ -398,9 +401,9 @@ def build_report(am: AnalyzedModel, pruned: onnx.ModelProto, keep, scores, *, ra
         "calibration_samples": n_samples,
         "versions": _versions(__version__),
         "before": {"params": count_params(am.graph), "macs": count_macs(am.graph),
-                   "bytes": am.proto.ByteSize()},
+                   "bytes": model_bytes(am.proto)},
         "after": {"params": count_params(after_graph), "macs": count_macs(after_graph),
-                  "bytes": pruned.ByteSize()},
+                  "bytes": model_bytes(pruned)},
         "groups": groups,
         "verification": verification,
         "seconds": {k: round(v, 4) for k, v in seconds.items()},

@@ -52,6 +52,8 @@ def _reduce(node, opset):
         return True
     if axes is None or np.size(axes) == 0:
         return not node.attrs.get("noop_with_empty_axes", 0)
+    if np.ndim(axes) > 1:  # malformed: fail closed
+        return True
     return 0 in {norm_axis(int(a), rank) for a in np.atleast_1d(axes)}
 
 
@@ -66,7 +68,7 @@ def _slice(node, opset):
         starts, ends, axes, steps = (vals + [None] * 4)[:4]
         if axes is None and len(node.inputs) > 3 and node.inputs[3].name:
             return True  # run-time axes
-    if rank is None:
+    if rank is None or any(np.ndim(v) > 1 for v in (starts, ends, axes, steps) if v is not None):
         return True
     if axes is not None and 0 not in [norm_axis(int(a), rank) for a in np.atleast_1d(axes)]:
         return False
@@ -89,7 +91,7 @@ def _reshape(node, opset):
         return int(node.attrs.get("axis", 1)) == 0
     target = const_value(node.inputs[1])
     in_shape = node.inputs[0].shape
-    if target is None or not target.size or not in_shape:
+    if target is None or target.ndim != 1 or not target.size or not in_shape:
         return True
     if int(target[0]) == 0 and not node.attrs.get("allowzero", 0):
         return False

@@ -5,16 +5,25 @@ Protobuf is touched only here and in `normalize` (import into the graph IR) and
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import onnx
-from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+from google.protobuf.message import DecodeError, EncodeError
 
 from .errors import OnnxPruneError
 
 MIN_OPSET = 9
+# protobuf cannot serialize (or even size) a message of 2 GB or more. A model that large, or
+# merely large (each serialization costs its size in memory again, twice in the C++ tools), is
+# shape-inferred and checked without its weights and reaches ONNX Runtime through a file with
+# external data. Module constants, so that tests can route small models the same way.
+PROTOBUF_LIMIT = 2**31 - 1
+LARGE_MODEL = 1 << 28
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -74,15 +83,10 @@ def check_tensor_sizes(model: onnx.ModelProto, where: str = "model") -> None:
 
 
 def validate(model: onnx.ModelProto, where: str = "model") -> None:
-    """The ONNX checker, as a one-line error. Node order is not required (normalize sorts),
-    and models over 2 GB are checked by their loaders instead (the checker needs a path)."""
+    """The ONNX checker, as a one-line error. Node order is not required (normalize sorts)."""
+    check_inference_crashes(model, where)
     try:
-        if model.ByteSize() > 2**31 - 1:
-            return
-    except Exception:  # protobuf refuses to size it: too large to check in memory
-        return
-    try:
-        onnx.checker.check_model(model)
+        check(model)
     except onnx.checker.ValidationError as exc:
         message = _first_line(exc)
         if "topologically sorted" in message or "is not output of any previous nodes" in message:
@@ -90,6 +94,65 @@ def validate(model: onnx.ModelProto, where: str = "model") -> None:
         raise OnnxPruneError(f"{where}: not a valid ONNX model ({message})") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise OnnxPruneError(f"{where}: not a valid ONNX model ({_first_line(exc)})") from None
+    check_shapes(model, where)
+
+
+def check_inference_crashes(model: onnx.ModelProto, where: str = "model") -> None:
+    """Nodes on which onnx's shape inference (strict or not) aborts the whole interpreter,
+    found by the malformed-node fuzz, refused before it runs: a Split whose `num_outputs`
+    is not its number of outputs (onnx 1.23 indexes past a vector: SIGABRT)."""
+    for node in all_nodes(model.graph):
+        if node.op_type == "Split" and node.domain in ("", "ai.onnx"):
+            n = next((a.i for a in node.attribute if a.name == "num_outputs"), None)
+            if n is not None and n != len(node.output):
+                raise OnnxPruneError(f"{where}: not a valid ONNX model (Split '{node.name}' has "
+                                     f"num_outputs={n} but {len(node.output)} outputs)")
+
+
+def all_nodes(graph: onnx.GraphProto):
+    """The graph's nodes and, depth first, those of every subgraph."""
+    for node in graph.node:
+        yield node
+        for a in node.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from all_nodes(sub)
+
+
+def check_shapes(model: onnx.ModelProto, where: str = "model") -> None:
+    """Strict shape inference, as the full checker runs it on every output we write: a node
+    that contradicts its weights or the declared input/output shapes (a Conv whose pads no
+    longer give the declared size, a 1-D Conv weight) is the input's fault, and would
+    otherwise first fail on the pruned model. Intermediate value_info is left out: it is
+    only a hint, often stale, and the output does not keep it."""
+    hints = list(model.graph.value_info)
+    del model.graph.value_info[:]
+    try:
+        check(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
+            UnicodeDecodeError, ValueError) as exc:  # undecodable names, unknown types
+        raise OnnxPruneError(f"{where}: not a valid ONNX model ({_first_line(exc)})") from None
+    finally:
+        model.graph.value_info.extend(hints)
+
+
+def check(model: onnx.ModelProto, full_check: bool = False) -> None:
+    """onnx.checker.check_model, also for a large model: its weights then become references
+    into a sparse file of their size (no disk used), which the checker, reading the model from
+    a path, finds in place but never reads."""
+    if not is_large(model):
+        onnx.checker.check_model(model, full_check=full_check)
+        return
+    light, pairs = split_weights(model)
+    with tempfile.TemporaryDirectory(prefix="onnxprune-check-") as tmp:
+        offset = 0
+        for stub, original in pairs:
+            length = _raw_length(original)
+            _point_to(stub, "weights.data", offset, length)
+            offset += length
+        with open(Path(tmp) / "weights.data", "wb") as f:
+            f.truncate(offset)
+        onnx.save_model(light, str(Path(tmp) / "model.onnx"))
+        onnx.checker.check_model(str(Path(tmp) / "model.onnx"), full_check=full_check)
 
 
 def check_opset(model: onnx.ModelProto, where: str = "model") -> int:
@@ -112,24 +175,28 @@ def default_opset(model: onnx.ModelProto) -> int | None:
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
-               external_data: bool | None = None) -> None:
-    """Write atomically (temporary file + rename); large models get a sibling `.data` file."""
+               external_data: bool | None = None,
+               on_commit: Callable[[], None] | None = None) -> None:
+    """Write atomically (temporary file + rename); large models get a sibling `.data` file.
+    `on_commit` runs once the files are complete, just before they are renamed into place
+    (the command stops honouring Ctrl-C there: a half-renamed pair would be a partial output)."""
     path = Path(path)
     if external_data is None:
-        external_data = model.ByteSize() > 1_800_000_000 if _fits_protobuf(model) else True
+        external_data = model.ByteSize() > 1_800_000_000 if fits_protobuf(model) else True
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     data_name = path.name + ".data"
     try:
         if external_data:
+            # written under a temporary name, but the model already names the final file
             tmp_data = path.parent / (Path(tmp).name + ".data")
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=tmp_data.name, size_threshold=1024)
-            # The model refers to its data by file name: point it at the final name, then rename both.
-            _relocate_external_data(tmp, tmp_data.name, data_name)
-            os.replace(tmp_data, path.parent / data_name)
+            write_external(model, Path(tmp), tmp_data, data_name, threshold=1024)
         else:
             onnx.save_model(model, tmp)
+        if on_commit is not None:
+            on_commit()
+        if external_data:
+            os.replace(tmp_data, path.parent / data_name)
         os.replace(tmp, path)
     except BaseException:
         for leftover in (Path(tmp), path.parent / (Path(tmp).name + ".data")):
@@ -137,13 +204,93 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
         raise
 
 
-def _relocate_external_data(model_path: str, old: str, new: str) -> None:
-    m = onnx.load(model_path, load_external_data=False)
-    for tensor in _all_tensors(m):
-        for entry in tensor.external_data:
-            if entry.key == "location" and entry.value == old:
-                entry.value = new
-    onnx.save_model(m, model_path)
+def split_weights(model: onnx.ModelProto, threshold: int = 1 << 20,
+                  ) -> tuple[onnx.ModelProto, list[tuple[onnx.TensorProto, onnx.TensorProto]]]:
+    """A copy of `model` whose main-graph initializers of `threshold` bytes or more are stubs
+    (name, type and dims, no data), and the (stub, original) pairs. This is how a model past
+    protobuf's limit is shape-inferred or written without copying its weights or changing it."""
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip="graph")
+    _copy_fields(model.graph, light.graph, skip="initializer")
+    pairs = []
+    for t in model.graph.initializer:
+        if t.data_type != onnx.TensorProto.STRING and _tensor_bytes(t) >= threshold:
+            stub = light.graph.initializer.add()
+            stub.name, stub.data_type = t.name, t.data_type
+            stub.dims.extend(t.dims)
+            pairs.append((stub, t))
+        else:
+            light.graph.initializer.add().CopyFrom(t)
+    return light, pairs
+
+
+def write_external(model: onnx.ModelProto, path: Path, data_path: Path | None = None,
+                   location: str | None = None, threshold: int = 1 << 20) -> Path:
+    """Write `model` to `path` with its large initializers in `data_path` (default: PATH.data),
+    which the model names `location` (default: its file name); `model` is not changed. Data
+    offsets are page-aligned so that ONNX Runtime can map them instead of copying."""
+    data_path = data_path or path.with_name(path.name + ".data")
+    light, pairs = split_weights(model, threshold)
+    offset = 0
+    with open(data_path, "wb") as f:
+        for stub, original in pairs:
+            data = original.raw_data if original.HasField("raw_data") else \
+                numpy_helper.from_array(numpy_helper.to_array(original)).raw_data
+            pad = -offset % 4096
+            f.write(b"\0" * pad)
+            offset += pad
+            f.write(data)
+            _point_to(stub, location or data_path.name, offset, len(data))
+            offset += len(data)
+    onnx.save_model(light, str(path))
+    return path
+
+
+def _point_to(stub: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        stub.external_data.add(key=key, value=value)
+
+
+def _raw_length(t: onnx.TensorProto) -> int:
+    """Bytes of the tensor's data in raw (external data) form, without reading it."""
+    count = math.prod(t.dims)
+    if t.data_type in _PACKED_4BIT:
+        return (count + 1) // 2
+    return count * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+
+
+_PACKED_4BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1")
+                if hasattr(onnx.TensorProto, n)}
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+        if repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    try:
+        return t.ByteSize()
+    except (ValueError, EncodeError):  # one tensor of 2 GB or more
+        return _raw_length(t)
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    """The serialized size, also past protobuf's limit (then: the model without its large
+    weights, plus their data)."""
+    if fits_protobuf(model):
+        return model.ByteSize()
+    light, pairs = split_weights(model)
+    return light.ByteSize() + sum(_tensor_bytes(t) for _, t in pairs)
 
 
 def _check_external_files(model: onnx.ModelProto, base: Path) -> None:
@@ -160,10 +307,17 @@ def _all_tensors(model: onnx.ModelProto):
     yield from onnx.external_data_helper._get_all_tensors(model)
 
 
-def _fits_protobuf(model: onnx.ModelProto) -> bool:
+def is_large(model: onnx.ModelProto) -> bool:
     try:
-        return model.ByteSize() < 2**31 - 1
-    except ValueError:
+        return model.ByteSize() >= min(LARGE_MODEL, PROTOBUF_LIMIT)
+    except (ValueError, EncodeError):  # protobuf refuses even to size it
+        return True
+
+
+def fits_protobuf(model: onnx.ModelProto) -> bool:
+    try:
+        return model.ByteSize() < PROTOBUF_LIMIT
+    except (ValueError, EncodeError):  # protobuf refuses even to size it
         return False
 
 

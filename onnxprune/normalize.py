@@ -12,10 +12,11 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .errors import OnnxPruneError
-from .load import check_opset
+from .load import all_nodes, check_inference_crashes, check_opset, is_large, split_weights
 from .shapes import fold_reshape_targets, probe_reshape_targets
 
 from onnx_graphsurgeon.logger import G_LOGGER
+from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
 G_LOGGER.severity = G_LOGGER.ERROR  # folding failures are expected and handled (error_ok)
 
@@ -29,13 +30,16 @@ except ImportError:  # reported where a session is needed
 def normalize(model: onnx.ModelProto) -> gs.Graph:
     """Fold constants and shape subgraphs, infer shapes, and return the IR graph (sorted)."""
     check_opset(model)
+    unique_node_names(model)
     try:
         graph = gs.import_onnx(infer_shapes(model))
         gs.export_onnx(graph, do_type_check=False)  # names and dims must survive the round trip
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, IndexError) as exc:
-        # corrupt tensors (data size vs dims), unknown element types, undecodable strings
+        graph.toposort()  # the loader lets unsorted graphs through, and with them cycles
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, IndexError,
+            OnnxGraphSurgeonException) as exc:
+        # corrupt tensors (data size vs dims), unknown element types, undecodable strings,
+        # a cycle
         raise OnnxPruneError(f"cannot read the model's graph: {str(exc).splitlines()[0][:200]}") from None
-    graph.toposort()
     graph.fold_constants(error_ok=True)
     fold_reshape_targets(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
@@ -48,6 +52,29 @@ def normalize(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
+def unique_node_names(model: onnx.ModelProto) -> int:
+    """Rename nodes whose name is already taken, in place (in every subgraph too); return how
+    many. Names carry no meaning, but ONNX Runtime refuses a graph with two nodes of the same
+    name, and every session (the trial run, calibration, verification) is built from this very
+    proto. Nameless nodes stay nameless (that is allowed); the first holder of a name keeps it."""
+    nodes = list(all_nodes(model.graph))
+    taken = {n.name for n in nodes if n.name}
+    seen: set[str] = set()
+    renamed = 0
+    for node in nodes:
+        if not node.name:
+            continue
+        if node.name in seen:
+            k, base = 1, node.name
+            while f"{base}_{k}" in taken:
+                k += 1
+            node.name = f"{base}_{k}"
+            taken.add(node.name)
+            renamed += 1
+        seen.add(node.name)
+    return renamed
+
+
 def _reinfer(graph: gs.Graph) -> gs.Graph:
     graph = gs.import_onnx(infer_shapes(gs.export_onnx(graph, do_type_check=False)))
     graph.toposort()
@@ -55,22 +82,19 @@ def _reinfer(graph: gs.Graph) -> gs.Graph:
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape inference that keeps going on ops it does not know (custom domains)."""
+    """Shape inference that keeps going on ops it does not know (custom domains). A large
+    model (load.is_large: near or past protobuf's 2 GB limit) is inferred without its large
+    weights and gets the result in place (copying it would cost as much memory again)."""
+    check_inference_crashes(model)
+    light = split_weights(model)[0] if is_large(model) else None
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False,
-                                                 data_prop=True)
-    except ValueError:  # larger than 2 GB: infer on a weightless copy
-        return _infer_without_weights(model)
+        inferred = onnx.shape_inference.infer_shapes(model if light is None else light,
+                                                     check_type=False, strict_mode=False,
+                                                     data_prop=True)
     except onnx.shape_inference.InferenceError as exc:
         raise OnnxPruneError(f"model is inconsistent: {str(exc).splitlines()[0]}") from None
-
-
-def _infer_without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    for init in light.graph.initializer:
-        init.ClearField("raw_data")
-    inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False)
+    if light is None:
+        return inferred
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
     return model

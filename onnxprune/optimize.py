@@ -8,12 +8,12 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .graph import ModelIdentity, to_proto
+from .load import check
 from .normalize import infer_shapes
 
 
 def finalize(graph: gs.Graph, ident: ModelIdentity) -> onnx.ModelProto:
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = infer_shapes(to_proto(graph, ident))
-    if model.ByteSize() < 2**31 - 1:
-        onnx.checker.check_model(model, full_check=True)
+    check(model, full_check=True)  # also past 2 GB (load.check)
     return model

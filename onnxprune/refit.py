@@ -28,6 +28,7 @@ from .runtime import make_session
 
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # relative to the mean variance of the kept inputs
 MAX_STATS_BYTES = 2**30  # Gram matrices held at once: more sites per pass of the model
+MAX_KEPT_COLUMNS = 4096  # wider layers keep mean compensation: the solve is cubic in this
 POSITIONS = 256  # rows per sample at most (spatial or sequence positions, seeded subset):
                  # enough to fit, and it bounds the cost on large feature maps
 
@@ -61,7 +62,8 @@ def refit_consumers(analysis: Analysis, ident: ModelIdentity, keep_channel: np.n
     `progress(done, total)` is called with layers done after each pass of the model."""
     layers = [lay for site in analysis.sites
               if not keep_channel[site.ids].all()
-              and (lay := _layer(analysis, site, keep_channel)) is not None]
+              and (lay := _layer(analysis, site, keep_channel)) is not None
+              and lay.keep_cols.sum() <= MAX_KEPT_COLUMNS]
     out: dict[str, Refit] = {}
     for chunk in _by_memory(layers):
         stats = _accumulate(analysis, ident, chunk, inputs, device, batch)
@@ -169,6 +171,7 @@ class _Stats:
     g_kr: np.ndarray | float = 0.0
     rr: float = 0.0
 
+    @np.errstate(invalid="ignore", over="ignore")  # non-finite sums are checked in _solve
     def add(self, p_keep: np.ndarray, r: np.ndarray) -> None:
         self.n += len(p_keep)
         self.s_k = self.s_k + p_keep.sum(0)

@@ -54,7 +54,7 @@ class RewriteContext:
             while len(node.inputs) <= bias_index:
                 node.inputs.append(gs.Variable.empty())
             old = const_value(node.inputs[bias_index]) if node.inputs[bias_index].name else None
-            bias = (np.zeros_like(delta) if old is None else np.broadcast_to(old, delta.shape)) + delta
+            bias = delta if old is None else old + delta  # a Gemm C of [1, N] or [M, N] keeps its shape
             node.inputs[bias_index] = gs.Constant(self.fresh(f"{y.name}__bias"), bias.astype(dtype))
             return
         # no bias input (MatMul): add one after the node, already cut to the kept outputs

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import onnx
 
 from .errors import OnnxPruneError
+from .load import is_large, write_external
 
 INSTALL_HINT = "pip install 'onnxprune[cpu]' (or 'onnxprune[gpu]' for CUDA)"
 
@@ -36,10 +39,13 @@ def package_warning() -> str | None:
     return None
 
 
-def session_options(threads: int | None = None, *, spinning: bool = True) -> Any:
+def session_options(threads: int | None = None, *, spinning: bool = True,
+                    optimize: bool = True) -> Any:
     rt = ort()
     opts = rt.SessionOptions()
-    opts.log_severity_level = 3
+    if not optimize:  # the model as the ONNX spec says, not as ORT's rewrites may read it
+        opts.graph_optimization_level = rt.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 4  # failures surface as exceptions; the log would only repeat them on stderr
     opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
     if not spinning:  # DESIGN.md: spinning threads distort interleaved latency measurements
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -55,20 +61,34 @@ def providers_for(device: str) -> list[str]:
 
 
 def make_session(model: onnx.ModelProto | str | bytes, device: str = "auto",
-                 threads: int | None = None, *, spinning: bool = True) -> Any:
+                 threads: int | None = None, *, spinning: bool = True,
+                 optimize: bool = True) -> Any:
     """A session on `device`; with 'cuda' it is an error if CUDA is not what the session got."""
     rt = ort()
     wanted = providers_for(device)
     available = rt.get_available_providers()
     providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    sess = rt.InferenceSession(source, session_options(threads, spinning=spinning),
-                               providers=providers)
+    opts = session_options(threads, spinning=spinning, optimize=optimize)
+    if isinstance(model, onnx.ModelProto) and is_large(model):
+        sess = _session_from_file(rt, model, opts, providers)
+    else:
+        source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+        sess = rt.InferenceSession(source, opts, providers=providers)
     if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
         raise OnnxPruneError("--device cuda: the CUDA execution provider is not usable here "
                              f"(session got {sess.get_providers()[0]}); install 'onnxprune[gpu]' "
                              "with a matching CUDA, or use --device cpu")
     return sess
+
+
+def _session_from_file(rt: Any, model: onnx.ModelProto, opts: Any, providers: list[str]) -> Any:
+    """A model past protobuf's 2 GB limit cannot be handed over as bytes (and a large one would
+    be copied twice on the way): write it with external data to a temporary directory and load
+    it from there. The directory goes right after loading (on Linux, data ONNX Runtime has
+    mapped stays readable until it unmaps it)."""
+    with tempfile.TemporaryDirectory(prefix="onnxprune-session-") as tmp:
+        path = write_external(model, Path(tmp) / "model.onnx")
+        return rt.InferenceSession(str(path), opts, providers=providers)
 
 
 def session_device(sess: Any) -> str:

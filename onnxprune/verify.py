@@ -5,7 +5,7 @@ when the output looks like class scores (rank 2, more than one column)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -27,13 +27,18 @@ class OutputFidelity:
 
 def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], device: str = "cpu",
               batch: int = 64) -> list[np.ndarray]:
-    sess = make_session(model, device)
+    chunks = list(run_batches(make_session(model, device), feeds, batch))
+    return [np.concatenate(parts) for parts in zip(*chunks)]
+
+
+def run_batches(sess, feeds: Mapping[str, np.ndarray], batch: int = 64) -> Iterator[list[np.ndarray]]:
+    """The session's outputs, chunk by chunk (one sample at a time for a static batch of 1)."""
     names = [i.name for i in sess.get_inputs()]
     n = next(iter(feeds.values())).shape[0]
     static_one = any(i.shape and i.shape[0] == 1 for i in sess.get_inputs())
     step = 1 if static_one else batch
-    chunks = [sess.run(None, {k: feeds[k][i:i + step] for k in names}) for i in range(0, n, step)]
-    return [np.concatenate(parts) for parts in zip(*chunks)]
+    for i in range(0, n, step):
+        yield sess.run(None, {k: feeds[k][i:i + step] for k in names})
 
 
 def compare(names: list[str], want: list[np.ndarray], got: list[np.ndarray]) -> list[OutputFidelity]:

@@ -329,6 +329,23 @@ def qdq() -> onnx.ModelProto:
     return make(nodes, w.inits, [x_input()], [vi("y", ["N", 4, HW, HW])], opset=13)
 
 
+def qdq_matmul() -> onnx.ModelProto:
+    """x [N, 5, 8] -> MatMul (float, 16) -> Relu -> MatMul with a DequantizeLinear(int8) weight
+    (12) -> Relu -> MatMul (float, 4) -> y: a QDQ transformer's linear layers."""
+    w = Weights(7)
+    r = w.rng
+    q, s, z = _q(w, "w1", (r.standard_normal((16, 12)) / 4).astype(np.float32))
+    nodes = [helper.make_node("MatMul", ["x", w.add("w0", r.standard_normal((8, 16)).astype(np.float32))],
+                              ["h"], name="mm0"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu0"),
+             helper.make_node("DequantizeLinear", [q, s, z], ["w1_f"], name="wdq1"),
+             helper.make_node("MatMul", ["r", "w1_f"], ["m1"], name="mm1"),
+             helper.make_node("Relu", ["m1"], ["r1"], name="relu1"),
+             helper.make_node("MatMul", ["r1", w.add("w2", r.standard_normal((12, 4)).astype(np.float32))],
+                              ["y"], name="mm2")]
+    return make(nodes, w.inits, [vi("x", ["N", 5, 8])], [vi("y", ["N", 5, 4])], opset=13)
+
+
 def qlinearconv() -> onnx.ModelProto:
     """conv0 (float) -> relu -> QuantizeLinear -> QLinearConv (uint8) -> DequantizeLinear ->
     relu -> conv2 (float) -> relu -> conv3 -> y. conv0's group reaches the quantized op."""
@@ -365,6 +382,23 @@ def custom_domain(domain: str = "com.example", op: str = "MysteryOp") -> onnx.Mo
              conv_node(w, "conv2", "r1", "y", 4, 6)]
     return make(nodes, w.inits, [x_input()], [vi("y", ["N", 4, HW, HW])], opset=13,
                 domains={domain: 1})
+
+
+def gemm_2d_bias(c_shape: str = "row") -> onnx.ModelProto:
+    """x [N, 16] -> Gemm (C [1, 12]) -> Relu -> Gemm (C [1, 4], or [4, 1] with a static batch
+    of 4 for "column") -> y. Valid ONNX: C only has to broadcast to [M, N]."""
+    w = Weights(6)
+    r = w.rng
+    batch = 4 if c_shape == "column" else "N"
+    c2 = r.uniform(-0.5, 0.5, (1, 4) if c_shape == "row" else (4, 1)).astype(np.float32)
+    w1 = r.standard_normal((16, 12)).astype(np.float32) / 4
+    w2 = r.standard_normal((12, 4)).astype(np.float32) / 4
+    nodes = [helper.make_node("Gemm", ["x", w.add("fc1.weight", w1), w.add(
+                 "fc1.bias", r.uniform(-0.5, 0.5, (1, 12)).astype(np.float32))], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", w.add("fc2.weight", w2), w.add("fc2.bias", c2)], ["y"],
+                              name="fc2")]
+    return make(nodes, w.inits, [vi("x", [batch, 16])], [vi("y", [batch, 4])], opset=13)
 
 
 # --------------------------------------------------------------------------- external data
@@ -457,6 +491,75 @@ def mutate(data: bytes, kind: str, rng: random.Random) -> bytes:
     else:
         raise ValueError(kind)
     return bytes(buf)
+
+
+MALFORMATIONS = ("dims", "int-attr", "ints-attr", "add-attr", "rewire", "drop-input",
+                 "const-value")
+_ADDED_ATTRS = {"group": (2, 3, 9), "axis": (-1, 0, 1, 2, 3), "keepdims": (0,), "transA": (1,),
+                "transB": (1,), "perm": ([0, 2, 1], [1, 0]), "allowzero": (1,),
+                "training_mode": (1,), "num_outputs": (2, 3)}
+
+
+def malform(model: onnx.ModelProto, kind: str, rng: random.Random) -> onnx.ModelProto:
+    """One structural change that keeps the file parseable and often passes onnx's light
+    checker but breaks what an op handler may assume: an initializer's dims (same element
+    count, other rank or order), an attribute's value, an added attribute, an input rewired
+    to another tensor or dropped, the values of a small integer constant (a shape, axes,
+    sizes). The model's meaning is lost; what matters is that the tool stays clean."""
+    m = _copy(model)
+    g = m.graph
+    nodes = list(g.node)
+    tensors = list(g.initializer) + [a.t for n in nodes if n.op_type == "Constant"
+                                     for a in n.attribute if a.name == "value"]
+    if kind == "dims" and tensors:
+        t = rng.choice(tensors)
+        dims = list(t.dims)
+        count = int(np.prod(dims)) if dims else 1
+        choices = [[count], [1, *dims], [*dims, 1]]
+        if len(dims) >= 2:
+            i = rng.randrange(len(dims) - 1)
+            choices += [dims[:i] + [dims[i] * dims[i + 1]] + dims[i + 2:],
+                        dims[:i] + [dims[i + 1], dims[i]] + dims[i + 2:]]
+        del t.dims[:]
+        t.dims.extend(rng.choice(choices))
+    elif kind in ("int-attr", "ints-attr"):
+        want = onnx.AttributeProto.INT if kind == "int-attr" else onnx.AttributeProto.INTS
+        attrs = [a for n in nodes for a in n.attribute if a.type == want]
+        if attrs:
+            a = rng.choice(attrs)
+            if kind == "int-attr":
+                a.i = rng.choice([-4, -2, -1, 0, 1, 2, 3, 5, 9, 1 << 20])
+            elif a.ints and rng.random() < 0.5:
+                a.ints[rng.randrange(len(a.ints))] = rng.choice([-2, -1, 0, 1, 2, 3, 7])
+            elif a.ints and rng.random() < 0.5:
+                del a.ints[rng.randrange(len(a.ints))]
+            else:
+                a.ints.append(rng.choice([0, 1, 2, 3]))
+    elif kind == "add-attr":
+        node = rng.choice(nodes)
+        name = rng.choice(sorted(_ADDED_ATTRS))
+        if name not in {a.name for a in node.attribute}:
+            node.attribute.append(helper.make_attribute(name, rng.choice(_ADDED_ATTRS[name])))
+    elif kind == "rewire":
+        node = rng.choice([n for n in nodes if n.input])
+        produced = [o for n in nodes[:nodes.index(node)] for o in n.output]
+        names = produced + [i.name for i in g.input] + [t.name for t in g.initializer]
+        node.input[rng.randrange(len(node.input))] = rng.choice(names)
+    elif kind == "drop-input":
+        node = rng.choice([n for n in nodes if n.input])
+        del node.input[-1]
+    elif kind == "const-value":
+        ints = [t for t in tensors if t.data_type == TensorProto.INT64
+                and 0 < int(np.prod(t.dims or [1])) <= 8]
+        if ints:
+            t = rng.choice(ints)
+            old = numpy_helper.to_array(t)
+            new = np.array([rng.choice([-2, -1, 0, 1, 2, 3, 7, 64]) for _ in range(old.size)],
+                           np.int64).reshape(old.shape)
+            t.CopyFrom(numpy_helper.from_array(new, t.name))
+    else:
+        raise ValueError(kind)
+    return m
 
 
 def replace_string(model: onnx.ModelProto, old: str, new: bytes) -> bytes:

@@ -1611,3 +1611,174 @@ def test_every_handler_has_a_test():
     missing = sorted(set(HANDLERS) - covered)
     assert not missing, f"handlers without a case in test_ops.py: {missing}"
 
+
+
+# ============================================================================ malformed nodes
+# Nodes that onnx's light checker lets through but that contradict their weights or the
+# shapes (issue 8): the handler must make the channels it sees a barrier with a reason,
+# never crash. (The loader refuses most such models before analysis, by strict shape
+# inference; the handlers are the second line, e.g. for shapes inference cannot see.)
+
+def _set_attr(model: onnx.ModelProto, output: str, name: str, value) -> onnx.ModelProto:
+    node = next(n for n in model.graph.node if output in n.output)
+    for a in list(node.attribute):
+        if a.name == name:
+            node.attribute.remove(a)
+    node.attribute.append(helper.make_attribute(name, value))
+    return model
+
+
+def _reshape_init(model: onnx.ModelProto, name: str, dims: list[int]) -> onnx.ModelProto:
+    t = next(t for t in model.graph.initializer if t.name == name)
+    del t.dims[:]
+    t.dims.extend(dims)
+    return model
+
+
+def _node_input(model: onnx.ModelProto, output: str, index: int) -> str:
+    return next(n for n in model.graph.node if output in n.output).input[index]
+
+
+def _replace_init(model: onnx.ModelProto, name: str, values) -> onnx.ModelProto:
+    t = next(t for t in model.graph.initializer if t.name == name)
+    t.CopyFrom(onnx.numpy_helper.from_array(np.asarray(values, dtype=onnx.helper.tensor_dtype_to_np_dtype(
+        t.data_type)), name))
+    return model
+
+
+def _op_input(model: onnx.ModelProto, op: str, index: int) -> str:
+    return next(n for n in model.graph.node if n.op_type == op).input[index]
+
+
+def m_conv_1d_weight():
+    g, a, y = sandwich(13, lambda g, h: g.op("Relu", h))
+    m = g.model(y)
+    return _reshape_init(m, _node_input(m, y, 1), [3 * 8]), a, "rank 1"
+
+
+def m_conv_group_does_not_divide():
+    g, a, y = sandwich(13, lambda g, h: g.op("Relu", h))
+    return _set_attr(g.model(y), a, "group", 3), a, "does not divide its 8 filters"
+
+
+def m_conv_reads_other_width():
+    g, a, y = sandwich(13, lambda g, h: g.op("Relu", h))
+    m = g.model(y)
+    return _reshape_init(m, _node_input(m, y, 1), [3, 4, 2, 1]), a, "reads 8 channels"
+
+
+def m_conv_bias_of_other_length():
+    g, a, y = sandwich(13, lambda g, h: g.op("Relu", h))
+    m = g.model(y)
+    return _reshape_init(m, _node_input(m, a, 2), [2, 4]), a, "bias"
+
+
+def m_batchnorm_param_not_a_vector():
+    g, a, y = sandwich(13, lambda g, h: g.bn(h))
+    m = g.model(y)
+    return _reshape_init(m, _op_input(m, "BatchNormalization", 1), [8, 1]), a, "not a constant vector"
+
+
+def m_transpose_perm_not_a_permutation():
+    g, a, y = sandwich(13, lambda g, h: g.op("Transpose", h, perm=[0, 1, 2, 3]))
+    m = g.model(y)
+    return _set_attr(m, _op_input(m, "Conv", 0) and next(
+        n.output[0] for n in m.graph.node if n.op_type == "Transpose"), "perm", [0, 1, 1, 3]), a, "perm"
+
+
+def m_split_negative_sizes():
+    def middle(g, h):
+        p, q = g.op("Split", h, g.ints([4, 4]), axis=1, outputs=2)
+        return g.op("Concat", q, p, axis=1)
+    g, a, y = sandwich(13, middle)
+    m = g.model(y)
+    return _replace_init(m, _op_input(m, "Split", 1), [10, -2]), a, "split sizes"
+
+
+def m_slice_bounds_of_other_lengths():
+    g, a, y = sandwich(13, lambda g, h: g.op("Slice", h, g.ints([0]), g.ints([4]), g.ints([1])))
+    m = g.model(y)
+    return _replace_init(m, _op_input(m, "Slice", 1), [0, 0]), a, "slice"
+
+
+def m_pad_of_other_length():
+    g, a, y = sandwich(13, lambda g, h: g.op("Pad", h, g.ints([0, 0, 1, 1, 0, 0, 1, 1])))
+    m = g.model(y)
+    return _replace_init(m, _op_input(m, "Pad", 1), [0, 0, 1, 1, 0, 0]), a, "pad"
+
+
+def m_reshape_target_is_a_matrix():
+    g = G(13, (4, 3, 3))
+    a = g.conv(g.x, 4)
+    y = g.gemm(g.op("Reshape", a, g.ints([0, -1])), 5)
+    m = g.model(y)
+    return _replace_init(m, _op_input(m, "Reshape", 1), [[0, -1]]), a, "1-d integer"
+
+
+def m_gemm_weight_of_other_width():
+    g = G(13, (4, 3, 3))
+    a = g.conv(g.x, 8)
+    y = g.gemm(g.gap_flatten(a), 3)
+    m = g.model(y)
+    return _reshape_init(m, _op_input(m, "Gemm", 1), [6, 4]), a, "gemm"
+
+
+def m_matmul_contracts_other_width():
+    g = G(13, (6, 8), batch=2)
+    a = g.matmul(g.x, 8)
+    y = g.matmul(g.op("Relu", a), 3)
+    m = g.model(y)
+    return _reshape_init(m, _node_input(m, y, 1), [4, 6]), a, "matmul"
+
+
+def m_concat_axis_out_of_range():
+    """(with the output's shape declared, as an exporter writes it: inference fails on the node)"""
+    g, a, y = sandwich(13, lambda g, h: g.op("Concat", h, h, axis=1))
+    m = g.model(y)
+    out = next(n.output[0] for n in m.graph.node if n.op_type == "Concat")
+    m.graph.value_info.append(helper.make_tensor_value_info(out, TensorProto.FLOAT,
+                                                            ["N", 16, 6, 6]))
+    return _set_attr(m, out, "axis", 7), a, "axis out of range"
+
+
+def m_unsqueeze_axes_out_of_range():
+    g, a, y = sandwich(13, lambda g, h: g.op("Squeeze", g.op("Unsqueeze", h, g.ints([0])),
+                                             g.ints([0])))
+    m = g.model(y)
+    return _replace_init(m, _op_input(m, "Unsqueeze", 1), [9]), a, "unsqueeze"
+
+
+def m_reduce_axes_out_of_range():
+    g, a, y = sandwich(18, lambda g, h: g.op("ReduceMean", h, g.ints([2])))
+    m = g.model(y)
+    return _replace_init(m, _op_input(m, "ReduceMean", 1), [7]), a, "axes out of range"
+
+
+def m_resize_scales_of_other_length():
+    g, a, y = sandwich(13, lambda g, h: g.op("Resize", h, None, g.floats([1, 1, 2, 2]),
+                                             mode="nearest"))
+    m = g.model(y)
+    return _replace_init(m, _op_input(m, "Resize", 2), [1, 1, 2]), a, "resize"
+
+
+def m_declared_shape_contradicts_weights():
+    """A producer's declared output shape (value_info) says 6 channels, its weight makes 8:
+    the analysis does not follow channels that the shapes contradict (analyze.set_map)."""
+    g, a, y = sandwich(13, lambda g, h: g.op("Relu", h))
+    m = g.model(y)
+    m.graph.value_info.append(helper.make_tensor_value_info(a, TensorProto.FLOAT, ["N", 6, 6, 6]))
+    return m, a, "6 positions on axis 1"
+
+
+MALFORMED = {name.removeprefix("m_"): fn for name, fn in globals().items()
+             if name.startswith("m_") and callable(fn)}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_node_is_a_barrier(name):
+    model, source, word = MALFORMED[name]()
+    onnx.checker.check_model(model)  # what the light checker accepts
+    analysis = analyze(normalize(model))  # no traceback
+    group = _source_group(analysis, source)
+    assert not group.prunable and word.lower() in (group.reason or "").lower(), \
+        _describe(analysis)

@@ -147,6 +147,15 @@ def test_non_finite_activations_offer_no_refit():
     assert refit_consumers(an, am.ident, keep, {"x": _data(model)}) == {}
 
 
+def test_layers_too_wide_to_solve_keep_mean_compensation(monkeypatch):
+    import onnxprune.refit as refit_mod
+    model, h = _model("conv", duplicate=False)
+    data = _data(model)
+    assert _prune(model, h, data, [0, 1], refit=True, compensate=False)[1]
+    monkeypatch.setattr(refit_mod, "MAX_KEPT_COLUMNS", 2 * 9 - 1)  # 2 kept channels x 3x3
+    assert _prune(model, h, data, [0, 1], refit=True, compensate=False)[1] == {}
+
+
 def test_guard_ships_the_best_candidate():
     model, _ = _model("conv", duplicate=False, seed=4)
     data = _data(model, n=64)

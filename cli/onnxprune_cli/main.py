@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -152,7 +153,8 @@ def prune_cmd(model, calib, ratio, output, report_path, scores_path, round_to, e
         round_to=round_to, exclude=exclude, global_=global_, target=target, steps=steps,
         scores=scores, latency=not no_latency, max_memory_mb=max_memory, aggregate=aggregate,
         refit=refit, progress=Progress(quiet or as_json))
-    result.save(out)
+    from onnxprune.load import save_model
+    save_model(result.model, out, on_commit=_finish_without_interrupts)
     result.report["output"] = str(out)
     result.report["after"]["file_bytes"] = out.stat().st_size + _data_size(out)
     result.report["before"]["file_bytes"] = _size_with_data(Path(model))
@@ -274,13 +276,39 @@ def _size_with_data(model: Path) -> int:
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1))
+        _finish_without_interrupts()
+        os.replace(tmp, path)
+    except BaseException:  # an interrupt or a full disk: no half-written file stays
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _finish_without_interrupts() -> None:
+    """From the first rename of the output on, the command runs to its end (the renames, the
+    report, the table): a Ctrl-C there would leave an output with exit 130 and a message
+    saying nothing was written. Ignoring SIGINT is process-wide (ONNX Runtime's threads
+    included), unlike blocking it. Only in the command itself (`run`), never in a program that
+    calls `main` (tests), whose Ctrl-C must keep working."""
+    if _AS_COMMAND:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+_AS_COMMAND = False
 
 
 def run() -> None:
-    """Console entry point."""
-    main()
+    """Console entry point. Until here a Ctrl-C exits quietly (see __init__); while a command
+    works it raises KeyboardInterrupt, which the commands turn into cleanup and exit 130;
+    once the command is over it is ignored, so that shutdown keeps the command's exit code."""
+    global _AS_COMMAND
+    _AS_COMMAND = True
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        main()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,9 @@ class Broadcast(Handler):
         ranks = [rank_of(t) for t in node.inputs]
         if out_rank is None or any(r is None for r in ranks):
             return ctx.pin_inputs(node, f"{node.op} with unknown ranks")
+        if any(r > out_rank for r in ranks):
+            return ctx.pin_inputs(node, f"{node.op} whose output has a lower rank than an input "
+                                  "(a malformed model?)")
         axes = {out_rank - ranks[i] + cmap.axis for i, cmap in tracked}
         if len(axes) != 1:
             return ctx.pin_inputs(node, f"{node.op} of tensors with channels on different axes")

@@ -8,7 +8,7 @@ import onnx_graphsurgeon as gs
 
 from ..channels import ChannelMap
 from ..graph import const_value, input_or_attr, is_present, norm_axis, rank_of, shape_of
-from .registry import Handler, register
+from .registry import Handler, int_vector, register
 
 
 @register("Transpose")
@@ -20,6 +20,10 @@ class Transpose(Handler):
         perm = node.attrs.get("perm") or list(range(rank or 0))[::-1]
         if not perm:
             return ctx.pin_inputs(node, "Transpose with unknown rank")
+        if len(perm) != (rank or len(perm)) or sorted(perm) != list(range(len(perm))) or \
+                max(cmap.axis, cmap.within or 0) >= len(perm):
+            return ctx.pin_inputs(node, f"Transpose perm {list(perm)} is not a permutation of "
+                                  "its input's axes (a malformed model?)")
         if perm[0] != 0:
             return ctx.pin_inputs(node, "Transpose moves the batch axis")
         perm = list(perm)
@@ -41,10 +45,14 @@ class SqueezeUnsqueeze(Handler):
         axes = input_or_attr(node, 1, "axes", 13, ctx.opset)
         if isinstance(axes, str) or rank is None:
             return ctx.pin_inputs(node, f"{node.op} with run-time axes")
+        if axes is not None and not int_vector(axes):
+            return ctx.pin_inputs(node, f"{node.op} axes are not a list of integers")
         if node.op == "Squeeze":
             implicit = axes is None
             if implicit:  # "all dims of size 1": once a group is cut to one unit, C would go too
                 axes = [i for i, d in enumerate(shape_of(node.inputs[0])) if d == 1]
+            if not _axes_ok(np.atleast_1d(axes), rank, distinct=True):
+                return ctx.pin_inputs(node, "Squeeze with axes out of range (a malformed model?)")
             axes = [norm_axis(int(a), rank) for a in np.atleast_1d(axes)]
             if cmap.axis in axes:
                 return ctx.pin_inputs(node, "Squeeze of the channel axis")
@@ -52,7 +60,11 @@ class SqueezeUnsqueeze(Handler):
             if implicit:
                 ctx.note(node, axes)
         else:
+            if axes is None:
+                return ctx.pin_inputs(node, "Unsqueeze without axes (a malformed model?)")
             out_rank = rank + len(np.atleast_1d(axes))
+            if not _axes_ok(np.atleast_1d(axes), out_rank, distinct=True):
+                return ctx.pin_inputs(node, "Unsqueeze with axes out of range (a malformed model?)")
             inserted = {norm_axis(int(a), out_rank) for a in np.atleast_1d(axes)}
             kept = [i for i in range(out_rank) if i not in inserted]
             axis = kept[cmap.axis]
@@ -84,7 +96,11 @@ class Concat(Handler):
         rank = rank_of(node.outputs[0])
         if rank is None:
             return ctx.pin_inputs(node, "Concat with unknown rank")
-        axis = norm_axis(int(node.attrs["axis"]), rank)
+        axis = int(node.attrs.get("axis", 1 << 30))
+        if not _axes_ok([axis], rank) or any(rank_of(t) not in (None, rank) for t in node.inputs):
+            return ctx.pin_inputs(node, "Concat with an axis out of range or inputs of different "
+                                  "ranks (a malformed model?)")
+        axis = norm_axis(axis, rank)
         if any(cmap.axis != tracked[0][1].axis for _, cmap in tracked):
             return ctx.pin_inputs(node, "Concat of tensors with channels on different axes")
         if tracked[0][1].axis == axis:
@@ -125,7 +141,10 @@ class Split(Handler):
             return
         if rank is None:
             return ctx.pin_inputs(node, "Split with unknown rank")
-        axis = norm_axis(int(node.attrs.get("axis", 0)), rank)
+        axis = int(node.attrs.get("axis", 0))
+        if not _axes_ok([axis], rank):
+            return ctx.pin_inputs(node, "Split with an axis out of range (a malformed model?)")
+        axis = norm_axis(axis, rank)
         if axis != cmap.axis:
             for out in node.outputs:
                 ctx.set_map(out, cmap)
@@ -142,6 +161,9 @@ class Split(Handler):
                 return ctx.pin_inputs(node, "uneven Split without sizes")
             else:
                 sizes = [cmap.size // n] * n
+        sizes = np.atleast_1d(sizes)
+        if not int_vector(sizes) or len(sizes) != n or (sizes < 0).any():
+            return ctx.pin_inputs(node, "Split sizes do not fit its outputs (a malformed model?)")
         bounds = np.cumsum([0, *[int(s) for s in sizes]])
         if bounds[-1] != cmap.size:
             return ctx.pin_inputs(node, "Split sizes do not add up to the channels")
@@ -178,7 +200,13 @@ class Slice(Handler):
         params = self._params(node, ctx.opset)
         if params is None or rank is None:
             return ctx.pin_inputs(node, "Slice with run-time bounds")
-        starts, ends, axes, steps = params
+        if not all(int_vector(p) for p in params):
+            return ctx.pin_inputs(node, "Slice bounds are not lists of integers")
+        starts, ends, axes, steps = (np.atleast_1d(p) for p in params)
+        if len({len(starts), len(ends), len(axes), len(steps)}) != 1 or \
+                not _axes_ok(axes, rank, distinct=True):
+            return ctx.pin_inputs(node, "Slice whose starts, ends, axes and steps do not match "
+                                  "(a malformed model?)")
         axes = [norm_axis(int(a), rank) for a in axes]
         if 0 in axes and (starts[axes.index(0)] != 0 or ends[axes.index(0)] < 2**31 - 1):
             pass  # slicing the batch is harmless for the channels
@@ -196,6 +224,8 @@ class Slice(Handler):
     def _params(node, opset):
         if opset < 10:
             starts, ends = node.attrs.get("starts"), node.attrs.get("ends")
+            if starts is None or ends is None:
+                return None
             axes = node.attrs.get("axes", list(range(len(starts))))
             return starts, ends, axes, [1] * len(starts)
         values = [const_value(t) if is_present(t) else None for t in node.inputs[1:5]]
@@ -264,6 +294,9 @@ class Reshape(Handler):
         in_shape = shape_of(node.inputs[0])
         if target is None or in_shape is None:
             return ctx.pin_inputs(node, "Reshape with a run-time target shape")
+        if target.ndim != 1 or not np.issubdtype(target.dtype, np.integer):
+            return ctx.pin_inputs(node, "Reshape whose target is not a 1-D integer tensor "
+                                  "(a malformed model?)")
         if int(node.attrs.get("allowzero", 0)) and 0 in target.tolist():
             return ctx.pin_inputs(node, "Reshape with allowzero and a zero in its target")
         plan = reshape_plan(ctx, list(in_shape), [int(t) for t in target], cmap)
@@ -289,6 +322,14 @@ class Reshape(Handler):
         else:
             target[axis] = int(rw.keep_ids(rw.analysis.maps[node.outputs[0].name].ids).sum())
         rw.set_input(node, 1, target)
+
+
+def _axes_ok(axes, rank: int | None, *, distinct: bool = False) -> bool:
+    """Every axis within [-rank, rank) (when the rank is known), and no axis twice."""
+    values = [int(a) for a in axes]
+    if rank is not None and any(not -rank <= a < rank for a in values):
+        return False
+    return not distinct or rank is None or len({a % rank for a in values}) == len(values)
 
 
 def _static(d) -> bool:

@@ -19,6 +19,63 @@ def _bias(node: gs.Node, index: int) -> gs.Tensor | None:
     return node.inputs[index] if len(node.inputs) > index and is_present(node.inputs[index]) else None
 
 
+QUANTIZED = "weight is quantized (DequantizeLinear): not handled"
+
+
+def _dequantized(t: gs.Tensor) -> np.ndarray | None:
+    """The integer constant behind a weight computed as DequantizeLinear(constant) (QDQ format)."""
+    producer = t.inputs[0] if isinstance(t, gs.Variable) and t.inputs else None
+    if producer is None or producer.op != "DequantizeLinear" or not producer.inputs:
+        return None
+    return const_value(producer.inputs[0])
+
+
+def _static_dim(t: gs.Tensor, axis: int) -> int | None:
+    shape = shape_of(t)
+    if shape is None or not -len(shape) <= axis < len(shape):
+        return None
+    d = shape[axis]
+    return int(d) if isinstance(d, (int, np.integer)) and d > 0 else None
+
+
+def _opaque(node: gs.Node, ctx, n: int | None, axis: int, reason: str) -> None:
+    """A mixing node the analysis cannot cut: its inputs' channels are pinned, and its output
+    channels (when their number is known) form a group that is listed, unprunable, with
+    the reason, instead of silently starting none."""
+    ctx.pin_inputs(node, reason)
+    y = node.outputs[0]
+    rank = rank_of(y)
+    if rank is None or not -rank <= axis < rank:
+        return
+    n = n if n is not None else _static_dim(y, axis)
+    if n:
+        out = ctx.new_source(node, y, n, axis % rank)
+        ctx.pin(out.ids, reason)
+
+
+def _vector_of(t: gs.Tensor | None, n: int) -> bool:
+    """A constant 1-D tensor of n entries (a bias that can be cut with the channels)."""
+    value = const_value(t)
+    return value is not None and value.shape == (n,)
+
+
+def _conv_problem(node: gs.Node, weight: np.ndarray, groups: int, xmap, bias) -> str | None:
+    """What is malformed about a Conv (rank, group, widths) that the light checker lets through."""
+    if weight.ndim < 3:
+        return f"Conv weight '{node.inputs[1].name}' has rank {weight.ndim} (a Conv needs 3 or more)"
+    c_out, cin_g = weight.shape[:2]
+    if groups < 1 or c_out % groups:
+        return f"Conv group {groups} does not divide its {c_out} filters"
+    rank = rank_of(node.inputs[0])
+    if rank is not None and rank != weight.ndim:
+        return f"Conv input of rank {rank} does not match its rank-{weight.ndim} weight"
+    if xmap is not None and xmap.size != cin_g * groups:
+        return (f"Conv reads {xmap.size} channels but its weight takes {cin_g} x group {groups}")
+    if bias is not None and not _vector_of(bias, c_out):
+        return f"Conv bias '{bias.name}' is not a constant vector of {c_out}"
+    return None
+
+
 def _couple_conv_groups(ctx, ids: np.ndarray, groups: int) -> None:
     """Position j of every conv group is one unit: removal keeps the groups equal."""
     blocks = ids.reshape(groups, -1)
@@ -32,12 +89,16 @@ class Conv(Handler):
         x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
         weight, xmap = const_value(w), ctx.map(x)
         if weight is None:
-            return ctx.pin_inputs(node, "Conv with a non-constant weight")
+            q = _dequantized(w)
+            return _opaque(node, ctx, q.shape[0] if q is not None and q.ndim else None, 1,
+                           QUANTIZED if q is not None else "Conv with a non-constant weight")
         if xmap is not None and xmap.axis != 1:
             return ctx.pin_inputs(node, "Conv reads channels on an axis other than 1")
         groups = int(node.attrs.get("group", 1))
-        c_out, cin_g = weight.shape[0], weight.shape[1]
         bias = _bias(node, 2)
+        if (problem := _conv_problem(node, weight, groups, xmap, bias)) is not None:
+            return _opaque(node, ctx, None, 1, problem)
+        c_out, cin_g = weight.shape[0], weight.shape[1]
         if groups > 1 and cin_g == 1:
             return self._depthwise(node, ctx, xmap, groups, c_out, bias)
         if xmap is not None:
@@ -109,8 +170,17 @@ class ConvTranspose(Handler):
     def analyze(self, node, ctx):
         x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
         weight, xmap = const_value(w), ctx.map(x)
-        if weight is None or int(node.attrs.get("group", 1)) != 1:
-            return ctx.pin_inputs(node, "ConvTranspose with a non-constant weight or groups > 1")
+        if weight is None:
+            q = _dequantized(w)
+            return _opaque(node, ctx, None, 1, QUANTIZED if q is not None
+                           else "ConvTranspose with a non-constant weight")
+        if int(node.attrs.get("group", 1)) != 1:
+            return _opaque(node, ctx, None, 1, "ConvTranspose with groups > 1")
+        bias = _bias(node, 2)
+        if weight.ndim < 3 or (xmap is not None and xmap.size != weight.shape[0]) or \
+                (bias is not None and not _vector_of(bias, weight.shape[1])):
+            return _opaque(node, ctx, None, 1, "ConvTranspose whose weight (or bias) does not "
+                           "fit its input channels (a malformed model?)")
         if xmap is not None:
             if xmap.axis != 1:
                 return ctx.pin_inputs(node, "ConvTranspose reads channels on an axis other than 1")
@@ -143,8 +213,14 @@ class Gemm(Handler):
         a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
         weight, amap = const_value(b), ctx.map(a)
         trans_a, trans_b = int(node.attrs.get("transA", 0)), int(node.attrs.get("transB", 0))
+        if weight is None and _dequantized(b) is not None:
+            return _opaque(node, ctx, None, 1, QUANTIZED)
         if weight is None or trans_a:
             return ctx.pin_inputs(node, "Gemm with a non-constant B or transA")
+        if weight.ndim != 2 or rank_of(a) not in (None, 2) or (amap is not None and (
+                amap.axis != 1 or amap.size != weight.shape[1 if trans_b else 0])):
+            return _opaque(node, ctx, None, 1, "Gemm whose B does not fit its input (a "
+                           "malformed model?)")
         if amap is not None:
             ctx.site(node, 0, amap, rank=2)
             ctx.member("consumer", node, b, 1 if trans_b else 0, amap.ids)
@@ -186,6 +262,8 @@ class MatMul(Handler):
     def analyze(self, node, ctx):
         a, b = node.inputs[0], node.inputs[1]
         wa, wb = const_value(a), const_value(b)
+        if wa is None and wb is None and (_dequantized(a) is not None or _dequantized(b) is not None):
+            return _opaque(node, ctx, None, -1 if _dequantized(b) is not None else -2, QUANTIZED)
         if wb is not None and wb.ndim == 2:
             return self._side(node, ctx, data=0, weight=1, w=wb)
         if wa is not None and wa.ndim == 2:
@@ -201,7 +279,7 @@ class MatMul(Handler):
         axes, maps = set(), []
         for t in node.inputs[:2]:
             cmap, rank = ctx.map(t), rank_of(t)
-            if rank is None or out_rank is None or rank < 3:
+            if rank is None or out_rank is None or rank < 3 or rank > out_rank:
                 return ctx.pin_inputs(node, "MatMul of two activations with unknown or low rank")
             if cmap is None:
                 continue
@@ -239,6 +317,9 @@ class MatMul(Handler):
         if xmap is not None and xmap.axis != contracted:
             ctx.set_map(y, xmap)  # rows (or columns) pass through untouched
             return ctx.note(node, ("passthrough", data, weight))
+        if xmap is not None and xmap.size != w.shape[0 if data == 0 else 1]:
+            return _opaque(node, ctx, None, produced, f"MatMul contracts {xmap.size} channels with "
+                           f"a weight of shape {list(w.shape)} (a malformed model?)")
         if xmap is not None:
             ctx.site(node, data, xmap)
             ctx.member("consumer", node, node.inputs[weight], 0 if data == 0 else 1, xmap.ids)

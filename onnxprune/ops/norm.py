@@ -4,7 +4,7 @@ the channels lie in the normalized axes (LayerNorm over the hidden width, GroupN
 """
 from __future__ import annotations
 
-from ..graph import norm_axis, rank_of
+from ..graph import const_value, norm_axis, rank_of
 from .registry import Handler, register, register_barrier
 
 
@@ -20,6 +20,11 @@ class PerChannelNorm(Handler):
             return ctx.pin_inputs(node, f"{node.op} over channels on an axis other than 1")
         if any(o.outputs for o in node.outputs[1:]) or node.attrs.get("training_mode", 0):
             return ctx.pin_inputs(node, f"{node.op} in training mode")
+        for t in node.inputs[1:]:
+            value = const_value(t)
+            if value is None or value.shape != (cmap.size,):
+                return ctx.pin_inputs(node, f"{node.op} parameter '{t.name}' is not a constant "
+                                      f"vector of its {cmap.size} channels")
         for t in node.inputs[1:]:
             ctx.member("param", node, t, 0, cmap.ids)
         ctx.set_map(node.outputs[0], cmap)

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..channels import ChannelMap
 from ..graph import const_value, input_or_attr, is_present, norm_axis, rank_of
-from .registry import Handler, register
+from .registry import Handler, int_vector, register
 
 
 @register("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
@@ -40,11 +40,15 @@ class Reduce(Handler):
         axes = input_or_attr(node, 1, "axes", _REDUCE_AXES_INPUT.get(node.op, 18), ctx.opset)
         if rank is None or (isinstance(axes, str)):
             return ctx.pin_inputs(node, f"{node.op} over unknown axes")
+        if axes is not None and not int_vector(axes):
+            return ctx.pin_inputs(node, f"{node.op} axes are not a list of integers")
         if axes is None or len(np.atleast_1d(axes)) == 0:
             if node.attrs.get("noop_with_empty_axes", 0):
                 return ctx.set_map(node.outputs[0], cmap)
             return ctx.pin_inputs(node, f"{node.op} over all axes, channels included")
-        axes = sorted(norm_axis(int(a), rank) for a in np.atleast_1d(axes))
+        if any(not -rank <= int(a) < rank for a in np.atleast_1d(axes)):
+            return ctx.pin_inputs(node, f"{node.op} with axes out of range (a malformed model?)")
+        axes = sorted(set(norm_axis(int(a), rank) for a in np.atleast_1d(axes)))
         if cmap.axis in axes or 0 in axes:
             return ctx.pin_inputs(node, f"{node.op} over the channel (or batch) axis")
         keepdims = int(node.attrs.get("keepdims", 1))
@@ -66,6 +70,10 @@ class Resize(Handler):
         if isinstance(scales, str) or isinstance(sizes, str) or rank is None:
             return ctx.pin_inputs(node, f"{node.op} with run-time scales or sizes")
         axes = [norm_axis(int(a), rank) for a in node.attrs.get("axes", range(rank))]
+        if any(v is not None and v.size and v.shape != (len(axes),) for v in (scales, sizes)) or \
+                (sizes is not None and not int_vector(sizes)):
+            return ctx.pin_inputs(node, f"{node.op} scales or sizes do not list one value per "
+                                  "axis (a malformed model?)")
         listed = {a: i for i, a in enumerate(axes)}
         if scales is not None and scales.size:
             if any(a in listed and scales[listed[a]] != 1 for a in (0, cmap.axis)):
@@ -103,12 +111,18 @@ class Pad(Handler):
         pads = input_or_attr(node, 1, "pads", 11, ctx.opset)
         if isinstance(pads, str) or pads is None or rank is None:
             return ctx.pin_inputs(node, "Pad with run-time pads")
+        if not int_vector(pads):
+            return ctx.pin_inputs(node, "Pad pads are not a list of integers")
         axes = list(range(rank))
         if ctx.opset >= 18 and len(node.inputs) > 3 and is_present(node.inputs[3]):
             value = const_value(node.inputs[3])
-            if value is None:
-                return ctx.pin_inputs(node, "Pad with run-time axes")
+            if value is None or not int_vector(value):
+                return ctx.pin_inputs(node, "Pad with run-time axes (or axes that are not integers)")
             axes = [norm_axis(int(a), rank) for a in value]
+        if np.asarray(pads).shape != (2 * len(axes),) or \
+                any(not 0 <= a < rank for a in axes):
+            return ctx.pin_inputs(node, "Pad whose pads do not list two values per axis "
+                                  "(a malformed model?)")
         pads = np.asarray(pads).reshape(2, -1)
         if cmap.axis in axes and pads[:, axes.index(cmap.axis)].any():
             return ctx.pin_inputs(node, "Pad on the channel axis")

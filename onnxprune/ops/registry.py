@@ -6,8 +6,9 @@ A handler says, for one op type, how channel ids flow from inputs to outputs
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,6 +51,13 @@ def register(*op_types: str) -> Callable[[type[Handler]], type[Handler]]:
 def register_barrier(reason: str, *op_types: str) -> None:
     for op in op_types:
         HANDLERS[op] = Barrier(reason)
+
+
+def int_vector(value: Any) -> bool:
+    """A scalar or a 1-D list of integers (axes, sizes, bounds). A malformed model may hold a
+    matrix or floats there, which a handler must not index into or convert."""
+    arr = np.asarray(value)
+    return arr.ndim <= 1 and (arr.size == 0 or np.issubdtype(arr.dtype, np.integer))
 
 
 def handler_for(node: gs.Node) -> Handler:
