@@ -31,6 +31,17 @@ def test_low_data_quick(tmp_path):
     metrics = {r["metric"] for r in prunes}
     assert {"shapley", "random", "l1", "loo"} <= metrics
     assert {r["compensate"] for r in prunes} == {True, False}
+    # the three deployments of prune(): plain, guarded compensation, guarded refit (default)
+    assert {r["deploy"] for r in prunes} == {"plain", "comp", "refit"}
+    for r in prunes:
+        assert (r["compensate"], r["refit"]) == {"plain": (False, False), "comp": (True, False),
+                                                 "refit": (True, True)}[r["deploy"]]
+        allowed = {"plain": {"plain"}, "comp": {"plain", "compensated"},
+                   "refit": {"plain", "compensated", "refit"}}[r["deploy"]]
+        assert r["chosen"] in allowed
+        if r["deploy"] != "plain":  # the guard scored its candidates on held-out samples
+            assert set(r["guard"]) == {"plain", "compensated"} | (
+                {"refit"} if r["refit_layers"] else set())
     for r in prunes:
         assert 0.0 <= r["acc"] <= 1.0
         assert r["ratio"] == 0.5
@@ -51,6 +62,9 @@ def test_low_data_quick(tmp_path):
             if r["test_samples"] == base["test_size"] and not r["compensate"]:
                 assert abs(r["accs"][0] - base["acc"]) < 1e-9
 
+    for r in recs:
+        if r["kind"] == "score":  # prune()'s default holdout: a quarter guards, 3/4 scored
+            assert r["scored"] == r["calib"] - round(0.25 * r["calib"])
     for r in recs:
         if r["kind"] in ("peer", "matched"):
             assert 0.0 <= r["acc"] <= 1.0 and 0.0 <= r["removed"] <= 1.0
