@@ -11,7 +11,7 @@ import numpy as np
 
 from .analyze import Analysis
 from .graph import ModelIdentity, to_proto
-from .runtime import make_session
+from .runtime import make_session, run_chunks
 
 
 def site_means(analysis: Analysis, ident: ModelIdentity, inputs: Mapping[str, np.ndarray], *,
@@ -35,13 +35,9 @@ def site_stats(analysis: Analysis, ident: ModelIdentity, inputs: Mapping[str, np
         if t.dtype is None:
             t.dtype = np.float32
     sess = make_session(to_proto(graph, ident), device)
-    names = [i.name for i in sess.get_inputs()]
-    n = len(next(iter(inputs.values())))
-    step = 1 if any(i.shape and i.shape[0] == 1 for i in sess.get_inputs()) else batch
     acc: dict[str, dict[str, np.ndarray]] = {}
     counts: dict[str, int] = {}
-    for start in range(0, n, step):
-        outs = sess.run(list(axes), {k: inputs[k][start:start + step] for k in names})
+    for _, _, outs in run_chunks(sess, inputs, batch, list(axes)):
         for name, value in zip(axes, outs):
             moved = np.moveaxis(value.astype(np.float64), axes[name], 0).reshape(value.shape[axes[name]], -1)
             a = acc.setdefault(name, {"mean": 0.0, "abs_mean": 0.0, "zeros": 0.0})

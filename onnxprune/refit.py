@@ -24,7 +24,7 @@ import onnx_graphsurgeon as gs
 
 from .analyze import Analysis, MaskSite
 from .graph import ModelIdentity, const_value, node_key, to_proto
-from .runtime import make_session
+from .runtime import make_session, run_chunks
 
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # relative to the mean variance of the kept inputs
 MAX_STATS_BYTES = 2**30  # Gram matrices held at once: more sites per pass of the model
@@ -209,17 +209,15 @@ def _accumulate(analysis: Analysis, ident: ModelIdentity, layers: list[_Layer],
     """One pass of the original model; every 4th sample goes to the validation fold."""
     names = sorted({lay.site.tensor for lay in layers})
     sess = _site_session(analysis, ident, names, device)
-    feeds = [i.name for i in sess.get_inputs()]
     n = len(next(iter(inputs.values())))
-    step = 1 if any(i.shape and i.shape[0] == 1 for i in sess.get_inputs()) else batch
     stats = [(_Stats(), _Stats()) for _ in layers]
     rng = np.random.default_rng(0)
     val = np.arange(n) % 4 == 3 if n >= 4 else np.zeros(n, dtype=bool)
-    for start in range(0, n, step):
-        values = dict(zip(names, sess.run(names, {k: inputs[k][start:start + step] for k in feeds})))
+    for start, stop, outs in run_chunks(sess, inputs, batch, names):
+        values = dict(zip(names, outs))
         for lay, (fit, held) in zip(layers, stats):
             x = values[lay.site.tensor].astype(np.float64)
-            for fold, pick in ((fit, ~val[start:start + step]), (held, val[start:start + step])):
+            for fold, pick in ((fit, ~val[start:stop]), (held, val[start:stop])):
                 if pick.any():
                     p = lay.rows(x[pick], rng)
                     fold.add(p[:, lay.keep_cols], p[:, ~lay.keep_cols] @ lay.w_eff[~lay.keep_cols])

@@ -6,8 +6,9 @@ import importlib.metadata as md
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
+import numpy as np
 import onnx
 
 from .errors import OnnxPruneError
@@ -89,6 +90,36 @@ def _session_from_file(rt: Any, model: onnx.ModelProto, opts: Any, providers: li
     with tempfile.TemporaryDirectory(prefix="onnxprune-session-") as tmp:
         path = write_external(model, Path(tmp) / "model.onnx")
         return rt.InferenceSession(str(path), opts, providers=providers)
+
+
+def fixed_batch(sess: Any) -> int | None:
+    """The batch size the session's inputs fix on axis 0 (None: the batch is dynamic)."""
+    sizes = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int)}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def run_chunks(sess: Any, feeds: Mapping[str, np.ndarray], batch: int = 64,
+               outputs: list[str] | None = None) -> Iterator[tuple[int, int, list[np.ndarray]]]:
+    """(start, stop, outputs) over the samples, `batch` at a time. A model exported with a
+    fixed batch B runs B at a time: the last chunk is padded by repeating its last sample and
+    the outputs are cut back to the real samples, so any number of samples works."""
+    names = [i.name for i in sess.get_inputs()]
+    n = len(next(iter(feeds.values())))
+    fixed = fixed_batch(sess)
+    step = fixed or max(1, batch)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        outs = sess.run(outputs, {k: pad_rows(feeds[k][start:stop], fixed) for k in names})
+        if fixed and stop - start < fixed:
+            outs = [o[:stop - start] if np.ndim(o) and o.shape[0] == fixed else o for o in outs]
+        yield start, stop, outs
+
+
+def pad_rows(arr: np.ndarray, rows: int | None) -> np.ndarray:
+    """`arr` with its last sample repeated up to `rows` samples (unchanged if it has them)."""
+    if not rows or len(arr) >= rows:
+        return arr
+    return np.concatenate([arr, np.repeat(arr[-1:], rows - len(arr), axis=0)])
 
 
 def session_device(sess: Any) -> str:

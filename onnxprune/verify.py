@@ -10,7 +10,7 @@ from typing import Iterator, Mapping
 import numpy as np
 import onnx
 
-from .runtime import make_session
+from .runtime import make_session, run_chunks
 
 
 @dataclass
@@ -32,13 +32,9 @@ def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], device: s
 
 
 def run_batches(sess, feeds: Mapping[str, np.ndarray], batch: int = 64) -> Iterator[list[np.ndarray]]:
-    """The session's outputs, chunk by chunk (one sample at a time for a static batch of 1)."""
-    names = [i.name for i in sess.get_inputs()]
-    n = next(iter(feeds.values())).shape[0]
-    static_one = any(i.shape and i.shape[0] == 1 for i in sess.get_inputs())
-    step = 1 if static_one else batch
-    for i in range(0, n, step):
-        yield sess.run(None, {k: feeds[k][i:i + step] for k in names})
+    """The session's outputs, chunk by chunk (a fixed batch's own size; runtime.run_chunks)."""
+    for _, _, outs in run_chunks(sess, feeds, batch):
+        yield outs
 
 
 def compare(names: list[str], want: list[np.ndarray], got: list[np.ndarray]) -> list[OutputFidelity]:

@@ -625,3 +625,45 @@ def test_cuda_requested_without_cuda_is_an_error():
     am = zoo("mlp")
     with pytest.raises(OnnxPruneError):
         Engine(am, calibration(am), Probe(), device="cuda")
+
+
+# ------------------------------------------------------------- fixed batch > 1, any sample count
+
+
+def _batch4_model() -> onnx.ModelProto:
+    from graphs import G
+    g = G(shape=(3, 8, 8), batch=4)
+    y = g.op("Relu", g.conv(g.x, 8))
+    y = g.op("Relu", g.conv(y, 8))
+    return g.model(g.gemm(g.gap_flatten(y), 5))
+
+
+def test_run_chunks_pads_a_fixed_batch():
+    """A model exported with batch 4 runs 4 samples at a time; the tail is padded and cut
+    back, so 10 samples give the same outputs as 10 single runs of a padded batch."""
+    from onnxprune.runtime import fixed_batch, make_session, run_chunks
+    sess = make_session(_batch4_model(), "cpu")
+    assert fixed_batch(sess) == 4
+    x = np.random.default_rng(0).standard_normal((10, 3, 8, 8)).astype(np.float32)
+    chunks = list(run_chunks(sess, {"x": x}, batch=64))
+    assert [(a, b) for a, b, _ in chunks] == [(0, 4), (4, 8), (8, 10)]
+    got = np.concatenate([o[0] for _, _, o in chunks])
+    want = np.concatenate([sess.run(None, {"x": np.repeat(x[i:i + 1], 4, axis=0)})[0][:1]
+                           for i in range(10)])
+    assert got.shape == (10, 5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [3, 10])
+def test_prune_fixed_batch_with_other_sample_counts(n):
+    """Fewer or more samples than the fixed batch (and not a multiple of it) prune, and the
+    pruned model keeps the batch it was exported with."""
+    import onnxprune
+    model = _batch4_model()
+    x = np.random.default_rng(1).standard_normal((n, 3, 8, 8)).astype(np.float32)
+    res = onnxprune.prune(model, {"x": x}, ratio=0.5, latency=True)
+    assert res.model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
+    assert res.report["after"]["params"] < res.report["before"]["params"]
+    ver = res.report["verification"]
+    assert 0 < ver["samples"] <= n and all(o["shape_ok"] for o in ver["outputs"])
+    assert ver["latency"]["batch"] == 4
