@@ -3,7 +3,7 @@ little data and no fine-tuning? End to end through the ONNX path, measuring `onn
 as it ships: score -> select -> rewrite -> deploy (guarded plain / compensated / refit)
 -> held-out test accuracy of the pruned ONNX model in onnxruntime.
 
-    nice -n 10 python bench/low_data.py --max-minutes 40  # the full study (< 1 h, 2 shared cores)
+    nice -n 10 python bench/low_data.py --max-minutes 50  # the full study (31 min, 2 shared cores)
     python bench/low_data.py --quick         # one small model, a few metrics (~15 s)
     python bench/low_data.py --from-json     # tables + plots from docs/results.json only
 
@@ -48,12 +48,13 @@ skipped model by model, and the run records what it skipped):
   labels     labeled 128 (value function and guard -> cross-entropy), label-using metrics
   timing     scoring wall time (metrics interleaved A B C A B C) and deployment wall time
              (plain / comp / refit interleaved), medians of `--timing-repeats` rounds
+  seeds      investigation of the exceptions: seeds 3-9 at ratio 0.5 (+refit) for the
+             default and the strongest baselines; paired tests over seeds, and a bootstrap
+             over the test images (every prune record keeps its per-sample correctness)
   ablation   layer-wise ablation curves (one group at a time, masked model), AUC per metric
   estimators the other Shapley estimators (permutation, antithetic, adaptive), refit deploy
   variants   not in the default run: the first study's investigation of Shapley's losses at
              light ratios (mean+2std aggregation, neg_nmse, 5x budget, Banzhaf at the target)
-  seeds      not in the default run: investigation of the exceptions, seeds 3-9 at ratio 0.5
-             (+refit) for the default and the strongest baselines; paired tests per model
 
 `--append` adds a run's records to an existing --out-json.
 
@@ -129,8 +130,22 @@ def session(proto: onnx.ModelProto):
 
 
 def accuracy(proto: onnx.ModelProto, test: dict) -> float:
+    return float(correct(proto, test).mean())
+
+
+def correct(proto: onnx.ModelProto, test: dict) -> np.ndarray:
+    """Per test sample: predicted label right (bool [T])."""
     out = session(proto).run(None, {"input": test["input"]})[0]
-    return float((out.argmax(1) == test["labels"]).mean())
+    return out.argmax(1) == test["labels"]
+
+
+def pack(hits: np.ndarray) -> str:
+    """Per-sample correctness as hex (the test-set bootstrap of the exceptions uses it)."""
+    return np.packbits(hits.astype(np.uint8)).tobytes().hex()
+
+
+def unpack(hexed: str, size: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bytes.fromhex(hexed), np.uint8))[:size].astype(bool)
 
 
 def weight_params(proto: onnx.ModelProto) -> int:
@@ -315,11 +330,12 @@ class Study:
                         for ratio in (ratios if r is None else [r]):
                             for dep in deps:
                                 res, info = self.prune(m, cal, ratio, scores, dep, seed)
-                                acc = accuracy(res.model, m.test)
+                                hits = correct(res.model, m.test)
+                                acc = float(hits.mean())
                                 accs.append(f"{dep} {acc:.3f}")
                                 self.add(kind="prune", phase=phase, model=name, metric=label,
                                          seed=seed, calib=int(cal.n_samples), labels=labeled,
-                                         ratio=ratio, acc=acc, **info,
+                                         ratio=ratio, acc=acc, correct=pack(hits), **info,
                                          params=res.report["after"]["params"],
                                          weight_removed=1 - weight_params(res.model) / m.w0)
                         log(f"{phase:10s} {name:13s} {label:18s} seed {seed} n {cal.n_samples:3d}"
@@ -604,7 +620,13 @@ class Results:
         self.seeded = defaultdict(dict)  # (model, metric, calib, labels, deploy, ratio) -> {seed: acc}
         self.chosen = defaultdict(list)
         self.extra = defaultdict(dict)  # `seeds` phase: (model, metric, deploy, ratio) -> {seed: acc}
+        # per test sample correctness (hex) of the main-calibration unlabeled runs, main and
+        # seeds phases: (model, metric, deploy, ratio, seed) -> hex
+        self.hits: dict[tuple, str] = {}
         for r in self.recs:
+            if (r["kind"] == "prune" and r.get("correct") and not r["labels"]
+                    and r.get("phase") in ("main", "seeds") and r["calib"] == self.meta["calib"]):
+                self.hits[(r["model"], r["metric"], dep_of(r), r["ratio"], r["seed"])] = r["correct"]
             if r["kind"] == "prune" and r.get("phase") == "seeds":
                 self.extra[(r["model"], r["metric"], dep_of(r), r["ratio"])][r["seed"]] = r["acc"]
             elif r["kind"] == "prune":
@@ -739,6 +761,28 @@ def headline(R: Results, ratio: float = 0.5) -> tuple[str, list[dict]]:
     return "\n".join(lines), exceptions
 
 
+def table_across(R: Results) -> str:
+    """Per metric and ratio: mean over the models of its mean accuracy, and the worst model
+    (the default deployment for every metric)."""
+    dd = R.default_deploy
+    ratios = sorted({k[5] for k in R.seeded if k[4] == dd and k[2] == R.calib_main})
+    lines = ["| metric | " + " | ".join(f"r={r} mean / worst (model)" for r in ratios) + " |",
+             "|---|" + "---|" * len(ratios)]
+    for met in [DEFAULT, *R.baselines()]:
+        cells = []
+        for ratio in ratios:
+            per = {m: np.mean(R.accs(m, met, ratio, dd)) for m in R.models
+                   if R.accs(m, met, ratio, dd)}
+            if len(per) < len(R.models):
+                cells.append("–")
+                continue
+            worst = min(per, key=per.get)
+            cells.append(f"{np.mean(list(per.values())):.3f} / {per[worst]:.3f} ({worst})")
+        name = f"**{met}** (default)" if met == DEFAULT else met
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def table_seeds(R: Results, ratio: float) -> str:
     """Per seed: the default vs each baseline within 0.03 of it (or above), same deployment."""
     dd = R.default_deploy
@@ -761,7 +805,8 @@ def table_seeds(R: Results, ratio: float) -> str:
 def table_more_seeds(R: Results, ratio: float = 0.5) -> str:
     """The default vs each baseline over the main seeds plus the `seeds` phase's, paired by
     seed (same calibration draw): mean difference, its standard error, wins, and two-sided
-    p-values of the paired t-test and of the sign test."""
+    p-values of the paired t-test and of the sign test (calibration noise); then the 95 %
+    interval of the difference under resampling of the test set (test-set noise)."""
     from math import comb
     try:
         from scipy.stats import ttest_rel
@@ -769,7 +814,8 @@ def table_more_seeds(R: Results, ratio: float = 0.5) -> str:
         ttest_rel = None
     dd = R.default_deploy
     lines = ["| model | baseline | seeds | default | baseline | default − baseline (± s.e.) "
-             "| default ahead | paired t p | sign p |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| default ahead | paired t p | sign p | test-set 95 % interval |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for model in R.models:
         extra_d = R.extra.get((model, DEFAULT, dd, ratio))
         if not extra_d:
@@ -788,10 +834,28 @@ def table_more_seeds(R: Results, ratio: float = 0.5) -> str:
             sign_p = min(1.0, 2 * sum(comb(n_sign, k) for k in range(min(wins, losses) + 1))
                          / 2 ** n_sign) if n_sign else 1.0
             t_p = float(ttest_rel(x, y).pvalue) if ttest_rel and diff.std() > 0 else float("nan")
+            ci = test_bootstrap(R, model, met, ratio, seeds)
             lines.append(f"| {model} | {met} | {len(seeds)} | {fmt(x)} | {fmt(y)} | "
                          f"{diff.mean():+.4f} ± {se:.4f} | {wins}/{len(seeds)} (ties "
-                         f"{len(seeds) - n_sign}) | {t_p:.3f} | {sign_p:.3f} |")
+                         f"{len(seeds) - n_sign}) | {t_p:.3f} | {sign_p:.3f} | "
+                         + ("–" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]") + " |")
     return "\n".join(lines)
+
+
+def test_bootstrap(R: Results, model: str, metric: str, ratio: float, seeds: list[int],
+                   draws: int = 2000) -> tuple[float, float] | None:
+    """95 % interval of the seed-averaged accuracy difference (default - metric) when the
+    test set itself is resampled (bootstrap over test samples, seeds fixed): whether the gap
+    would survive another test set of the same size. None without per-sample records."""
+    dd, size = R.default_deploy, R.base.get(model, {}).get("test_size")
+    keys = [((model, DEFAULT, dd, ratio, s), (model, metric, dd, ratio, s)) for s in seeds]
+    if not size or not all(a in R.hits and b in R.hits for a, b in keys):
+        return None
+    diff = np.mean([unpack(R.hits[a], size).astype(float) - unpack(R.hits[b], size)
+                    for a, b in keys], axis=0)  # per test sample, averaged over seeds
+    idx = np.random.default_rng(0).integers(0, size, (draws, size))
+    boot = diff[idx].mean(axis=1)
+    return float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
 
 
 def peer_at(R: Results, s: float) -> dict:
@@ -900,6 +964,7 @@ def table_deploy(R: Results) -> str:
 def table_chosen(R: Results, deploy: str = "refit") -> str:
     """What the guard shipped in a deployment, over every metric and seed of the main grid."""
     names = ["refit", "compensated", "plain"]
+    main_metrics = set(R.metrics_in("main"))
     lines = ["| model | " + " | ".join(f"r={r}" for r in RATIOS) + " | shapley, r=0.5 |",
              "|---|" + "---|" * (len(RATIOS) + 1)]
     for model in R.models:
@@ -908,6 +973,7 @@ def table_chosen(R: Results, deploy: str = "refit") -> str:
             got = []
             for (mod, met, n, lab, dep, r), ch in R.chosen.items():
                 if (mod == model and dep == deploy and n == R.n_of(model, R.calib_main)
+                        and met in main_metrics
                         and not lab and (r == ratio or (ratio == "shap" and r == 0.5
                                                         and met == DEFAULT))):
                     got += ch
@@ -1321,6 +1387,8 @@ def write_md(R: Results, md_path: Path, img_dir: Path, images: list[str]) -> lis
         *[f"    nice -n 10 /work/venv/bin/{c['command']}" for c in [meta_, *meta_.get("appended", [])]],
         "    /work/venv/bin/python bench/low_data.py --from-json    # tables and plots only, no recomputation",
         "    /work/venv/bin/python bench/low_data.py --quick --out-json /tmp/q.json --out-md /tmp/q.md --img-dir /tmp/qimg",
+        "    nice -n 10 /work/venv/bin/python bench/shapley_games.py   # the exceptions' "
+        "investigation: docs/results_games.md",
         "",
         ("Skipped for time: " + ", ".join(meta_["skipped"]) + "\n") if meta_["skipped"] else "",
         "**Deployments** (the same for every metric; only the ranking differs): "
@@ -1356,6 +1424,10 @@ def write_md(R: Results, md_path: Path, img_dir: Path, images: list[str]) -> lis
         head,
         "",
     ]
+    parts += ["Across the five models, per ratio (same deployment for every metric): the mean "
+              "of the per-model mean accuracies, and the worst model. A metric that is best on "
+              "average but falls to chance on one model is a poor default.", "",
+              table_across(R), ""]
     parts += ["Against onnxsim 0.8.1 at the same weight-parameter reduction (onnxsim runs at "
               "sparsity 0.5 on the `onnxsim.simplify`d model, BN folded, else it prunes "
               "nothing; it removes a different share of the weights than onnxprune's ratio 0.5, "
@@ -1382,7 +1454,11 @@ def write_md(R: Results, md_path: Path, img_dir: Path, images: list[str]) -> lis
         parts += ["**More seeds** (the `seeds` phase, investigation of the exceptions): seeds "
                   f"{R.meta['seeds']} of the main grid plus {sorted({s for v in R.extra.values() for s in v})}"
                   f", ratio 0.5, {DEP_NAME[dd]}, paired by seed (the same calibration draw, "
-                  "split and guard for both metrics):", "", table_more_seeds(R, 0.5), ""]
+                  "split and guard for both metrics). The p-values measure calibration noise "
+                  "(another draw of 128 samples); the last column measures test-set noise: the "
+                  "95 % interval of the seed-averaged difference when the test images are "
+                  "resampled (bootstrap, 2,000 draws). A gap is real for this model only if "
+                  "both exclude zero.", "", table_more_seeds(R, 0.5), ""]
     for ratio in (0.25, 0.75):
         h, _ = headline(R, ratio)
         parts += [f"### The same at ratio {ratio}", "", h, "", "Per seed, baselines within 0.03 "
@@ -1481,9 +1557,9 @@ def write_md(R: Results, md_path: Path, img_dir: Path, images: list[str]) -> lis
 # ----------------------------------------------------------------------------- main
 
 
-PHASES = ["base", "main", "peers", "calib", "labels", "timing", "ablation", "estimators",
-          "variants", "seeds"]
-DEFAULT_PHASES = [p for p in PHASES if p not in ("variants", "seeds")]
+PHASES = ["base", "main", "peers", "calib", "labels", "timing", "seeds", "ablation",
+          "estimators", "variants"]
+DEFAULT_PHASES = [p for p in PHASES if p != "variants"]
 
 
 def parse(argv=None):

@@ -71,3 +71,34 @@ def test_low_data_quick(tmp_path):
 
     text = out_md.read_text()
     assert "Headline" in text and "mlp_digits" in text
+
+    for r in prunes:  # per test sample correctness is stored and agrees with the accuracy
+        base = next(b for b in bases if b["model"] == r["model"])
+        sys.path.insert(0, str(ROOT / "bench"))
+        from low_data import unpack
+        hits = unpack(r["correct"], base["test_size"])
+        assert hits.shape == (base["test_size"],) and abs(hits.mean() - r["acc"]) < 1e-12
+
+
+def test_test_set_bootstrap():
+    """The test-set interval is centred on the observed difference and shrinks to a point
+    when the two models err on the same samples."""
+    import numpy as np
+    sys.path.insert(0, str(ROOT / "bench"))
+    from low_data import Results, pack, test_bootstrap
+    rng = np.random.default_rng(1)
+    size = 400
+    a = rng.random(size) < 0.97
+    b = a.copy()
+    b[np.nonzero(a)[0][:8]] = False  # the baseline misses 8 more samples: +0.02 for the default
+    recs = [{"kind": "base", "model": "m", "acc": 0.97, "test_size": size}]
+    for seed in (0, 1):
+        for metric, hits in (("shapley", a), ("l1", b), ("l2", a)):
+            recs.append({"kind": "prune", "phase": "main", "model": "m", "metric": metric,
+                         "seed": seed, "calib": 128, "labels": False, "deploy": "refit",
+                         "ratio": 0.5, "acc": float(hits.mean()), "correct": pack(hits)})
+    R = Results({"meta": {"calib": 128}, "records": recs})
+    lo, hi = test_bootstrap(R, "m", "l1", 0.5, [0, 1])
+    assert 0 < lo < 0.02 < hi < 0.04
+    assert test_bootstrap(R, "m", "l2", 0.5, [0, 1]) == (0.0, 0.0)
+    assert test_bootstrap(R, "m", "l1", 0.5, [0, 5]) is None  # no records for seed 5
