@@ -25,7 +25,7 @@ group), the overlap of the default's kept set with l1's at ratio 0.5 (0.5 = chan
 swap test on the first seed: the default's ranking with one group's ranking taken from l1
 (and l1's with one group from the default), to see whether one group carries the gap.
 
-    nice -n 10 python bench/shapley_games.py            # four models, 3 seeds, ~15 min
+    nice -n 10 python bench/shapley_games.py            # five models, 3 seeds, ~25 min
     python bench/shapley_games.py --models mlp_digits --seeds 0   # ~30 s
 
 Writes docs/results_games.md (and --json). Not part of the default study run.
@@ -313,8 +313,8 @@ def _agreement(rows: list[dict], args) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=["resnet_mnist", "mlp_digits", "cnn_digits",
-                                                     "lenet5_mnist"],
+    ap.add_argument("--models", nargs="+", default=["resnet_mnist", "vgg_mnist", "mlp_digits",
+                                                     "cnn_digits", "lenet5_mnist"],
                     choices=list(L.MODELS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.75])
