@@ -220,6 +220,21 @@ def test_round_to_auto_uses_the_hardware_multiple(work):
             assert g["kept"] % multiple == 0, g
 
 
+@pytest.mark.parametrize("ratio,steps,metric,hinted", [
+    (0.75, 1, "shapley", True), (0.75, 2, "shapley", False), (0.5, 1, "shapley", False),
+    (0.75, 1, "l1", False)])
+def test_heavy_ratio_hints_at_steps(work, ratio, steps, metric, hinted):
+    """Above ratio 0.5 in one Shapley step, the table and the report point to --steps (the
+    study's finding); not when the user already prunes in steps, at 0.5, or for l1."""
+    args = [work / "m.onnx", "--calib", work / "c.npz", "--ratio", ratio, "--metric", metric,
+            "--budget", "64", "--no-latency", "--steps", steps, "--report", work / "r.json"]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((work / "r.json").read_text())
+    assert bool(report["hints"]) == hinted
+    assert ("hint: at ratios above 0.5, --steps 3" in result.stdout) == hinted
+
+
 def test_round_to_garbage_is_a_user_error(work):
     assert_user_error(run(work / "m.onnx", "--calib", work / "c.npz", "--ratio", 0.5,
                           "--round-to", "sixteen"), "--round-to")

@@ -70,6 +70,8 @@ def prune_table(report: dict) -> str:
                    f"speed-up x{lat['speedup']['median']:.2f}")
     for warning in ver.get("warnings", []):
         out.append(f"warning: {warning}")
+    for hint in report.get("hints", []):
+        out.append(f"hint: {hint}")
     if ver.get("outputs"):
         out += ["", f"fidelity: {ver['note']}"]
         out.append(_table(["output", "max |diff|", "cosine", "top-1 agree"],
