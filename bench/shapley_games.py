@@ -19,6 +19,8 @@ accuracy):
   sequential the default game in 3 steps: prune(..., steps=3) re-scores the model that the
              previous step shipped (refit included), ThiNet's order; 3x the scoring
   l1         weight magnitude (the best baseline on resnet_mnist / mlp_digits at ratio 0.5)
+  l1 sequential  l1 in 3 steps (magnitudes of the refit weights re-ranked): whether
+             sequential pruning helps the baseline as much as the default
 
 Also: cross-seed stability of the default's scores (mean Spearman over seed pairs, per
 group), the overlap of the default's kept set with l1's at ratio 0.5 (0.5 = chance), and a
@@ -53,7 +55,7 @@ from onnxprune.compensate import site_means  # noqa: E402
 from onnxprune.estimators import default_budget  # noqa: E402
 from onnxprune.score import shapley_group  # noqa: E402
 
-GAMES = ["default", "imputed", "truncated", "sequential", "l1"]
+GAMES = ["default", "imputed", "truncated", "sequential", "l1", "l1 sequential"]
 STEPS = 3  # the sequential game's rounds
 
 
@@ -198,10 +200,10 @@ def run(args) -> list[dict]:
             for game in args.games:
                 cached = None  # only the truncated game depends on the ratio
                 for ratio in args.ratios:
-                    if game == "sequential":  # scores and prunes in one go
-                        t0 = time.perf_counter()
+                    if game.endswith("sequential"):  # scores and prunes in one go
+                        metric = "l1" if game.startswith("l1") else L.DEFAULT
                         res = onnxprune.prune(m.am, cal, ratio=ratio, steps=STEPS, seed=seed,
-                                              holdout=L.HOLDOUT, latency=False)
+                                              metric=metric, holdout=L.HOLDOUT, latency=False)
                         records.append(_record(name, seed, game, ratio, L.accuracy(res.model, m.test),
                                                res.report["seconds"], {}, "steps"))
                         continue
