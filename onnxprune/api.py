@@ -379,25 +379,13 @@ def _verify(original: onnx.ModelProto, pruned: onnx.ModelProto, data: Calibratio
         result["accuracy_before"] = accuracy(want, data.labels)
         result["accuracy_after"] = accuracy(got, data.labels)
     if latency:
-        from .runtime import pad_rows
-        fixed = _fixed_batch(original)
-        batch = fixed or min(data.n_samples, 32)
-        feeds = {k: pad_rows(v[:batch], fixed) for k, v in data.inputs.items()}
-        result["latency"] = {"batch": batch, **compare_latency(original, pruned, feeds)}
+        feeds = {k: v[:32] for k, v in data.inputs.items()}  # a fixed batch: its own size
+        result["latency"] = compare_latency(original, pruned, feeds)
         if result["latency"]["speedup"]["median"] < 1:
             result["warnings"] = ["the pruned model measured slower than the original: ONNX "
                                   "Runtime's CPU convs work in blocks of 8 or 16 channels; try "
                                   "--round-to auto (docs/benchmarks.md, End to end)"]
     return result
-
-
-def _fixed_batch(model: onnx.ModelProto) -> int | None:
-    """The batch the model's (non-initializer) inputs fix on axis 0, if any."""
-    inits = {t.name for t in model.graph.initializer}
-    dims = {i.type.tensor_type.shape.dim[0].dim_value for i in model.graph.input
-            if i.name not in inits and i.type.tensor_type.shape.dim}
-    dims.discard(0)  # 0 = symbolic or unknown
-    return dims.pop() if len(dims) == 1 else None
 
 
 def build_report(am: AnalyzedModel, pruned: onnx.ModelProto, keep, scores, *, ratio, metric,

@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-from .runtime import make_session
+from .runtime import fixed_batch, make_session, pad_rows
 
 
 def _one_run(sess, feeds) -> float:
@@ -22,12 +22,14 @@ def _one_run(sess, feeds) -> float:
 
 def compare_latency(a: onnx.ModelProto, b: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
                     device: str = "cpu", max_seconds: float = 4.0, max_rounds: int = 50,
-                    warmup: int = 2) -> dict[str, dict[str, float]]:
-    """Interleaved timing of two models on the same feeds; medians and quartiles in ms."""
+                    warmup: int = 2) -> dict:
+    """Interleaved timing of two models on the same feeds; medians and quartiles in ms.
+    A model exported with a fixed batch is timed at that batch (the feeds cut or padded)."""
     sa = make_session(a, device, spinning=False)
     sb = make_session(b, device, spinning=False)
     names = [i.name for i in sa.get_inputs()]
-    feeds = {k: feeds[k] for k in names}
+    fixed = fixed_batch(sa)
+    feeds = {k: pad_rows(feeds[k][:fixed], fixed) if fixed else feeds[k] for k in names}
     for _ in range(warmup):
         _one_run(sa, feeds), _one_run(sb, feeds)
     times: dict[str, list[float]] = {"before": [], "after": []}
@@ -36,7 +38,7 @@ def compare_latency(a: onnx.ModelProto, b: onnx.ModelProto, feeds: Mapping[str, 
                                                  time.perf_counter() - start < max_seconds):
         times["before"].append(_one_run(sa, feeds))
         times["after"].append(_one_run(sb, feeds))
-    out = {}
+    out: dict = {"batch": len(next(iter(feeds.values())))}
     for key, values in times.items():
         ms = 1e3 * np.asarray(values)
         out[key] = {"median_ms": float(np.median(ms)), "q1_ms": float(np.percentile(ms, 25)),
