@@ -16,52 +16,19 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .analyze import Analysis, analyze
+from .analyze import Analysis
 from .baselines import random_scores, weight_norm_scores
 from .calib import Calibration, calibration_from_arrays, input_specs_from_model, load_calibration
 from .cost import count_macs, count_params, group_costs
 from .errors import OnnxPruneError
-from .graph import ModelIdentity
-from .load import load_model, model_bytes, save_model
-from .normalize import normalize
+from .load import model_bytes, save_model
+from .model import AnalyzedModel, analyze_model
 from .deploy import deploy
 from .compensate import site_means, site_stats
 from .score import METRICS, GroupScores
 from .select import TARGETS, n_removed, select
 
 Progress = Callable[[dict], None]
-
-
-@dataclass
-class AnalyzedModel:
-    """A loaded, normalized and analysed model."""
-
-    path: str | None
-    proto: onnx.ModelProto
-    ident: ModelIdentity
-    analysis: Analysis
-    seconds: dict[str, float]
-
-    @property
-    def graph(self):
-        return self.analysis.graph
-
-
-def analyze_model(model: str | os.PathLike | onnx.ModelProto) -> AnalyzedModel:
-    """load -> normalize -> analyze."""
-    t0 = time.perf_counter()
-    path = None
-    if isinstance(model, onnx.ModelProto):
-        proto = model
-    else:
-        path, proto = str(model), load_model(model)
-    t1 = time.perf_counter()
-    graph = normalize(proto)
-    t2 = time.perf_counter()
-    analysis = analyze(graph)
-    t3 = time.perf_counter()
-    return AnalyzedModel(path, proto, ModelIdentity.of(proto), analysis,
-                         {"load": t1 - t0, "normalize": t2 - t1, "analyze": t3 - t2})
 
 
 def group_table(am: AnalyzedModel) -> list[dict[str, Any]]:
@@ -329,7 +296,7 @@ def _reused(am: AnalyzedModel, scores: Mapping[int, Any], gids: list[int]) -> di
 
 def _round_to(round_to: int | str, device: str) -> int:
     """`"auto"`: the channel multiple this machine's runtime is fastest at (select.py)."""
-    from .select import hardware_multiple
+    from .runtime import hardware_multiple
     if isinstance(round_to, str):
         if round_to.strip().lower() == "auto":
             return hardware_multiple("cuda" if device == "cuda" else "cpu")
