@@ -1,9 +1,11 @@
 """ONNX Runtime sessions: provider choice (CUDA when a session really gets it, CPU otherwise)
-and the packaging pitfalls (DESIGN.md, Packaging)."""
+and the packaging pitfalls (DESIGN.md, Packaging); and the probes of this machine's hardware
+(free memory, CPU vector width), so that the stages stay pure functions of their inputs."""
 from __future__ import annotations
 
 import importlib.metadata as md
 import os
+import platform
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -124,3 +126,33 @@ def pad_rows(arr: np.ndarray, rows: int | None) -> np.ndarray:
 
 def session_device(sess: Any) -> str:
     return "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+
+def available_memory_bytes() -> int:
+    """RAM available to new allocations: MemAvailable, else free pages, else 8 GB (a guess)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def hardware_multiple(device: str = "cpu") -> int:
+    """The channel multiple `round_to="auto"` uses: ONNX Runtime's x86 CPU convs run in NCHWc
+    blocks of 16 channels with AVX-512F and 8 with AVX2 (other widths are padded or fall
+    back to slower kernels); CUDA's tensor cores want multiples of 8; elsewhere no rounding."""
+    if device == "cuda":
+        return 8
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return 1
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 8
+    return 16 if " avx512f" in flags else 8

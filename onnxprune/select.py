@@ -11,9 +11,7 @@ lowest; Shapley scores share one unit, the calibration objective, so they compar
 """
 from __future__ import annotations
 
-import platform
 from math import gcd
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -21,23 +19,9 @@ import numpy as np
 from .analyze import Analysis
 from .cost import CostModel
 from .rewrite import channel_keep
+from .runtime import hardware_multiple  # noqa: F401  (moved to runtime; old import path)
 
 TARGETS = ("units", "params", "macs")
-
-
-def hardware_multiple(device: str = "cpu") -> int:
-    """The channel multiple `round_to="auto"` uses: ONNX Runtime's x86 CPU convs run in NCHWc
-    blocks of 16 channels with AVX-512F and 8 with AVX2 (other widths are padded or fall
-    back to slower kernels); CUDA's tensor cores want multiples of 8; elsewhere no rounding."""
-    if device == "cuda":
-        return 8
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
-        return 1
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return 8
-    return 16 if " avx512f" in flags else 8
 
 
 def n_removed(units: int, ratio: float, multiple: int = 1) -> int:
