@@ -11,8 +11,8 @@ from pathlib import Path
 
 import onnx
 
-from onnxprune.api import analyze_model
 from onnxprune.cost import coverage
+from onnxprune.model import analyze_model
 
 LIGHT = Path(onnx.__file__).parent / "backend/test/data/light"
 DOC = Path(__file__).resolve().parent.parent / "docs/coverage.md"

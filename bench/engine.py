@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.api import analyze_model
 from onnxprune.calib import Calibration
 from onnxprune.cost import count_macs
-from onnxprune.engine import Engine, cut_model
+from onnxprune.cut import cut_model
+from onnxprune.engine import Engine
 from onnxprune.graph import to_proto
 from onnxprune.instrument import instrument, mask_name
+from onnxprune.model import analyze_model
 from onnxprune.runtime import make_session
 from onnxprune.value import NegKL
 

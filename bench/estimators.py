@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata
 
-from onnxprune.api import analyze_model, as_calibration, make_engine
+from onnxprune.api import as_calibration, make_engine
 from onnxprune.estimators import estimate
+from onnxprune.model import analyze_model
 from onnxprune.score import DEFAULT_ESTIMATOR
 
 ROOT = Path(__file__).resolve().parent.parent

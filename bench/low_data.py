@@ -81,9 +81,10 @@ TRAINED = ROOT / "models" / "trained"
 sys.path.insert(0, str(ROOT))
 
 import onnxprune  # noqa: E402
-from onnxprune.api import analyze_model, as_calibration, make_engine, score_model  # noqa: E402
+from onnxprune.api import as_calibration, make_engine, score_model  # noqa: E402
 from onnxprune.compensate import site_means  # noqa: E402
 from onnxprune.cost import MIXING, coverage  # noqa: E402
+from onnxprune.model import analyze_model  # noqa: E402
 from onnxprune.score import BASELINES, shapley_group  # noqa: E402
 
 MODELS = {  # name -> data prefix

@@ -207,7 +207,7 @@ def test_selection_options(work, extra):
 
 
 def test_round_to_auto_uses_the_hardware_multiple(work):
-    from onnxprune.select import hardware_multiple
+    from onnxprune.runtime import hardware_multiple
     result = run(work / "m.onnx", "--calib", work / "c.npz", "--ratio", 0.5, "--json",
                  "--no-latency", "--metric", "l1", "--round-to", "auto")
     assert result.exit_code == 0, result.output

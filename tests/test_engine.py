@@ -16,11 +16,17 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+import onnxprune.backends as backends_mod
+import onnxprune.cut as cut_mod
 import onnxprune.engine as engine_mod
+import onnxprune.fixedbatch as fixedbatch_mod
 from exactness import session
-from onnxprune.api import AnalyzedModel, analyze_model
+from onnxprune.backends import backend_for
 from onnxprune.calib import Calibration
-from onnxprune.engine import Engine, backend_for, make_batch_dynamic, site_fill
+from onnxprune.cut import site_fill
+from onnxprune.engine import Engine
+from onnxprune.fixedbatch import make_batch_dynamic
+from onnxprune.model import AnalyzedModel, analyze_model
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph import to_proto
 from onnxprune.instrument import instrument, mask_name
@@ -143,7 +149,7 @@ def test_per_sample_coalitions_reach_their_own_samples(name):
 @pytest.mark.parametrize("name", ["resnet_basic", "mobilenetv2", "vgg_bn", "inception"])
 def test_values_equal_plain_run(name, prefix, monkeypatch):
     if prefix == "source":  # the cut of the source graph (CUDA, or ORT cannot save its graph)
-        monkeypatch.setattr(engine_mod, "optimized_cpu_model", lambda model: None)
+        monkeypatch.setattr(cut_mod, "optimized_cpu_model", lambda model: None)
     am = zoo(name)
     calib = calibration(am)
     engine = Engine(am, calib, Probe(), prefix_cache=prefix is not None)
@@ -182,7 +188,7 @@ def test_cpu_cut_is_made_on_orts_optimized_graph():
 def test_trouble_with_orts_graph_falls_back_to_the_source_cut(monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("an ORT graph graphsurgeon cannot read")
-    monkeypatch.setattr(engine_mod, "_split_optimized", broken)
+    monkeypatch.setattr(cut_mod, "_split_optimized", broken)
     am = zoo("resnet_basic")
     calib = calibration(am)
     engine = Engine(am, calib, Probe())
@@ -349,8 +355,8 @@ def test_probe_tells_per_sample_tensors_from_mixed_ones():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])])
     am = analyze_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)]))
     samples = {"x": np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)}
-    assert engine_mod.probe_aligned(am.analysis, am.ident, ["r", "e"], samples) == {"r"}
-    assert engine_mod.probe_aligned(am.analysis, am.ident, ["r"], {"x": samples["x"][:1]}) == set()
+    assert cut_mod.probe_aligned(am.analysis, am.ident, ["r", "e"], samples) == {"r"}
+    assert cut_mod.probe_aligned(am.analysis, am.ident, ["r"], {"x": samples["x"][:1]}) == set()
 
 
 def test_transformer_cut_tensors_are_probed():
@@ -396,7 +402,7 @@ def test_no_cut_where_the_suffix_is_most_of_the_model(monkeypatch, optimized):
     # optimized graph runs a subset of a full run's kernels and is made at any share
     monkeypatch.setattr(engine_mod, "_MAX_SUFFIX_SHARE", 0.75)
     if not optimized:
-        monkeypatch.setattr(engine_mod, "optimized_cpu_model", lambda model: None)
+        monkeypatch.setattr(cut_mod, "optimized_cpu_model", lambda model: None)
     am = zoo("resnet_basic")
     engine = Engine(am, calibration(am), Probe())
     early, late = positions(am)[0], positions(am)[-1]
@@ -423,7 +429,7 @@ def test_tuning_picks_k_within_the_budget_and_keeps_values():
 
 
 def test_held_tiles_are_reused_by_every_run():
-    backend = engine_mod._CpuBackend()
+    backend = backends_mod.CpuBackend()
     x = np.arange(6, dtype=np.float32).reshape(3, 2)
     held = backend.hold({"x": x}, 4)
     assert held["x"].shape == (12, 2) and np.array_equal(held["x"][3:6], x)
@@ -602,8 +608,10 @@ def test_cuda_path_binds_data_once_and_masks_per_run(monkeypatch):
         devices.append(device)
         return FakeCudaSession(real_make_session(model, "cpu", threads, spinning=spinning), log)
 
-    monkeypatch.setattr(engine_mod, "make_session", fake_make_session)
-    monkeypatch.setattr(engine_mod, "ort", lambda: FakeOrt)
+    for mod in (engine_mod, cut_mod, fixedbatch_mod):  # every session the engine makes
+        monkeypatch.setattr(mod, "make_session", fake_make_session)
+    for mod in (backends_mod, cut_mod):
+        monkeypatch.setattr(mod, "ort", lambda: FakeOrt)
     am = zoo("resnet_basic")
     calib = calibration(am)
     gid = positions(am)[1]
@@ -614,7 +622,7 @@ def test_cuda_path_binds_data_once_and_masks_per_run(monkeypatch):
     got = engine.values(gid, coal)
     assert_same(got, plain_values(am, calib, [gid], coal))
     host = {name for where, name in log if where == "host"}
-    assert host == {mask_name(gid), engine_mod.TILE_INPUT}  # only masks cross per run
+    assert host == {mask_name(gid), cut_mod.TILE_INPUT}  # only masks cross per run
     assert any(where == "device" for where, _ in log)
 
 

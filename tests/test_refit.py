@@ -7,8 +7,8 @@ import pytest
 from onnx import numpy_helper
 
 import onnxprune
-from onnxprune.api import analyze_model
 from onnxprune.compensate import site_means
+from onnxprune.model import analyze_model
 from onnxprune.optimize import finalize
 from onnxprune.refit import refit_consumers
 from onnxprune.rewrite import channel_keep, rewrite

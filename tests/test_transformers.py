@@ -6,8 +6,8 @@ import pytest
 
 from conftest import ROOT
 from exactness import check_masked_equals_pruned
-from onnxprune.api import analyze_model
 from onnxprune.load import load_model
+from onnxprune.model import analyze_model
 
 MANIFEST = json.loads((ROOT / "models/zoo/manifest.json").read_text())
 TRANSFORMERS = sorted(e["file"] for e in MANIFEST if e.get("family") == "transformer")
