@@ -20,7 +20,7 @@ from .analyze import Analysis, analyze
 from .calib import Calibration, calibration_from_arrays, input_specs_from_model, load_calibration
 from .compensate import site_means, site_stats
 from .cost import count_macs, group_costs
-from .deploy import deploy
+from .deploy import Choice, Guard, deploy
 from .errors import OnnxPruneError
 from .graph import ModelIdentity
 from .load import load_model, save_model
@@ -225,8 +225,8 @@ class _Rounds:
     seconds: dict[str, float]  # score<i>, rewrite<i>
 
 
-def _prune_rounds(am: AnalyzedModel, opts: PruneOptions, scoring: Calibration | None, guard,
-                  reused: Mapping[int, np.ndarray] | None, progress: ProgressFn | None) -> _Rounds:
+def _prune_rounds(am: AnalyzedModel, opts: PruneOptions, scoring: Calibration | None,
+                  guard: Guard | None, reused: Mapping[int, np.ndarray] | None, progress: ProgressFn | None) -> _Rounds:
     """`steps` rounds of score -> select -> rewrite, each on the model the last one shipped."""
     deployed: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
@@ -241,7 +241,9 @@ def _prune_rounds(am: AnalyzedModel, opts: PruneOptions, scoring: Calibration | 
 
 
 def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, scoring: Calibration | None,
-                 guard, reused: Mapping[int, np.ndarray] | None, progress: ProgressFn | None):
+                 guard: Guard | None, reused: Mapping[int, np.ndarray] | None,
+                 progress: ProgressFn | None
+                 ) -> tuple[dict[int, GroupScores], dict[int, np.ndarray], Choice, dict[str, float]]:
     """One round: (scores, kept units, the deployed choice, seconds it took)."""
     gids = scored_groups(am, opts.exclude)
     if not gids:
@@ -265,8 +267,8 @@ def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, scoring: Cali
     return scores, keep, choice, took
 
 
-def _guard(am: AnalyzedModel, data: Calibration | None, note: str | None, value: str | None):
-    from .deploy import Guard
+def _guard(am: AnalyzedModel, data: Calibration | None, note: str | None,
+           value: str | None) -> Guard | None:
     if data is None:
         return None
     where = "held-out samples" if note and "held-out" in note else "calibration samples (too few to hold out)"

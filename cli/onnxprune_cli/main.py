@@ -87,8 +87,8 @@ def scoring_options(fn):
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--estimator", default="auto", show_default=True,
                      type=click.Choice(ESTIMATOR_NAMES),
-                     help=f"Shapley estimator: auto (exact for small groups, else "
-                          f"{DEFAULT_ESTIMATOR}), {', '.join(ESTIMATOR_NAMES[1:])}."),
+                     help=f"Shapley estimator (auto: exact for small groups, else "
+                          f"{DEFAULT_ESTIMATOR})."),
         click.option("--budget", type=int, default=None,
                      help="Coalition evaluations per group (default: 10 x units)."),
         click.option("--value", default=None,
