@@ -8,5 +8,7 @@ __version__ = "0.1.0"
 
 from .api import AnalyzedModel, PruneResult, analyze_model, prune  # noqa: E402
 from .errors import OnnxPruneError  # noqa: E402
+from .options import PruneOptions, ScoreOptions  # noqa: E402
 
-__all__ = ["AnalyzedModel", "OnnxPruneError", "PruneResult", "analyze_model", "prune", "__version__"]
+__all__ = ["AnalyzedModel", "OnnxPruneError", "PruneOptions", "PruneResult", "ScoreOptions",
+           "analyze_model", "prune", "__version__"]

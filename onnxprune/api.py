@@ -11,24 +11,25 @@ import fnmatch
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from .analyze import Analysis
-from .baselines import random_scores, weight_norm_scores
 from .calib import Calibration, calibration_from_arrays, input_specs_from_model, load_calibration
-from .cost import count_macs, count_params, group_costs
-from .errors import OnnxPruneError
-from .load import model_bytes, save_model
-from .model import AnalyzedModel, analyze_model
-from .deploy import deploy
 from .compensate import site_means, site_stats
-from .score import METRICS, GroupScores
-from .select import TARGETS, n_removed, select
-
-Progress = Callable[[dict], None]
+from .cost import count_macs, group_costs
+from .deploy import Choice, Guard, deploy
+from .errors import OnnxPruneError
+from .load import save_model
+from .metrics import METRICS, ScoreContext
+from .model import AnalyzedModel, analyze_model
+from .options import PruneOptions, ScoreOptions
+from .progress import ProgressFn, emit
+from .report import build_report, verify_pruned
+from .score import GroupScores
+from .select import select
 
 
 def group_table(am: AnalyzedModel) -> list[dict[str, Any]]:
@@ -74,11 +75,6 @@ def as_calibration(calib: str | os.PathLike | Mapping[str, np.ndarray] | Calibra
     return load_calibration(calib, specs)
 
 
-def _emit(progress: Progress | None, stage: str, done: int = 0, total: int = 0, **info) -> None:
-    if progress is not None:
-        progress({"stage": stage, "done": done, "total": total, **info})
-
-
 def scored_groups(am: AnalyzedModel, exclude: Sequence[str] = ()) -> list[int]:
     """Prunable groups, less those whose sources (the tensors whose channels they are) or
     producer nodes match an --exclude pattern; a group merely read by a node stays in."""
@@ -90,55 +86,43 @@ def scored_groups(am: AnalyzedModel, exclude: Sequence[str] = ()) -> list[int]:
     return out
 
 
-def score_model(am: AnalyzedModel, calib: Calibration | None, *, metric: str = "shapley",
-                seed: int = 0, device: str = "auto", estimator: str = "auto",
-                budget: int | None = None, value: str | None = None,
-                means: Mapping[str, np.ndarray] | None = None, ratio: float = 0.5,
-                groups: Sequence[int] | None = None, max_memory_mb: float | None = None,
-                aggregate: str = "mean", progress: Progress | None = None) -> dict[int, GroupScores]:
-    """A score per unit of each group (default: every prunable group)."""
-    from .score import (BASELINES, activation_scores, bn_gamma, leave_one_out,
-                        shapley_group, taylor)
-    if metric not in METRICS:
-        raise OnnxPruneError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
+def score_model(am: AnalyzedModel, calib: Calibration | None, options: ScoreOptions | None = None,
+                *, means: Mapping[str, np.ndarray] | None = None, ratio: float = 0.5,
+                groups: Sequence[int] | None = None, progress: ProgressFn | None = None,
+                **keywords: Any) -> dict[int, GroupScores]:
+    """A score per unit of each group (default: every prunable group). Keywords (metric=,
+    seed=, estimator=, ...) amend `options`; `ratio` steers the adaptive estimator only."""
+    opts = (options or ScoreOptions()).updated(**keywords).validate()
+    metric = METRICS[opts.metric]
     gids = list(groups) if groups is not None else [g.id for g in am.analysis.prunable]
-    needs_data = metric == "shapley" or BASELINES.get(metric, (True,))[0]
-    if needs_data and calib is None:
-        raise OnnxPruneError(f"metric '{metric}' needs calibration data (--calib)")
+    if metric.needs_data and calib is None:
+        raise OnnxPruneError(f"metric '{opts.metric}' needs calibration data (--calib)")
+    ctx = _score_context(am, calib, opts, means, ratio)
     out: dict[int, GroupScores] = {}
-    if metric in ("random", "l1", "l2", "bn_gamma"):
-        for gid in gids:
-            values = (random_scores(am.analysis, gid, seed) if metric == "random" else
-                      bn_gamma(am.analysis, gid) if metric == "bn_gamma" else
-                      weight_norm_scores(am.analysis, gid, 1 if metric == "l1" else 2))
-            out[gid] = GroupScores(gid, values, method=metric)
-        return out
-    if metric in ("mean_activation", "apoz"):
-        stats = site_stats(am.analysis, am.ident, calib.inputs, device="cpu")
-        key = "abs_mean" if metric == "mean_activation" else "zeros"
-        for gid in gids:
-            values = activation_scores(am.analysis, stats, gid, key)
-            out[gid] = GroupScores(gid, values if metric == "mean_activation" else 1 - values,
-                                   method=metric)
-        return out
-    engine = make_engine(am, calib, value=value, device=device, means=means,
-                         max_memory_mb=max_memory_mb)
     t0 = time.perf_counter()
     for i, gid in enumerate(gids):
-        n = am.analysis.group(gid).units
-        if metric == "shapley":
-            out[gid] = shapley_group(engine, gid, estimator=estimator, budget=budget,
-                                     seed=seed + gid, k=n_removed(n, ratio), aggregate=aggregate)
-        elif metric == "loo":
-            out[gid] = leave_one_out(engine, gid)
-        else:
-            out[gid] = taylor(engine, gid)
-        _emit(progress, "score", i + 1, len(gids), evaluations=engine.evaluations,
-              elapsed=time.perf_counter() - t0)
-    out_info = engine.info()
-    for g in out.values():
-        g.extra["engine"] = {k: out_info.get(k) for k in ("device", "path", "k_per_run")}
+        out[gid] = metric.score(ctx, gid)
+        if ctx.engine is not None:
+            emit(progress, "score", i + 1, len(gids), evaluations=ctx.engine.evaluations,
+                 elapsed=time.perf_counter() - t0)
+    if ctx.engine is not None:
+        info = ctx.engine.info()
+        for g in out.values():
+            g.extra["engine"] = {k: info.get(k) for k in ("device", "path", "k_per_run")}
     return out
+
+
+def _score_context(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptions,
+                   means: Mapping[str, np.ndarray] | None, ratio: float) -> ScoreContext:
+    """Exactly what the metric's entry says it reads: the engine, a site statistic."""
+    metric = METRICS[opts.metric]
+    engine = (make_engine(am, calib, value=opts.value, device=opts.device, means=means,
+                          max_memory_mb=opts.max_memory_mb) if metric.needs_engine else None)
+    stat = None
+    if metric.statistic is not None:
+        stats = site_stats(am.analysis, am.ident, calib.inputs, device="cpu")
+        stat = {tensor: s[metric.statistic] for tensor, s in stats.items()}
+    return ScoreContext(am.analysis, opts, ratio, engine, stat)
 
 
 def value_function(am: AnalyzedModel, calib: Calibration, value: str | None = None):
@@ -160,100 +144,98 @@ def make_engine(am: AnalyzedModel, calib: Calibration, *, value: str | None = No
 
 
 def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
-          calib: str | os.PathLike | Mapping[str, np.ndarray] | Calibration | None = None, *,
-          ratio: float = 0.5, metric: str = "shapley", seed: int = 0, device: str = "auto",
-          compensate: bool = True, estimator: str = "auto", budget: int | None = None,
-          value: str | None = None, round_to: int | str = 1, exclude: Sequence[str] = (),
-          global_: bool = False, target: str = "units", steps: int = 1,
-          scores: Mapping[int, np.ndarray] | None = None, holdout: float = 0.25,
-          latency: bool = True, max_memory_mb: float | None = None, aggregate: str = "mean",
-          refit: bool = True, progress: Progress | None = None) -> PruneResult:
-    """Score, select, rewrite, verify. `ratio` is the fraction of units removed per group
-    (or of the model's parameters/MACs with `target`). Compensation and `refit` are
-    guarded: each is kept only if it beats plain removal on held-out samples (deploy.py)."""
-    requested_round_to = round_to
-    round_to = _round_to(round_to, device)
-    _check_options(ratio, steps, round_to, target, scores, aggregate)
+          calib: str | os.PathLike | Mapping[str, np.ndarray] | Calibration | None = None,
+          options: PruneOptions | None = None, *, scores: Mapping[int, np.ndarray] | None = None,
+          progress: ProgressFn | None = None, **keywords: Any) -> PruneResult:
+    """Score, select, rewrite, verify. Keywords (ratio=, metric=, target=, ...: the fields of
+    PruneOptions and ScoreOptions) amend `options`. `ratio` is the fraction of units removed
+    per group (or of the model's parameters/MACs with `target`). Compensation and `refit` are
+    guarded: each is kept only if it beats plain removal on held-out samples (deploy.py).
+    `scores` reuses per-group unit scores instead of scoring."""
+    opts = (options or PruneOptions()).updated(**keywords).validate()
+    if scores is not None and opts.steps > 1:
+        raise OnnxPruneError("--scores cannot be combined with --steps (rounds re-score)")
     am = model if isinstance(model, AnalyzedModel) else analyze_model(model)
     data = as_calibration(calib, am.proto)
     if not am.analysis.prunable:
         raise OnnxPruneError("no prunable channel group in this model (see 'onnxprune analyze')")
-    _check_runs(am, device, data)
-    scoring, held_out, held_note = _split(data, holdout, seed)
-    original, timings = am, dict(am.seconds)
-    guard = _guard(am, held_out or scoring, held_note, value) if compensate or refit else None
-    choices = []
-    step_ratio = 1 - (1 - ratio) ** (1 / steps) if target == "units" else ratio / steps
-    all_scores: dict[int, GroupScores] = {}
-    for step in range(steps):
-        gids = scored_groups(am, exclude)
-        if not gids:
-            raise OnnxPruneError("every prunable group is excluded")
-        t0 = time.perf_counter()
-        means = None
-        if compensate and scoring is not None:
-            _emit(progress, "means", 0, 1)
-            means = site_means(am.analysis, am.ident, scoring.inputs, device="cpu")
-        _emit(progress, "score", 0, len(gids), metric=metric, step=step + 1, steps=steps)
-        if scores is not None and step == 0:
-            step_scores = _reused(am, scores, gids)
-        else:
-            step_scores = score_model(am, scoring, metric=metric, seed=seed, device=device,
-                                      estimator=estimator, budget=budget, value=value,
-                                      means=means, ratio=step_ratio, groups=gids,
-                                      max_memory_mb=max_memory_mb, aggregate=aggregate,
-                                      progress=progress)
-        t1 = time.perf_counter()
-        step_target = ratio if target == "units" else 1 - (1 - ratio) ** (1 / steps)
-        keep = select(am.analysis, {g: s.values for g, s in step_scores.items()},
-                      step_ratio if target == "units" else step_target,
-                      round_to=round_to, target=target, global_=global_)
-        _emit(progress, "rewrite", 0, 1)
-        choice = deploy(am.analysis, am.ident, keep, means=means, guard=guard,
-                        refit_data=scoring if refit and scoring is not None else None,
-                        progress=progress)
-        pruned = choice.model
-        choices.append(choice.to_json(guard))
-        timings[f"score{step + 1}"] = t1 - t0
-        timings[f"rewrite{step + 1}"] = time.perf_counter() - t1
-        if steps == 1:
-            all_scores = step_scores
-            break
-        am = analyze_model(pruned)
+    _check_runs(am, opts.score.device, data)
+    scoring, held_out, held_note = _split(data, opts.holdout, opts.score.seed)
+    guard = (_guard(am, held_out or scoring, held_note, opts.score.value)
+             if opts.compensate or opts.refit else None)
+    rounds = _prune_rounds(am, opts, scoring, guard, scores, progress)
+    seconds = {**am.seconds, **rounds.seconds}
     verification = None
     if data is not None:
-        t2 = time.perf_counter()
-        _emit(progress, "verify", 0, 1)
-        verification = _verify(original.proto, pruned, held_out or scoring, held_note, latency)
-        timings["verify"] = time.perf_counter() - t2
-    report = build_report(original, pruned, keep if steps == 1 else {}, all_scores, ratio=ratio,
-                          metric=metric, seed=seed, verification=verification,
-                          n_samples=None if data is None else data.n_samples, seconds=timings,
-                          options={"compensate": compensate, "round_to": round_to,
-                                   "round_to_requested": requested_round_to,
-                                   "target": target, "global": global_, "steps": steps,
-                                   "exclude": list(exclude), "estimator": estimator,
-                                   "budget": budget, "value": value, "aggregate": aggregate,
-                                   "refit": refit})
-    report["deploy"] = choices if steps > 1 else choices[0]
-    report["hints"] = _hints(ratio, target, steps, metric, scores is not None)
-    return PruneResult(pruned, report, {g: s.values for g, s in all_scores.items()},
-                       keep if steps == 1 else {}, original.analysis)
+        t0 = time.perf_counter()
+        emit(progress, "verify", 0, 1)
+        verification = verify_pruned(am.proto, rounds.model, held_out or scoring, held_note,
+                                     opts.latency)
+        seconds["verify"] = time.perf_counter() - t0
+    report = build_report(am, rounds.model, rounds.keep, rounds.scores, opts,
+                          verification=verification,
+                          n_samples=None if data is None else data.n_samples, seconds=seconds,
+                          deploy=rounds.deploy if opts.steps > 1 else rounds.deploy[0],
+                          reused_scores=scores is not None)
+    return PruneResult(rounds.model, report, {g: s.values for g, s in rounds.scores.items()},
+                       rounds.keep, am.analysis)
 
 
-STEPS_HINT = ("at ratios above 0.5, --steps 3 (re-score after each third, on the shipped "
-              "model) kept much more accuracy in the low-data study (ResNet at 0.75: 0.76 vs "
-              "0.53 test accuracy; docs/results_games.md), for about 3x the scoring time")
+@dataclass
+class _Rounds:
+    """What the pruning rounds leave for the result and the report."""
+
+    model: onnx.ModelProto  # the last round's shipped model
+    keep: dict[int, np.ndarray]  # kept units of the one round ({} after several)
+    scores: dict[int, GroupScores]  # scores of the one round ({} after several)
+    deploy: list[dict[str, Any]]  # what shipped, per round
+    seconds: dict[str, float]  # score<i>, rewrite<i>
 
 
-def _hints(ratio: float, target: str, steps: int, metric: str, reused_scores: bool) -> list[str]:
-    """Advice measured in the study (with Shapley) that this run's options did not follow."""
-    heavy = target == "units" and ratio > 0.5 and metric == "shapley"
-    return [STEPS_HINT] if heavy and steps == 1 and not reused_scores else []
+def _prune_rounds(am: AnalyzedModel, opts: PruneOptions, scoring: Calibration | None,
+                  guard: Guard | None, reused: Mapping[int, np.ndarray] | None, progress: ProgressFn | None) -> _Rounds:
+    """`steps` rounds of score -> select -> rewrite, each on the model the last one shipped."""
+    deployed: list[dict[str, Any]] = []
+    seconds: dict[str, float] = {}
+    for step in range(opts.steps):
+        scores, keep, choice, took = _prune_round(am, opts, step, scoring, guard, reused, progress)
+        deployed.append(choice.to_json(guard))
+        seconds.update(took)
+        if opts.steps == 1:
+            return _Rounds(choice.model, keep, scores, deployed, seconds)
+        am = analyze_model(choice.model)
+    return _Rounds(choice.model, {}, {}, deployed, seconds)
 
 
-def _guard(am: AnalyzedModel, data: Calibration | None, note: str | None, value: str | None):
-    from .deploy import Guard
+def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, scoring: Calibration | None,
+                 guard: Guard | None, reused: Mapping[int, np.ndarray] | None,
+                 progress: ProgressFn | None
+                 ) -> tuple[dict[int, GroupScores], dict[int, np.ndarray], Choice, dict[str, float]]:
+    """One round: (scores, kept units, the deployed choice, seconds it took)."""
+    gids = scored_groups(am, opts.exclude)
+    if not gids:
+        raise OnnxPruneError("every prunable group is excluded")
+    t0 = time.perf_counter()
+    means = None
+    if opts.compensate and scoring is not None:
+        emit(progress, "means", 0, 1)
+        means = site_means(am.analysis, am.ident, scoring.inputs, device="cpu")
+    emit(progress, "score", 0, len(gids), metric=opts.score.metric, step=step + 1, steps=opts.steps)
+    scores = (_reused(am, reused, gids) if reused is not None else
+              score_model(am, scoring, opts.score, means=means, ratio=opts.step_ratio(),
+                          groups=gids, progress=progress))
+    t1 = time.perf_counter()
+    keep = select(am.analysis, {g: s.values for g, s in scores.items()}, opts.step_ratio(),
+                  round_to=opts.round_multiple(), target=opts.target, global_=opts.global_)
+    emit(progress, "rewrite", 0, 1)
+    choice = deploy(am.analysis, am.ident, keep, means=means, guard=guard,
+                    refit_data=scoring if opts.refit else None, progress=progress)
+    took = {f"score{step + 1}": t1 - t0, f"rewrite{step + 1}": time.perf_counter() - t1}
+    return scores, keep, choice, took
+
+
+def _guard(am: AnalyzedModel, data: Calibration | None, note: str | None,
+           value: str | None) -> Guard | None:
     if data is None:
         return None
     where = "held-out samples" if note and "held-out" in note else "calibration samples (too few to hold out)"
@@ -294,34 +276,6 @@ def _reused(am: AnalyzedModel, scores: Mapping[int, Any], gids: list[int]) -> di
     return out
 
 
-def _round_to(round_to: int | str, device: str) -> int:
-    """`"auto"`: the channel multiple this machine's runtime is fastest at (select.py)."""
-    from .runtime import hardware_multiple
-    if isinstance(round_to, str):
-        if round_to.strip().lower() == "auto":
-            return hardware_multiple("cuda" if device == "cuda" else "cpu")
-        try:
-            return int(round_to)
-        except ValueError:
-            raise OnnxPruneError(f"--round-to must be a positive integer or 'auto', got {round_to!r}") from None
-    return int(round_to)
-
-
-def _check_options(ratio, steps, round_to, target, scores, aggregate="mean") -> None:
-    if aggregate not in ("mean", "mean+2std"):
-        raise OnnxPruneError(f"--aggregate must be mean or mean+2std, got {aggregate}")
-    if not 0 <= ratio < 1:
-        raise OnnxPruneError(f"--ratio must be in [0, 1), got {ratio}")
-    if steps < 1:
-        raise OnnxPruneError(f"--steps must be at least 1, got {steps}")
-    if round_to < 1:
-        raise OnnxPruneError(f"--round-to must be at least 1, got {round_to}")
-    if target not in TARGETS:
-        raise OnnxPruneError(f"--target must be one of {', '.join(TARGETS)}")
-    if scores is not None and steps > 1:
-        raise OnnxPruneError("--scores cannot be combined with --steps (rounds re-score)")
-
-
 def _split(data: Calibration | None, holdout: float, seed: int):
     """(scoring samples, held-out samples or None, a note for the report)."""
     if data is None:
@@ -331,65 +285,3 @@ def _split(data: Calibration | None, holdout: float, seed: int):
                             "(too few to hold some out)" if holdout else "verified on the calibration samples")
     scoring, held = data.split(holdout, seed)
     return scoring, held, f"verified on {held.n_samples} held-out samples not used for scoring"
-
-
-def _verify(original: onnx.ModelProto, pruned: onnx.ModelProto, data: Calibration, note: str,
-            latency: bool) -> dict[str, Any]:
-    from .latency import compare_latency
-    from .verify import accuracy, run_model
-    names = [o.name for o in original.graph.output]
-    want, got = run_model(original, data.inputs), run_model(pruned, data.inputs)
-    from .verify import compare
-    result: dict[str, Any] = {"samples": data.n_samples, "note": note,
-                              "outputs": [f.to_json() for f in compare(names, want, got)]}
-    if data.labels is not None:
-        result["accuracy_before"] = accuracy(want, data.labels)
-        result["accuracy_after"] = accuracy(got, data.labels)
-    if latency:
-        feeds = {k: v[:32] for k, v in data.inputs.items()}  # a fixed batch: its own size
-        result["latency"] = compare_latency(original, pruned, feeds)
-        if result["latency"]["speedup"]["median"] < 1:
-            result["warnings"] = ["the pruned model measured slower than the original: ONNX "
-                                  "Runtime's CPU convs work in blocks of 8 or 16 channels; try "
-                                  "--round-to auto (docs/benchmarks.md, End to end)"]
-    return result
-
-
-def build_report(am: AnalyzedModel, pruned: onnx.ModelProto, keep, scores, *, ratio, metric,
-                 seed, verification, n_samples, seconds, options) -> dict[str, Any]:
-    from . import __version__
-    import onnx_graphsurgeon as gs
-    after_graph = gs.import_onnx(pruned)
-    groups = []
-    for g in am.analysis.groups:
-        kept = len(keep[g.id]) if g.id in keep else g.units
-        row = {"id": g.id, "units": g.units, "kept": kept, "unit_size": g.unit_size,
-               "prunable": g.prunable, "reason": g.reason, "sources": g.sources}
-        if g.id in scores:
-            row.update({k: v for k, v in scores[g.id].to_json().items() if k != "group"})
-        if g.id in keep:
-            row["kept_units"] = [int(u) for u in keep[g.id]]
-        groups.append(row)
-    return {
-        "model": am.path, "ratio": ratio, "metric": metric, "seed": seed, "options": options,
-        "calibration_samples": n_samples,
-        "versions": _versions(__version__),
-        "before": {"params": count_params(am.graph), "macs": count_macs(am.graph),
-                   "bytes": model_bytes(am.proto)},
-        "after": {"params": count_params(after_graph), "macs": count_macs(after_graph),
-                  "bytes": model_bytes(pruned)},
-        "groups": groups,
-        "verification": verification,
-        "seconds": {k: round(v, 4) for k, v in seconds.items()},
-    }
-
-
-def _versions(own: str) -> dict[str, str]:
-    import importlib.metadata as md
-    versions = {"onnxprune": own, "onnx": onnx.__version__, "numpy": np.__version__}
-    for dist in ("onnxruntime", "onnxruntime-gpu", "onnx-graphsurgeon"):
-        try:
-            versions[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    return versions

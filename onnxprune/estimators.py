@@ -1080,6 +1080,28 @@ ESTIMATORS: dict[str, Callable[..., Estimate]] = {
 }
 
 
+@dataclass(frozen=True)
+class Capability:
+    """What a caller must know about an estimator before running it (instead of its name)."""
+
+    per_sample: bool = False  # needs a value function with per_sample_masks (n >= 2)
+    aggregates: bool = False  # takes aggregate="mean+2std" (keeps per-sample values)
+    exhaustive: bool = False  # evaluates all 2^n coalitions: no seed, budget >= 2^n
+    needs_k: bool = False  # steered by k, the number of units the run removes
+    shapley: bool = True  # False: another attribution (joint: ridge over sub-models)
+
+
+CAPABILITIES: dict[str, Capability] = {
+    "exact": Capability(aggregates=True, exhaustive=True),
+    "permutation": Capability(aggregates=True),
+    "antithetic": Capability(aggregates=True),
+    "persample": Capability(per_sample=True),
+    "kernelshap": Capability(),
+    "adaptive": Capability(needs_k=True),
+    "joint": Capability(shapley=False),
+}
+
+
 def estimate(name: str, value_fn: ValueFn, n: int, **kw: Any) -> Estimate:
     """Run the estimator registered as ``name`` (see ``ESTIMATORS``) on a game of n units."""
     try:

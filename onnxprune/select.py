@@ -19,7 +19,6 @@ import numpy as np
 from .analyze import Analysis
 from .cost import CostModel
 from .rewrite import channel_keep
-from .runtime import hardware_multiple  # noqa: F401  (moved to runtime; old import path)
 
 TARGETS = ("units", "params", "macs")
 

@@ -9,14 +9,16 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from onnxprune import OnnxPruneError, __version__
-from onnxprune.score import METRICS
-from onnxprune.select import TARGETS
+from onnxprune import OnnxPruneError, PruneOptions, ScoreOptions, __version__
+from onnxprune.options import (AGGREGATES, DEVICES, ESTIMATOR_NAMES, METRIC_NAMES, TARGETS,
+                               VALUE_NAMES)
+from onnxprune.score import DEFAULT_ESTIMATOR
 
-from .progress import Progress
+from .progress import ProgressPrinter
 from .render import analysis_table, prune_table
 
 EXIT_USER_ERROR = 2
@@ -80,22 +82,23 @@ def main() -> None:
 def scoring_options(fn):
     """Options shared by the prune and score commands."""
     for option in reversed([
-        click.option("--metric", default="shapley", show_default=True, type=click.Choice(METRICS),
-                     help="Ranking metric."),
+        click.option("--metric", default="shapley", show_default=True,
+                     type=click.Choice(METRIC_NAMES), help="Ranking metric."),
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--estimator", default="auto", show_default=True,
-                     help="Shapley estimator: auto (exact for small groups, else persample), exact, "
-                          "persample, permutation, antithetic, kernelshap, adaptive, joint."),
+                     type=click.Choice(ESTIMATOR_NAMES),
+                     help=f"Shapley estimator (auto: exact for small groups, else "
+                          f"{DEFAULT_ESTIMATOR})."),
         click.option("--budget", type=int, default=None,
                      help="Coalition evaluations per group (default: 10 x units)."),
         click.option("--value", default=None,
-                     help="Value function: neg_kl, neg_nmse, cosine, neg_cross_entropy, accuracy "
+                     help=f"Value function: {', '.join(VALUE_NAMES)} "
                           "(default: by output shape and labels)."),
         click.option("--aggregate", default="mean", show_default=True,
-                     type=click.Choice(["mean", "mean+2std"]),
+                     type=click.Choice(AGGREGATES),
                      help="How per-sample Shapley values combine (Ancona et al.: mean+2std)."),
         click.option("--device", default="auto", show_default=True,
-                     type=click.Choice(["auto", "cpu", "cuda"])),
+                     type=click.Choice(DEVICES)),
         click.option("--max-memory", "max_memory", type=float, default=None,
                      help="Memory bound for scoring, in MB."),
         click.option("--no-compensate", "no_compensate", is_flag=True,
@@ -137,22 +140,19 @@ def scoring_options(fn):
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON report on stdout.")
 @scoring_options
 @guarded
-def prune_cmd(model, calib, ratio, output, report_path, scores_path, round_to, exclude, global_,
-              target, steps, refit, no_latency, as_json, metric, seed, estimator, budget, value,
-              aggregate, device, max_memory, no_compensate, quiet):
+def prune_cmd(model: str, calib: str, **params: Any) -> None:
     """Prune MODEL and write the smaller model."""
     import onnxprune
+    output, report_path, scores_path = (params.pop(k) for k in ("output", "report_path", "scores_path"))
+    as_json, quiet = params.pop("as_json"), params.pop("quiet")
+    options = PruneOptions.from_cli(params)
     out = Path(output) if output else default_output(Path(model))
     check_output(Path(model), out)
     if report_path:
         check_output(Path(model), Path(report_path), what="--report")
     scores = read_scores(scores_path, model) if scores_path else None
-    result = onnxprune.prune(
-        model, calib, ratio=ratio, metric=metric, seed=seed, device=device,
-        compensate=not no_compensate, estimator=estimator, budget=budget, value=value,
-        round_to=round_to, exclude=exclude, global_=global_, target=target, steps=steps,
-        scores=scores, latency=not no_latency, max_memory_mb=max_memory, aggregate=aggregate,
-        refit=refit, progress=Progress(quiet or as_json))
+    result = onnxprune.prune(model, calib, options, scores=scores,
+                             progress=ProgressPrinter(quiet or as_json))
     from onnxprune.load import save_model
     save_model(result.model, out, on_commit=_finish_without_interrupts)
     result.report["output"] = str(out)
@@ -173,22 +173,23 @@ def prune_cmd(model, calib, ratio, output, report_path, scores_path, round_to, e
               help="The ratio the scores are for (steers the adaptive estimator only).")
 @scoring_options
 @guarded
-def score_cmd(model, calib, output, ratio, metric, seed, estimator, budget, value, aggregate,
-              device, max_memory, no_compensate, quiet):
+def score_cmd(model: str, calib: str, **params: Any) -> None:
     """Score MODEL's units once; reuse with 'onnxprune MODEL --scores FILE' at any ratio."""
     from onnxprune.api import analyze_model, as_calibration, score_model
     from onnxprune.compensate import site_means
+    output, ratio = params.pop("output"), params.pop("ratio")
+    compensate, quiet = not params.pop("no_compensate"), params.pop("quiet")
+    options = ScoreOptions.from_cli(params)
     check_output(Path(model), Path(output), what="-o")
     am = analyze_model(model)
     data = as_calibration(calib, am.proto)
     if not am.analysis.prunable:
         raise OnnxPruneError("no prunable channel group in this model (see 'onnxprune analyze')")
-    means = None if no_compensate else site_means(am.analysis, am.ident, data.inputs)
-    scores = score_model(am, data, metric=metric, seed=seed, device=device, estimator=estimator,
-                         budget=budget, value=value, means=means, ratio=ratio,
-                         max_memory_mb=max_memory, aggregate=aggregate, progress=Progress(quiet))
-    doc = {"model": model, "metric": metric, "seed": seed, "compensate": not no_compensate,
-           "model_sha256": _sha256(Path(model)),
+    means = site_means(am.analysis, am.ident, data.inputs) if compensate else None
+    scores = score_model(am, data, options, means=means, ratio=ratio,
+                         progress=ProgressPrinter(quiet))
+    doc = {"model": model, "metric": options.metric, "seed": options.seed,
+           "compensate": compensate, "model_sha256": _sha256(Path(model)),
            "groups": [s.to_json() for s in scores.values()]}
     _write_json(Path(output), doc)
     click.echo(f"wrote scores of {len(scores)} groups to {output}")

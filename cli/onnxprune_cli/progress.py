@@ -6,12 +6,16 @@ import time
 
 import click
 
+from onnxprune.progress import ProgressEvent
+
 LABELS = {"means": "calibration means", "score": "scoring", "rewrite": "rewriting",
           "refit": "refitting the layers after pruned channels",
           "deploy": "choosing what ships on held-out samples", "verify": "verifying and timing"}
 
 
-class Progress:
+class ProgressPrinter:
+    """Prints the library's progress events (onnxprune.progress) on stderr."""
+
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
@@ -19,7 +23,7 @@ class Progress:
         self.start = time.perf_counter()
         self.last = 0.0
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         if self.quiet:
             return
         stage, done, total = event["stage"], event.get("done", 0), event.get("total", 0)

@@ -1,6 +1,8 @@
 """Plain-text tables for the terminal."""
 from __future__ import annotations
 
+from onnxprune.report import Report
+
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
@@ -40,7 +42,7 @@ def _deploy_line(deploy) -> str | None:
     return line
 
 
-def prune_table(report: dict) -> str:
+def prune_table(report: Report) -> str:
     b, a = report["before"], report["after"]
     rows = []
     for key, label in (("params", "parameters"), ("macs", "MACs / sample"), ("file_bytes", "file size")):

@@ -1,0 +1,29 @@
+"""Progress events: the one type every stage reports with and every front end reads."""
+from __future__ import annotations
+
+from typing import Callable, TypedDict
+
+
+class _Position(TypedDict):
+    stage: str  # means, score, rewrite, refit, deploy, verify
+    done: int  # 0 announces the stage
+    total: int  # 0 when the stage has no count
+
+
+class ProgressEvent(_Position, total=False):
+    metric: str  # score: the metric's name
+    step: int  # score: the round (1-based) ...
+    steps: int  # ... of this many
+    evaluations: int  # score: coalition evaluations so far
+    elapsed: float  # score: seconds since scoring began
+    unit: str  # what `done` counts when not groups ("layers")
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+
+
+def emit(progress: ProgressFn | None, stage: str, done: int = 0, total: int = 0,
+         **info: object) -> None:
+    """Report one event when someone listens."""
+    if progress is not None:
+        progress({"stage": stage, "done": done, "total": total, **info})  # type: ignore[typeddict-item]

@@ -1,0 +1,164 @@
+"""Stage `report`: the JSON document of a prune run (README, The report).
+
+Typed as TypedDicts, so the report stays a plain dict (JSON as is) whose keys are spelled
+here once; the CLI adds `output`, `command` and the `file_bytes` sizes and renders it."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping, TypedDict
+
+import numpy as np
+import onnx
+
+from .calib import Calibration
+from .cost import count_macs, count_params
+from .load import model_bytes
+from .metrics import DEFAULT_METRIC
+from .options import PruneOptions
+from .score import GroupScores
+
+if TYPE_CHECKING:
+    from .api import AnalyzedModel
+
+
+class Sizes(TypedDict, total=False):
+    params: int
+    macs: int  # per sample
+    bytes: int  # of the serialized proto
+    file_bytes: int  # on disk, external data included (the CLI adds it)
+
+
+class GroupRow(TypedDict, total=False):
+    id: int
+    units: int
+    kept: int
+    unit_size: int
+    prunable: bool
+    reason: str | None
+    sources: list[str]
+    method: str  # from here on: scored groups only (GroupScores.to_json)
+    evaluations: int
+    seconds: float
+    scores: list[float]
+    stderr: list[float] | None
+    kept_units: list[int]  # when pruned in one round
+
+
+class Verification(TypedDict, total=False):
+    samples: int
+    note: str
+    outputs: list[dict[str, Any]]  # verify.Fidelity.to_json per output
+    accuracy_before: float  # with labels
+    accuracy_after: float
+    latency: dict[str, Any]  # latency.compare_latency
+    warnings: list[str]
+
+
+class Report(TypedDict, total=False):
+    model: str | None
+    ratio: float
+    metric: str
+    seed: int
+    options: dict[str, Any]  # PruneOptions.to_json
+    calibration_samples: int | None
+    versions: dict[str, str]
+    before: Sizes
+    after: Sizes
+    groups: list[GroupRow]
+    verification: Verification | None
+    seconds: dict[str, float]
+    deploy: dict[str, Any] | list[dict[str, Any]]  # deploy.Choice.to_json, one per round
+    hints: list[str]
+    output: str  # the CLI adds these two
+    command: str
+
+
+def build_report(am: AnalyzedModel, pruned: onnx.ModelProto, keep: Mapping[int, np.ndarray],
+                 scores: Mapping[int, GroupScores], options: PruneOptions, *,
+                 verification: Verification | None, n_samples: int | None,
+                 seconds: Mapping[str, float], deploy: dict[str, Any] | list[dict[str, Any]],
+                 reused_scores: bool) -> Report:
+    """`keep` and `scores` of the one round (empty after several rounds)."""
+    import onnx_graphsurgeon as gs
+
+    from . import __version__
+    return {
+        "model": am.path, "ratio": options.ratio, "metric": options.score.metric,
+        "seed": options.score.seed, "options": options.to_json(),
+        "calibration_samples": n_samples,
+        "versions": _versions(__version__),
+        "before": _sizes(am.graph, am.proto),
+        "after": _sizes(gs.import_onnx(pruned), pruned),
+        "groups": _group_rows(am, keep, scores),
+        "verification": verification,
+        "seconds": {k: round(v, 4) for k, v in seconds.items()},
+        "deploy": deploy,
+        "hints": hints(options, reused_scores),
+    }
+
+
+def _sizes(graph, proto: onnx.ModelProto) -> Sizes:
+    return {"params": count_params(graph), "macs": count_macs(graph), "bytes": model_bytes(proto)}
+
+
+def _group_rows(am: AnalyzedModel, keep: Mapping[int, np.ndarray],
+                scores: Mapping[int, GroupScores]) -> list[GroupRow]:
+    rows: list[GroupRow] = []
+    for g in am.analysis.groups:
+        kept = len(keep[g.id]) if g.id in keep else g.units
+        row: GroupRow = {"id": g.id, "units": g.units, "kept": kept, "unit_size": g.unit_size,
+                         "prunable": g.prunable, "reason": g.reason, "sources": g.sources}
+        if g.id in scores:
+            row.update({k: v for k, v in scores[g.id].to_json().items() if k != "group"})  # type: ignore[typeddict-item]
+        if g.id in keep:
+            row["kept_units"] = [int(u) for u in keep[g.id]]
+        rows.append(row)
+    return rows
+
+
+def _versions(own: str) -> dict[str, str]:
+    import importlib.metadata as md
+    versions = {"onnxprune": own, "onnx": onnx.__version__, "numpy": np.__version__}
+    for dist in ("onnxruntime", "onnxruntime-gpu", "onnx-graphsurgeon"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+STEPS_HINT = ("at ratios above 0.5, --steps 3 (re-score after each third, on the shipped "
+              "model) kept much more accuracy in the low-data study (ResNet at 0.75: 0.76 vs "
+              "0.53 test accuracy; docs/results_games.md), for about 3x the scoring time")
+
+
+def hints(options: PruneOptions, reused_scores: bool) -> list[str]:
+    """Advice measured in the study (with Shapley) that this run's options did not follow."""
+    heavy = (options.target == "units" and options.ratio > 0.5
+             and options.score.metric == DEFAULT_METRIC)
+    return [STEPS_HINT] if heavy and options.steps == 1 and not reused_scores else []
+
+
+SLOWER_WARNING = ("the pruned model measured slower than the original: ONNX Runtime's CPU "
+                  "convs work in blocks of 8 or 16 channels; try --round-to auto "
+                  "(docs/benchmarks.md, End to end)")
+
+
+def verify_pruned(original: onnx.ModelProto, pruned: onnx.ModelProto, data: Calibration,
+                  note: str, latency: bool) -> Verification:
+    """Fidelity of the pruned model's outputs to the original's on `data`, accuracy with
+    labels and, with `latency`, both models' latency on a fixed batch."""
+    from .latency import compare_latency
+    from .verify import accuracy, compare, run_model
+    names = [o.name for o in original.graph.output]
+    want, got = run_model(original, data.inputs), run_model(pruned, data.inputs)
+    result: Verification = {"samples": data.n_samples, "note": note,
+                            "outputs": [f.to_json() for f in compare(names, want, got)]}
+    if data.labels is not None:
+        result["accuracy_before"] = accuracy(want, data.labels)
+        result["accuracy_after"] = accuracy(got, data.labels)
+    if latency:
+        feeds = {k: v[:32] for k, v in data.inputs.items()}  # a fixed batch: its own size
+        result["latency"] = compare_latency(original, pruned, feeds)
+        if result["latency"]["speedup"]["median"] < 1:
+            result["warnings"] = [SLOWER_WARNING]
+    return result
