@@ -85,7 +85,8 @@ from onnxprune.api import as_calibration, make_engine, score_model  # noqa: E402
 from onnxprune.compensate import site_means  # noqa: E402
 from onnxprune.cost import MIXING, coverage  # noqa: E402
 from onnxprune.model import analyze_model  # noqa: E402
-from onnxprune.score import BASELINES, shapley_group  # noqa: E402
+from onnxprune.metrics import BASELINES  # noqa: E402
+from onnxprune.score import DEFAULT_ESTIMATOR, shapley_group  # noqa: E402
 
 MODELS = {  # name -> data prefix
     "lenet5_mnist": "mnist", "vgg_mnist": "mnist", "resnet_mnist": "mnist",
@@ -586,7 +587,7 @@ def meta(args, minutes: float, skipped: list[str]) -> dict:
             "ratios": list(args.ratios), "calib": args.calib, "phases": args.phases,
             "deploys": list(args.deploys), "holdout": HOLDOUT,
             "skipped": skipped, "versions": versions, "cpus": os.cpu_count(),
-            "default_estimator": __import__("onnxprune.score").score.DEFAULT_ESTIMATOR,
+            "default_estimator": DEFAULT_ESTIMATOR,
             "load_avg": list(os.getloadavg())}
 
 

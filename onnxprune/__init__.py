@@ -4,11 +4,10 @@ The pipeline (DESIGN.md): load -> normalize -> analyze -> instrument -> score ->
 -> rewrite -> optimize -> verify -> save + report. Each stage is a module of this
 package; `onnxprune.api` strings them together.
 """
-__version__ = "0.1.0"
-
 from .api import AnalyzedModel, PruneResult, analyze_model, prune  # noqa: E402
 from .errors import OnnxPruneError  # noqa: E402
 from .options import PruneOptions, ScoreOptions  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = ["AnalyzedModel", "OnnxPruneError", "PruneOptions", "PruneResult", "ScoreOptions",
            "analyze_model", "prune", "__version__"]

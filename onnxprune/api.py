@@ -122,7 +122,8 @@ def _score_context(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOpti
     if metric.statistic is not None:
         stats = site_stats(am.analysis, am.ident, calib.inputs, device="cpu")
         stat = {tensor: s[metric.statistic] for tensor, s in stats.items()}
-    return ScoreContext(am.analysis, opts, ratio, engine, stat)
+    return ScoreContext(am.analysis, opts.seed, opts.estimator, opts.budget, opts.aggregate,
+                        ratio, engine, stat)
 
 
 def value_function(am: AnalyzedModel, calib: Calibration, value: str | None = None):

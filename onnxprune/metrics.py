@@ -8,7 +8,7 @@ statistic of the mask sites), so `api.score_model` prepares exactly that and loo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -18,9 +18,6 @@ from .graph import const_value
 from .score import GroupScores, shapley_group
 from .select import n_removed
 
-if TYPE_CHECKING:
-    from .options import ScoreOptions
-
 DEFAULT_METRIC = "shapley"
 
 
@@ -29,7 +26,10 @@ class ScoreContext:
     """What a metric may read while scoring one group."""
 
     analysis: Analysis
-    options: ScoreOptions
+    seed: int = 0
+    estimator: str = "auto"  # Shapley estimator and its settings (ScoreOptions)
+    budget: int | None = None
+    aggregate: str = "mean"
     ratio: float = 0.5  # fraction of units the run removes (steers the adaptive estimator)
     engine: Any = None  # the masking engine, for metrics with needs_engine
     site_stat: Mapping[str, np.ndarray] | None = None  # per site tensor: the metric's statistic
@@ -135,10 +135,9 @@ def taylor(engine, gid: int, eps: float = 0.05) -> GroupScores:
 
 
 def _shapley(ctx: ScoreContext, gid: int) -> GroupScores:
-    o = ctx.options
     n = ctx.analysis.group(gid).units
-    return shapley_group(ctx.engine, gid, estimator=o.estimator, budget=o.budget,
-                         seed=o.seed + gid, k=n_removed(n, ctx.ratio), aggregate=o.aggregate)
+    return shapley_group(ctx.engine, gid, estimator=ctx.estimator, budget=ctx.budget,
+                         seed=ctx.seed + gid, k=n_removed(n, ctx.ratio), aggregate=ctx.aggregate)
 
 
 def _static(name: str, fn: Callable[[ScoreContext, int], np.ndarray]) -> Callable[[ScoreContext, int], GroupScores]:
@@ -154,7 +153,7 @@ METRICS: dict[str, Metric] = _metric_table(
     Metric("shapley", "Shapley value of the unit in its group's game (score.py)", _shapley,
            needs_data=True, needs_engine=True),
     Metric("random", "uniformly random (seeded)",
-           _static("random", lambda ctx, gid: random_scores(ctx.analysis, gid, ctx.options.seed))),
+           _static("random", lambda ctx, gid: random_scores(ctx.analysis, gid, ctx.seed))),
     Metric("l1", "L1 norm of the unit's filters",
            _static("l1", lambda ctx, gid: weight_norm_scores(ctx.analysis, gid, 1))),
     Metric("l2", "L2 norm of the unit's filters",

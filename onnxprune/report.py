@@ -17,7 +17,7 @@ from .options import PruneOptions
 from .score import GroupScores
 
 if TYPE_CHECKING:
-    from .api import AnalyzedModel
+    from .model import AnalyzedModel
 
 
 class Sizes(TypedDict, total=False):
@@ -80,7 +80,7 @@ def build_report(am: AnalyzedModel, pruned: onnx.ModelProto, keep: Mapping[int, 
     """`keep` and `scores` of the one round (empty after several rounds)."""
     import onnx_graphsurgeon as gs
 
-    from . import __version__
+    from .version import __version__
     return {
         "model": am.path, "ratio": options.ratio, "metric": options.score.metric,
         "seed": options.score.seed, "options": options.to_json(),

@@ -104,14 +104,3 @@ def shapley_group(engine, gid: int, *, estimator: str = "auto", budget: int | No
     return GroupScores(gid, est.values, est.stderr, est.evaluations, f"shapley/{name}",
                        time.perf_counter() - t0)
 
-
-_MOVED = ("METRICS", "BASELINES", "bn_gamma", "leave_one_out", "taylor", "activation_scores")
-
-
-def __getattr__(name: str) -> Any:
-    """The metric table and the baselines moved to metrics.py (which imports this module,
-    hence the lazy look-up); older imports from here keep working."""
-    if name in _MOVED:
-        from . import metrics
-        return getattr(metrics, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
