@@ -23,7 +23,7 @@ from .cost import count_macs, count_params, group_costs
 from .errors import OnnxPruneError
 from .graph import ModelIdentity
 from .load import load_model, model_bytes, save_model
-from .normalize import normalize
+from .normalize import normalize, with_unique_node_names
 from .deploy import deploy
 from .compensate import site_means, site_stats
 from .score import METRICS, GroupScores
@@ -56,6 +56,7 @@ def analyze_model(model: str | os.PathLike | onnx.ModelProto) -> AnalyzedModel:
     else:
         path, proto = str(model), load_model(model)
     t1 = time.perf_counter()
+    proto = with_unique_node_names(proto)  # the sessions are built from it; normalize copies
     graph = normalize(proto)
     t2 = time.perf_counter()
     analysis = analyze(graph)
