@@ -88,7 +88,8 @@ def _weight_size(node: gs.Node, handler: Handler) -> int:
 
 
 class Mixing(Handler):
-    """A cut point: mixes channels through a constant weight at input 1 (Conv, Gemm)."""
+    """A cut point: mixes channels through a constant weight at input 1 (Conv, ConvTranspose,
+    Gemm)."""
 
     samplewise = True
 
