@@ -21,35 +21,46 @@ from .load import all_nodes, check_inference_crashes, check_opset, is_large, spl
 from .shapes import fold_reshape_targets, probe_reshape_targets
 
 
+try:  # loaded with the package, as the command's start-up (and its Ctrl-C handling) expects
+    import onnxruntime as _ort
+except ImportError:  # reported where a session is needed
+    _ort = None
+
+
 @contextmanager
 def quiet_folding() -> Iterator[None]:
     """graphsurgeon's warnings about folds it cannot do are expected here (error_ok), and so
-    are ONNX Runtime's optimizer warnings on the pieces it folds: both off for the duration
-    of our call only. graphsurgeon's level is restored after; ONNX Runtime's global level is
-    not touched (it cannot be read back): the sessions graphsurgeon opens meanwhile get
-    their own quiet level (SessionOptions.log_severity_level)."""
+    are ONNX Runtime's messages on the pieces it folds: both off for the duration of our
+    call only, graphsurgeon's level restored after."""
     before = G_LOGGER.severity
     G_LOGGER.severity = G_LOGGER.ERROR
     try:
-        import onnxruntime as ort
-    except ImportError:  # reported where a session is needed
-        ort = None
-    session = ort.InferenceSession if ort is not None else None
+        with _quiet_ort_sessions():
+            yield
+    finally:
+        G_LOGGER.severity = before
+
+
+@contextmanager
+def _quiet_ort_sessions() -> Iterator[None]:
+    """ONNX Runtime's global log level cannot be read back (so not restored): instead the
+    sessions that graphsurgeon opens meanwhile get their own level (SessionOptions)."""
+    if _ort is None:
+        yield
+        return
+    session = _ort.InferenceSession
 
     def quiet_session(model, sess_options=None, *args, **kwargs):
         if sess_options is None:
-            sess_options = ort.SessionOptions()
+            sess_options = _ort.SessionOptions()
             sess_options.log_severity_level = 4  # its failures are expected (error_ok)
         return session(model, sess_options, *args, **kwargs)
 
-    if ort is not None:
-        ort.InferenceSession = quiet_session
+    _ort.InferenceSession = quiet_session
     try:
         yield
     finally:
-        G_LOGGER.severity = before
-        if ort is not None:
-            ort.InferenceSession = session
+        _ort.InferenceSession = session
 
 
 def normalize(model: onnx.ModelProto) -> gs.Graph:
