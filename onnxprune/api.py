@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .analyze import Analysis
+from .analysis import Analysis
 from .calib import Calibration, calibration_from_arrays, input_specs_from_model, load_calibration
 from .compensate import site_means, site_stats
 from .cost import count_macs, group_costs
@@ -80,7 +80,8 @@ def scored_groups(am: AnalyzedModel, exclude: Sequence[str] = ()) -> list[int]:
     producer nodes match an --exclude pattern; a group merely read by a node stays in."""
     out = []
     for g in am.analysis.prunable:
-        names = [*g.sources, *(m.node for m in g.members if m.role == "producer")]
+        producers = [m for m in g.members if m.role == "producer"]
+        names = [*g.sources, *(m.node for m in producers), *(m.name for m in producers if m.name)]
         if not any(fnmatch.fnmatch(n, p) for p in exclude for n in names):
             out.append(g.id)
     return out

@@ -9,7 +9,7 @@ from typing import Literal, Mapping, get_args
 
 import numpy as np
 
-from .analyze import Analysis
+from .analysis import Analysis
 from .graph import ModelIdentity, to_proto
 from .runtime import make_session, run_chunks
 

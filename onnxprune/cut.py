@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .analyze import Analysis
+from .analysis import Analysis
 from .cost import count_macs, node_macs
 from .errors import OnnxPruneError
 from .fixedbatch import same

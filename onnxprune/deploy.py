@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import onnx
 
-from .analyze import Analysis
+from .analysis import Analysis
 from .calib import Calibration
 from .graph import ModelIdentity
 from .optimize import finalize

@@ -48,7 +48,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .analyze import Analysis
+from .analysis import Analysis
 from .backends import Backend, backend_for
 from .calib import Calibration
 from .cut import Cut, batch_dim_state, cut_model, preoptimized_session, probe_aligned, site_fill

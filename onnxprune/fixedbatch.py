@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .analyze import Analysis
+from .analysis import Analysis
 from .errors import OnnxPruneError
 from .graph import ModelIdentity, const_value, to_proto
 from .normalize import infer_shapes, strip_shapes

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .analyze import Analysis, MaskSite
+from .analysis import Analysis, MaskSite
 from .graph import node_key
 from .ops import handler_for
 
@@ -89,9 +89,11 @@ def _mask_site(graph: gs.Graph, node: gs.Node, site: MaskSite, analysis: Analysi
 
 def _compensate(graph: gs.Graph, node: gs.Node, per_channel: gs.Variable, mean: np.ndarray,
                 tag: str, rank: int) -> None:
-    """The consumers with a site keep the rank of their input (Conv, Gemm, MatMul)."""
-    """y + (1 - m) @ C, broadcast along the consumer's output channel axis."""
-    matrix, out_axis = handler_for(node).compensation(node, mean)
+    """y + (1 - m) @ C, broadcast along the consumer's output channel axis. (The consumers
+    with a site keep the rank of their input: Conv, Gemm, MatMul.)"""
+    comp = handler_for(node).compensation(node, mean)
+    assert comp is not None, f"{node.op} has a mask site but its handler no compensation"
+    matrix, out_axis = comp
     y = node.outputs[0]
     dtype = np.dtype(y.dtype) if y.dtype is not None else np.dtype(np.float32)
     removed = _op(graph, "Sub", [gs.Constant(f"{tag}_one1", np.ones(1, np.float32)), per_channel],

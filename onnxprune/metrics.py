@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .analyze import Analysis
+from .analysis import Analysis
 from .compensate import SiteStat
 from .graph import const_value
 from .score import GroupScores, shapley_group
@@ -81,9 +81,7 @@ def bn_gamma(analysis: Analysis, gid: int) -> np.ndarray:
     total, seen = np.zeros(group.units), False
     for m in group.members:
         if m.op == "BatchNormalization" and m.role == "param":
-            node = next((n for n in analysis.graph.nodes if (n.name or "") == m.node
-                         and n.op == "BatchNormalization"), None)
-            if node is None or node.inputs[1].name != m.tensor:
+            if analysis.node(m.node).inputs[1].name != m.tensor:
                 continue  # only the scale input, not bias/mean/var
             gamma = np.abs(const_value(tensors[m.tensor]).astype(np.float64))
             inside = analysis.ch_group[m.ids] == gid

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import onnx
 
-from .analyze import Analysis, analyze
+from .analysis import Analysis
+from .analyze import analyze
 from .graph import ModelIdentity
 from .load import load_model
-from .normalize import normalize
+from .normalize import normalize, with_unique_node_names
 
 
 @dataclass
@@ -41,6 +42,7 @@ def analyze_model(model: str | os.PathLike | onnx.ModelProto) -> AnalyzedModel:
     else:
         path, proto = str(model), load_model(model)
     t1 = time.perf_counter()
+    proto = with_unique_node_names(proto)  # the sessions are built from it; normalize copies
     graph = normalize(proto)
     t2 = time.perf_counter()
     analysis = analyze(graph)

@@ -8,31 +8,75 @@ targets as numbers, which it needs to decide anything.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.logger import G_LOGGER
+from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
 from .errors import OnnxPruneError
 from .load import all_nodes, check_inference_crashes, check_opset, is_large, split_weights
 from .shapes import fold_reshape_targets, probe_reshape_targets
 
-from onnx_graphsurgeon.logger import G_LOGGER
-from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
-G_LOGGER.severity = G_LOGGER.ERROR  # folding failures are expected and handled (error_ok)
-
-try:  # onnx-graphsurgeon folds through ORT, whose optimizer warnings are noise here
+try:  # loaded with the package, as the command's start-up (and its Ctrl-C handling) expects
     import onnxruntime as _ort
-    _ort.set_default_logger_severity(4)
 except ImportError:  # reported where a session is needed
-    pass
+    _ort = None
+
+
+@contextmanager
+def quiet_folding() -> Iterator[None]:
+    """graphsurgeon's warnings about folds it cannot do are expected here (error_ok), and so
+    are ONNX Runtime's messages on the pieces it folds: both off for the duration of our
+    call only, graphsurgeon's level restored after."""
+    before = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.ERROR
+    try:
+        with _quiet_ort_sessions():
+            yield
+    finally:
+        G_LOGGER.severity = before
+
+
+@contextmanager
+def _quiet_ort_sessions() -> Iterator[None]:
+    """ONNX Runtime's global log level cannot be read back (so not restored): instead the
+    sessions that graphsurgeon opens meanwhile get their own level (SessionOptions)."""
+    if _ort is None:
+        yield
+        return
+    session = _ort.InferenceSession
+
+    def quiet_session(model, sess_options=None, *args, **kwargs):
+        if sess_options is None:
+            sess_options = _ort.SessionOptions()
+            sess_options.log_severity_level = 4  # its failures are expected (error_ok)
+        return session(model, sess_options, *args, **kwargs)
+
+    _ort.InferenceSession = quiet_session
+    try:
+        yield
+    finally:
+        _ort.InferenceSession = session
 
 
 def normalize(model: onnx.ModelProto) -> gs.Graph:
-    """Fold constants and shape subgraphs, infer shapes, and return the IR graph (sorted)."""
+    """Fold constants and shape subgraphs, infer shapes, and return the IR graph (sorted).
+    The caller's model is not changed (names are made unique in a copy)."""
     check_opset(model)
-    unique_node_names(model)
+    with quiet_folding():
+        return _normalize(model)
+
+
+def _normalize(model: onnx.ModelProto) -> gs.Graph:
+    work, weights = _working_copy(model)
+    unique_node_names(work)
     try:
-        graph = gs.import_onnx(infer_shapes(model))
+        graph = gs.import_onnx(infer_shapes(work))
+        _restore_weights(graph, weights)
         gs.export_onnx(graph, do_type_check=False)  # names and dims must survive the round trip
         graph.toposort()  # the loader lets unsorted graphs through, and with them cycles
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, IndexError,
@@ -52,11 +96,40 @@ def normalize(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
+def _working_copy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list]:
+    """A copy to rename and infer. A large model's copy has stubs for its large weights
+    (copying them would cost as much memory again), with the (stub, caller's tensor) pairs."""
+    if is_large(model):
+        return split_weights(model)
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    return work, []
+
+
+def _restore_weights(graph: gs.Graph, weights: list[tuple[onnx.TensorProto, onnx.TensorProto]]) -> None:
+    """Point the stubs' constants at the caller's tensors (read lazily, never modified)."""
+    originals = {stub.name: tensor for stub, tensor in weights}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and tensor.name in originals:
+            tensor.values = gs.ir.tensor.LazyValues(originals[tensor.name])
+
+
+def with_unique_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` itself if its node names are unique, else a renamed copy (for the sessions:
+    ONNX Runtime refuses a graph with two nodes of the same name)."""
+    names = [n.name for n in all_nodes(model.graph) if n.name]
+    if len(names) == len(set(names)):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    unique_node_names(copy)
+    return copy
+
+
 def unique_node_names(model: onnx.ModelProto) -> int:
     """Rename nodes whose name is already taken, in place (in every subgraph too); return how
     many. Names carry no meaning, but ONNX Runtime refuses a graph with two nodes of the same
-    name, and every session (the trial run, calibration, verification) is built from this very
-    proto. Nameless nodes stay nameless (that is allowed); the first holder of a name keeps it."""
+    name. Nameless nodes stay nameless (that is allowed); the first holder of a name keeps it."""
     nodes = list(all_nodes(model.graph))
     taken = {n.name for n in nodes if n.name}
     seen: set[str] = set()

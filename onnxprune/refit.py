@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
-from .analyze import Analysis, MaskSite
-from .graph import ModelIdentity, const_value, node_key, to_proto
+from .analysis import Analysis, MaskSite
+from .context import RefitLayout
+from .graph import ModelIdentity, to_proto
+from .ops import handler_for
 from .runtime import make_session, run_chunks
 
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # relative to the mean variance of the kept inputs
@@ -42,16 +43,7 @@ class Refit:
     lam: float          # the ridge chosen (relative)
 
 
-@dataclass
-class _Layer:
-    """How one consumer turns its input into rows P and what its weight matrix is."""
-
-    site: MaskSite
-    node: gs.Node
-    rows: Callable[[np.ndarray, np.random.Generator], np.ndarray]  # batch -> [rows, d], weight-column order
-    w_eff: np.ndarray                         # [d, C_out]: output = rows @ w_eff (+ bias)
-    keep_cols: np.ndarray                     # bool [d]
-    pack: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (D, b) -> weight, bias
+_Layer = RefitLayout  # the handlers' (ops/): rows, weight matrix, keep columns, pack
 
 
 def refit_consumers(analysis: Analysis, ident: ModelIdentity, keep_channel: np.ndarray,
@@ -76,78 +68,14 @@ def refit_consumers(analysis: Analysis, ident: ModelIdentity, keep_channel: np.n
 
 
 # ----------------------------------------------------------------------------
-# per op: rows and weight layout
+# rows and weight layout: the consumer's handler knows them
 
 
 def _layer(analysis: Analysis, site: MaskSite, keep_channel: np.ndarray) -> _Layer | None:
-    nodes = {node_key(n): n for n in analysis.graph.nodes}
-    node = nodes[site.node]
-    keep_in = keep_channel[site.ids]
-    make = {"Conv": _conv_layer, "Gemm": _gemm_layer, "MatMul": _matmul_layer}.get(node.op)
-    return None if make is None or site.input_index != 0 else make(site, node, keep_in)
-
-
-def _conv_layer(site, node, keep_in) -> _Layer | None:
-    w = const_value(node.inputs[1])
-    if (w is None or w.ndim != 4 or int(node.attrs.get("group", 1)) != 1
-            or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
+    if site.input_index != 0:
         return None
-    c_out, c_in, kh, kw = w.shape
-    pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
-    strides = list(node.attrs.get("strides", [1, 1]))
-    dil = list(node.attrs.get("dilations", [1, 1]))
-
-    def rows(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-        span = ((kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1)
-        win = np.lib.stride_tricks.sliding_window_view(xp, span, axis=(2, 3))
-        win = win[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]]  # [n, C, Ho, Wo, kh, kw]
-        ho, wo = win.shape[2:4]
-        pick = _positions(ho * wo, rng)
-        patches = win[:, :, pick // wo, pick % wo]                       # [n, C, P, kh, kw]
-        return patches.transpose(0, 2, 1, 3, 4).reshape(-1, c_in * kh * kw)
-
-    def pack(d: np.ndarray, b: np.ndarray):
-        flat = w.reshape(c_out, -1).astype(np.float64).copy()
-        flat[:, keep_cols] += d.T
-        return flat.reshape(w.shape).astype(w.dtype), b
-
-    keep_cols = np.repeat(keep_in, kh * kw)
-    return _Layer(site, node, rows, w.reshape(c_out, -1).T.astype(np.float64), keep_cols, pack)
-
-
-def _gemm_layer(site, node, keep_in) -> _Layer | None:
-    b = const_value(node.inputs[1])
-    alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
-    if b is None or b.ndim != 2 or int(node.attrs.get("transA", 0)) or beta == 0:
-        return None
-    trans_b = int(node.attrs.get("transB", 0))
-    w_eff = alpha * (b.T if trans_b else b).astype(np.float64)  # [K, N]
-
-    def pack(d: np.ndarray, bias: np.ndarray):
-        new = w_eff.copy()
-        new[keep_in] += d
-        new /= alpha
-        return (new.T if trans_b else new).astype(b.dtype), bias / beta  # C is scaled by beta
-
-    return _Layer(site, node, lambda x, rng: x.reshape(len(x), -1), w_eff, keep_in, pack)
-
-
-def _matmul_layer(site, node, keep_in) -> _Layer | None:
-    w = const_value(node.inputs[1])
-    if w is None or w.ndim != 2 or site.axis != site.rank - 1:
-        return None  # only X @ W with X's channels last
-
-    def pack(d: np.ndarray, bias: np.ndarray):
-        new = w.astype(np.float64).copy()
-        new[keep_in] += d
-        return new.astype(w.dtype), bias
-
-    def rows(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        seq = x.reshape(len(x), -1, x.shape[-1])
-        return seq[:, _positions(seq.shape[1], rng)].reshape(-1, x.shape[-1])
-
-    return _Layer(site, node, rows, w.astype(np.float64), keep_in, pack)
+    node = analysis.node(site.node)
+    return handler_for(node).refit_layout(site, node, keep_channel[site.ids])
 
 
 def _positions(total: int, rng: np.random.Generator) -> np.ndarray:
@@ -219,7 +147,7 @@ def _accumulate(analysis: Analysis, ident: ModelIdentity, layers: list[_Layer],
             x = values[lay.site.tensor].astype(np.float64)
             for fold, pick in ((fit, ~val[start:stop]), (held, val[start:stop])):
                 if pick.any():
-                    p = lay.rows(x[pick], rng)
+                    p = lay.rows(x[pick], lambda total: _positions(total, rng))
                     fold.add(p[:, lay.keep_cols], p[:, ~lay.keep_cols] @ lay.w_eff[~lay.keep_cols])
     return stats
 

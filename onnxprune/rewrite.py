@@ -12,101 +12,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .analyze import Analysis
-from .graph import const_value, node_key
+from .analysis import Analysis
+from .context import RewriteContext
 from .normalize import strip_shapes
 from .ops import handler_for
-
-
-class RewriteContext:
-    def __init__(self, analysis: Analysis, keep_channel: np.ndarray, graph: gs.Graph,
-                 means: Mapping[str, np.ndarray] | None = None,
-                 refits: Mapping[str, Any] | None = None) -> None:
-        self.analysis = analysis
-        self.graph = graph
-        self.opset = analysis.graph.opset
-        self.keep_channel = keep_channel
-        self.means = means or {}
-        self.refits = refits or {}
-        self.sites = {s.node: s for s in analysis.sites}
-        self._names = set(graph.tensors().keys())
-
-    def fresh(self, base: str) -> str:
-        """A tensor name not used anywhere in the graph (inputs may use any name)."""
-        k = 1
-        while f"{base}{k}" in self._names:
-            k += 1
-        self._names.add(f"{base}{k}")
-        return f"{base}{k}"
-
-    def fold_compensation(self, node: gs.Node, handler: Any, keep_in: np.ndarray,
-                          bias_index: int | None, out_axis: int) -> None:
-        """Compensation (FLAP): a removed input channel is replaced by its calibration mean,
-        whose constant contribution goes into the bias. Must run before the node's weights are
-        sliced (it reads the original weights); the bias is then sliced with the outputs.
-        A refit node (refit.py) gets its fitted bias shift instead."""
-        delta = self._bias_shift(node, handler, keep_in)
-        if delta is None or not delta.any():
-            return
-        y = node.outputs[0]
-        dtype = np.dtype(y.dtype) if y.dtype is not None else np.dtype(np.float32)
-        if bias_index is not None:
-            while len(node.inputs) <= bias_index:
-                node.inputs.append(gs.Variable.empty())
-            old = const_value(node.inputs[bias_index]) if node.inputs[bias_index].name else None
-            bias = delta if old is None else old + delta  # a Gemm C of [1, N] or [M, N] keeps its shape
-            node.inputs[bias_index] = gs.Constant(self.fresh(f"{y.name}__bias"), bias.astype(dtype))
-            return
-        # no bias input (MatMul): add one after the node, already cut to the kept outputs
-        keep_out = self.keep(y)
-        delta = delta if keep_out is None else delta[keep_out]
-        rank = len(y.shape)
-        shape = [1] * (rank - out_axis)
-        shape[0] = len(delta)
-        raw = gs.Variable(self.fresh(f"{y.name}__before_bias"), dtype=y.dtype)
-        node.outputs[0] = raw
-        const = gs.Constant(self.fresh(f"{y.name}__bias"), delta.reshape(shape).astype(dtype))
-        self.graph.nodes.append(gs.Node("Add", name=self.fresh(f"{y.name}__compensate"),
-                                        inputs=[raw, const], outputs=[y]))
-
-    def _bias_shift(self, node: gs.Node, handler: Any, keep_in: np.ndarray) -> np.ndarray | None:
-        if (refit := self.refits.get(node_key(node))) is not None:
-            return np.asarray(refit.bias, np.float64)
-        site = self.sites.get(node_key(node))
-        mean = None if site is None else self.means.get(site.tensor)
-        if mean is None:
-            return None
-        matrix, _ = handler.compensation(node, np.where(keep_in, 0.0, np.asarray(mean, np.float64)))
-        return matrix.sum(axis=0)
-
-    def apply_refit(self, node: gs.Node) -> None:
-        """Swap in the refit weight (unpruned layout) before the handler slices it."""
-        if (refit := self.refits.get(node_key(node))) is not None:
-            self.set_input(node, 1, refit.weight)
-
-    def keep(self, tensor: gs.Tensor | None) -> np.ndarray | None:
-        """Bool per channel position of a tracked tensor, or None if nothing of it is removed."""
-        cmap = None if tensor is None else self.analysis.maps.get(tensor.name)
-        if cmap is None:
-            return None
-        keep = self.keep_channel[cmap.ids]
-        return None if keep.all() else keep
-
-    def keep_ids(self, ids: np.ndarray) -> np.ndarray:
-        return self.keep_channel[ids]
-
-    def note(self, node: gs.Node) -> Any:
-        return self.analysis.notes.get(node_key(node))
-
-    def set_input(self, node: gs.Node, index: int, values: np.ndarray) -> None:
-        """Replace input `index` by a new constant (never mutate a possibly shared one)."""
-        root = node.inputs[index].name.split("__pruned")[0]  # a weight cut on both axes: one suffix
-        node.inputs[index] = gs.Constant(self.fresh(f"{root}__pruned"), np.ascontiguousarray(values))
-
-    def slice_input(self, node: gs.Node, index: int, axis: int, keep: np.ndarray) -> None:
-        values = const_value(node.inputs[index])
-        assert values is not None, f"{node.op} '{node.name}': member input {index} is not constant"
-        self.set_input(node, index, np.compress(keep, values, axis=axis))
 
 
 def channel_keep(analysis: Analysis, keep: Mapping[int, Sequence[int]]) -> np.ndarray:

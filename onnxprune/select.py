@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .analyze import Analysis
+from .analysis import Analysis
 from .cost import CostModel
 from .rewrite import channel_keep
 

@@ -8,65 +8,12 @@ is the constant [0, 1024] (0 = copy that dim), which the analysis can read and r
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph import const_value, norm_axis
-
-Dims = list  # ints and dim names (str); None = unknown
-
-
-def _shape(node: gs.Node, args: list) -> Dims | None:
-    shape = node.inputs[0].shape
-    if shape is None:
-        return None
-    dims = [d if isinstance(d, (int, str)) and d not in ("",) else None for d in shape]
-    start = norm_axis(int(node.attrs.get("start", 0)), len(dims))
-    end = node.attrs.get("end")
-    return dims[start:None if end is None else norm_axis(int(end), len(dims))]
-
-
-def _gather(node: gs.Node, args: list) -> Dims | None:
-    data, index = args
-    if data is None or index is None or int(node.attrs.get("axis", 0)) != 0:
-        return None
-    idx = [i for i in index] if isinstance(index, list) else None
-    if idx is None or any(not isinstance(i, int) or not -len(data) <= i < len(data) for i in idx):
-        return None
-    return [data[i] for i in idx]
-
-
-def _unsqueeze(node, args):
-    return args[0]
-
-
-def _concat(node, args):
-    if any(a is None for a in args) or int(node.attrs.get("axis", 0)) not in (0, -1):
-        return None
-    return [d for a in args for d in a]
-
-
-def _arith(fn: Callable[[int, int], int]):
-    def run(node, args):
-        a, b = args
-        if a is None or b is None:
-            return None
-        if len(a) == 1 and len(b) > 1:
-            a = a * len(b)
-        if len(b) == 1 and len(a) > 1:
-            b = b * len(a)
-        if len(a) != len(b):
-            return None
-        return [fn(x, y) if isinstance(x, int) and isinstance(y, int) else None for x, y in zip(a, b)]
-    return run
-
-
-EVAL = {"Shape": _shape, "Gather": _gather, "Unsqueeze": _unsqueeze, "Squeeze": _unsqueeze,
-        "Concat": _concat, "Cast": _unsqueeze, "Identity": _unsqueeze,
-        "Add": _arith(lambda x, y: x + y), "Sub": _arith(lambda x, y: x - y),
-        "Mul": _arith(lambda x, y: x * y), "Div": _arith(lambda x, y: x // y if y else None)}
+from .graph import const_value
+from .ops import handler_for
+from .ops.registry import Dims  # ints and dim names (str); None = unknown
 
 
 def evaluate(tensor: gs.Tensor, depth: int = 0) -> Dims | None:
@@ -77,14 +24,7 @@ def evaluate(tensor: gs.Tensor, depth: int = 0) -> Dims | None:
     if depth > 32 or not tensor.inputs:
         return None
     node = tensor.inputs[0]
-    fn = EVAL.get(node.op)
-    if fn is None:
-        return None
-    if node.op == "Shape":
-        return fn(node, [])
-    if node.op == "Unsqueeze" or node.op == "Squeeze":
-        return evaluate(node.inputs[0], depth + 1)
-    return fn(node, [evaluate(t, depth + 1) for t in node.inputs])
+    return handler_for(node).eval_shape(node, lambda t: evaluate(t, depth + 1))
 
 
 def fold_reshape_targets(graph: gs.Graph) -> bool:

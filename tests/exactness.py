@@ -5,7 +5,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.analyze import Analysis, analyze
+from onnxprune.analysis import Analysis
+from onnxprune.analyze import analyze
 from onnxprune.graph import ModelIdentity, to_proto
 from onnxprune.instrument import instrument, mask_name
 from onnxprune.normalize import infer_shapes, normalize

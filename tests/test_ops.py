@@ -1,4 +1,4 @@
-"""One tiny graph (at least) per op handler in `onnxprune.ops.HANDLERS`.
+"""One tiny graph (at least) per op handler in `onnxprune.ops.analysis_ops()`.
 
 Each case puts the op between a producer (conv/gemm/matmul) and a consumer and states
   * the prunable groups it expects, as (units, unit_size) pairs;
@@ -22,11 +22,12 @@ from onnx import TensorProto, helper
 
 from exactness import check_masked_equals_pruned, random_feeds, session
 from graphs import INT64_MAX, G
-from onnxprune.analyze import Analysis, analyze
+from onnxprune.analysis import Analysis
+from onnxprune.analyze import analyze
 from onnxprune.graph import ModelIdentity, to_proto
 from onnxprune.instrument import instrument, mask_name
 from onnxprune.normalize import normalize
-from onnxprune.ops import HANDLERS
+from onnxprune.ops import analysis_ops
 
 
 @dataclass
@@ -1608,7 +1609,7 @@ def check_per_sample_masks(model: onnx.ModelProto, analysis: Analysis, seed: int
 
 def test_every_handler_has_a_test():
     covered = {op for c in CASES for op in c.ops}
-    missing = sorted(set(HANDLERS) - covered)
+    missing = sorted(set(analysis_ops()) - covered)
     assert not missing, f"handlers without a case in test_ops.py: {missing}"
 
 

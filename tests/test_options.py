@@ -150,3 +150,16 @@ def test_progress_events_carry_stage_done_total():
                     refit=False, progress=events.append)
     assert events and all({"stage", "done", "total"} <= set(e) for e in events)
     assert [e["stage"] for e in events if e["done"] == 0][:3] == ["means", "score", "rewrite"]
+
+
+def test_exclude_matches_a_producer_by_its_node_name():
+    """--exclude names nodes as people see them (node.name), though the analysis keys nodes
+    by their first output: excluding a producer by name leaves its group unscored."""
+    from onnxprune.api import scored_groups
+    from onnxprune.model import analyze_model
+    am = analyze_model("models/digits_cnn.onnx")
+    everything = scored_groups(am)
+    producer = next(m for g in am.analysis.prunable for m in g.members
+                    if m.role == "producer" and m.name and m.name != m.node)
+    left = scored_groups(am, [producer.name])
+    assert len(left) == len(everything) - 1

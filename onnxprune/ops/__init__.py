@@ -1,3 +1,5 @@
-"""Op handlers, one per ONNX op type; importing this package fills the registry."""
-from . import elementwise, layout, linear, norm, pool  # noqa: F401  (registration)
-from .registry import HANDLERS, Handler, handler_for, register  # noqa: F401
+"""Op handlers, one per (domain, op type), each holding every fact about its op; importing
+this package fills the registry."""
+from . import elementwise, layout, linear, norm, opaque, pool  # noqa: F401  (registration)
+from .registry import (HANDLERS, Handler, analysis_ops, handler_for, register,  # noqa: F401
+                       unregister)

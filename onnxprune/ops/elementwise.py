@@ -24,6 +24,11 @@ UNARY = (
 
 @register(*UNARY)
 class Unary(Handler):
+    samplewise = True
+
+    def eval_shape(self, node, dims):
+        return dims(node.inputs[0]) if node.op in ("Cast", "Identity") else None
+
     def analyze(self, node, ctx):
         cmap = ctx.map(node.inputs[0])
         for t in node.inputs[1:]:  # CastLike's target: type only
@@ -35,6 +40,8 @@ class Unary(Handler):
 
 @register("Dropout")
 class Dropout(Handler):
+    samplewise = True
+
     def analyze(self, node, ctx):
         cmap = ctx.map(node.inputs[0])
         if cmap is None:
@@ -47,6 +54,8 @@ class Dropout(Handler):
 @register("Clip")
 class Clip(Handler):
     """min/max are scalars (attributes before opset 11, inputs after)."""
+
+    samplewise = True
 
     def analyze(self, node, ctx):
         cmap = ctx.map(node.inputs[0])
@@ -68,6 +77,12 @@ def _size(t: gs.Tensor) -> int | None:
 @register("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu")
 class Broadcast(Handler):
     """Numpy-style broadcasting (PRelu: the slope broadcasts onto X)."""
+
+    samplewise = True
+
+    def eval_shape(self, node, dims):
+        arith = _ARITH.get(node.op)
+        return None if arith is None else _elementwise(arith, [dims(t) for t in node.inputs])
 
     def analyze(self, node, ctx):
         tracked = ctx.tracked_inputs(node)
@@ -112,3 +127,21 @@ class Broadcast(Handler):
             return
         for index, axis in rw.note(node) or []:
             rw.slice_input(node, index, axis, keep)
+
+
+# shape vectors (shapes.py): the arithmetic exporters put between Shape and Reshape
+_ARITH = {"Add": lambda x, y: x + y, "Sub": lambda x, y: x - y, "Mul": lambda x, y: x * y,
+          "Div": lambda x, y: x // y if y else None}
+
+
+def _elementwise(fn, args: list) -> list | None:
+    a, b = args
+    if a is None or b is None:
+        return None
+    if len(a) == 1 and len(b) > 1:
+        a = a * len(b)
+    if len(b) == 1 and len(a) > 1:
+        b = b * len(a)
+    if len(a) != len(b):
+        return None
+    return [fn(x, y) if isinstance(x, int) and isinstance(y, int) else None for x, y in zip(a, b)]

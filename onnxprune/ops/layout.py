@@ -8,11 +8,15 @@ import onnx_graphsurgeon as gs
 
 from ..channels import ChannelMap
 from ..graph import const_value, input_or_attr, is_present, norm_axis, rank_of, shape_of
-from .registry import Handler, int_vector, register
+from .registry import Handler, axis_is_batch, int_vector, register
 
 
 @register("Transpose")
 class Transpose(Handler):
+    def mixes_batch(self, node, opset):
+        perm = node.attrs.get("perm")
+        return perm is None or perm[0] != 0
+
     def analyze(self, node, ctx):
         cmap, rank = ctx.map(node.inputs[0]), rank_of(node.inputs[0])
         if cmap is None:
@@ -38,6 +42,11 @@ class Transpose(Handler):
 
 @register("Squeeze", "Unsqueeze")
 class SqueezeUnsqueeze(Handler):
+    samplewise = True
+
+    def eval_shape(self, node, dims):
+        return dims(node.inputs[0])  # a shape vector is unsqueezed to 1-D (or squeezed from it)
+
     def analyze(self, node, ctx):
         cmap, rank = ctx.map(node.inputs[0]), rank_of(node.inputs[0])
         if cmap is None:
@@ -89,6 +98,15 @@ class Concat(Handler):
     analysis does not track gets fixed ids of its own). On another axis: all inputs carry
     the same channels, so they are one group."""
 
+    def mixes_batch(self, node, opset):
+        return axis_is_batch(node, "axis", None)
+
+    def eval_shape(self, node, dims):
+        args = [dims(t) for t in node.inputs]
+        if any(a is None for a in args) or int(node.attrs.get("axis", 0)) not in (0, -1):
+            return None
+        return [d for a in args for d in a]
+
     def analyze(self, node, ctx):
         tracked = ctx.tracked_inputs(node)
         if not tracked:
@@ -133,6 +151,9 @@ class Concat(Handler):
 @register("Split")
 class Split(Handler):
     """On the channel axis each output gets its slice of the map; the sizes are members."""
+
+    def mixes_batch(self, node, opset):
+        return axis_is_batch(node, "axis", 0)
 
     def analyze(self, node, ctx):
         cmap = ctx.map(node.inputs[0])
@@ -192,6 +213,9 @@ class Split(Handler):
 @register("Slice")
 class Slice(Handler):
     """A step-1 slice of the channel axis keeps the ids in range; starts/ends are members."""
+
+    def mixes_batch(self, node, opset):
+        return _slice_cuts_batch(node, opset)
 
     def analyze(self, node, ctx):
         cmap, rank = ctx.map(node.inputs[0]), rank_of(node.inputs[0])
@@ -266,6 +290,9 @@ def _with(values, k, value):
 class Flatten(Handler):
     """Flatten(axis=1) is Reshape(x, [0, -1]): channels fold into the feature axis."""
 
+    def mixes_batch(self, node, opset):
+        return int(node.attrs.get("axis", 1)) == 0
+
     def analyze(self, node, ctx):
         cmap = ctx.map(node.inputs[0])
         if cmap is None:
@@ -285,6 +312,9 @@ class Reshape(Handler):
     """Batch stays on axis 0. The channel axis either keeps its own output axis (possibly
     merged with dims around it: Flatten into a classifier, NHWC flatten, heads merged back)
     or is split into (heads, head_dim), where one head becomes one unit."""
+
+    def mixes_batch(self, node, opset):
+        return _reshape_moves_batch(node)
 
     def analyze(self, node, ctx):
         cmap = ctx.map(node.inputs[0])
@@ -411,6 +441,18 @@ class Shape(Handler):
     """Reading the shape of a channel tensor is harmless only if the channel dim is never used:
     every consumer must be a Gather of constant indices that avoid it."""
 
+    samplewise = True
+
+    def eval_shape(self, node, dims):
+        """The input's dims, as numbers or dim names."""
+        shape = node.inputs[0].shape
+        if shape is None:
+            return None
+        dims = [d if isinstance(d, (int, str)) and d not in ("",) else None for d in shape]
+        start = norm_axis(int(node.attrs.get("start", 0)), len(dims))
+        end = node.attrs.get("end")
+        return dims[start:None if end is None else norm_axis(int(end), len(dims))]
+
     def analyze(self, node, ctx):
         cmap = ctx.map(node.inputs[0])
         if cmap is None:
@@ -423,3 +465,45 @@ class Shape(Handler):
             index = const_value(consumer.inputs[1]) if consumer.op == "Gather" else None
             if index is None or rank == 0 or ((np.asarray(index) + start) % rank == cmap.axis).any():
                 return ctx.pin_inputs(node, "Shape of a channel tensor feeds a computation")
+
+
+# ---------------------------------------------------------------------------- batch axis rules
+
+
+def _slice_cuts_batch(node: gs.Node, opset: int) -> bool:
+    """Mixing only if axis 0 is actually cut (not the full 0:INT_MAX:1 range)."""
+    rank = rank_of(node.inputs[0])
+    if opset < 10:
+        starts, ends = node.attrs.get("starts"), node.attrs.get("ends")
+        axes, steps = node.attrs.get("axes"), None
+    else:
+        vals = [const_value(t) if t is not None and t.name else None for t in node.inputs[1:5]]
+        starts, ends, axes, steps = (vals + [None] * 4)[:4]
+        if axes is None and len(node.inputs) > 3 and node.inputs[3].name:
+            return True  # run-time axes
+    if rank is None or any(np.ndim(v) > 1 for v in (starts, ends, axes, steps) if v is not None):
+        return True
+    if axes is not None and 0 not in [norm_axis(int(a), rank) for a in np.atleast_1d(axes)]:
+        return False
+    if starts is None or ends is None:
+        return True
+    axes = list(range(len(starts))) if axes is None else [norm_axis(int(a), rank) for a in axes]
+    k = axes.index(0)
+    step = 1 if steps is None else int(np.atleast_1d(steps)[k])
+    return not (int(starts[k]) == 0 and int(ends[k]) >= 2**31 - 1 and step == 1)
+
+
+def _reshape_moves_batch(node: gs.Node) -> bool:
+    """Batch kept: target[0] is 0 (copy), or -1 with the rest matching the input's rest."""
+    target = const_value(node.inputs[1])
+    in_shape = node.inputs[0].shape
+    if target is None or target.ndim != 1 or not target.size or not in_shape:
+        return True
+    if int(target[0]) == 0 and not node.attrs.get("allowzero", 0):
+        return False
+    rest = in_shape[1:]
+    if int(target[0]) in (-1, in_shape[0]) and all(isinstance(d, int) for d in rest) \
+            and all(int(t) > 0 for t in target[1:]):
+        return int(np.prod(target[1:])) != int(np.prod(rest))
+    out_shape = node.outputs[0].shape
+    return not (out_shape and out_shape[0] == in_shape[0])

@@ -11,6 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..channels import ChannelMap
+from ..context import Positions, RefitLayout
 from ..graph import const_value, is_present, rank_of, shape_of
 from .registry import Handler, register
 
@@ -76,6 +77,27 @@ def _conv_problem(node: gs.Node, weight: np.ndarray, groups: int, xmap, bias) ->
     return None
 
 
+def _static(dims) -> int:
+    """Product of the dims that are numbers (batch and sequence names count as 1)."""
+    return int(np.prod([d if isinstance(d, (int, np.integer)) and d > 0 else 1 for d in dims]))
+
+
+def _weight_size(node: gs.Node, handler: Handler) -> int:
+    w = const_value(handler.weight_input(node))
+    return 0 if w is None else int(w.size)
+
+
+class Mixing(Handler):
+    """A cut point: mixes channels through a constant weight at input 1 (Conv, ConvTranspose,
+    Gemm)."""
+
+    samplewise = True
+
+    def weight_input(self, node):
+        t = node.inputs[1] if len(node.inputs) > 1 else None
+        return t if const_value(t) is not None else None
+
+
 def _couple_conv_groups(ctx, ids: np.ndarray, groups: int) -> None:
     """Position j of every conv group is one unit: removal keeps the groups equal."""
     blocks = ids.reshape(groups, -1)
@@ -84,7 +106,13 @@ def _couple_conv_groups(ctx, ids: np.ndarray, groups: int) -> None:
 
 
 @register("Conv")
-class Conv(Handler):
+class Conv(Mixing):
+    def macs(self, node):
+        return _static((shape_of(node.outputs[0]) or ())[2:]) * _weight_size(node, self)
+
+    def refit_layout(self, site, node, keep_in):
+        return _conv_layout(site, node, keep_in)
+
     def analyze(self, node, ctx):
         x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
         weight, xmap = const_value(w), ctx.map(x)
@@ -164,8 +192,11 @@ class Conv(Handler):
 
 
 @register("ConvTranspose")
-class ConvTranspose(Handler):
+class ConvTranspose(Mixing):
     """Weight is [C_in, C_out / group, k...]: input channels on axis 0, outputs on axis 1."""
+
+    def macs(self, node):
+        return _static((shape_of(node.inputs[0]) or ())[2:]) * _weight_size(node, self)
 
     def analyze(self, node, ctx):
         x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
@@ -206,8 +237,17 @@ class ConvTranspose(Handler):
 
 
 @register("Gemm")
-class Gemm(Handler):
+class Gemm(Mixing):
     """Y = alpha * A' B' + beta * C with B constant; A's features are consumed, Y's produced."""
+
+    def macs(self, node):
+        return _weight_size(node, self)
+
+    def refit_layout(self, site, node, keep_in):
+        return _gemm_layout(site, node, keep_in)
+
+    def mixes_batch(self, node, opset):
+        return bool(node.attrs.get("transA", 0)) or const_value(node.inputs[1]) is None
 
     def analyze(self, node, ctx):
         a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
@@ -258,6 +298,31 @@ class MatMul(Handler):
     """X @ W (W constant, 2-D): X's last axis consumed, output's last axis produced.
     W @ X (W constant, 2-D): X's axis -2 consumed, output's axis -2 produced.
     A tracked axis that the product does not contract passes through unchanged."""
+
+    def weight_input(self, node):
+        """Whichever side is constant (B first)."""
+        return next((t for t in node.inputs[1::-1] if const_value(t) is not None), None)
+
+    def macs(self, node):
+        size = _weight_size(node, self)
+        out = shape_of(node.outputs[0]) or ()
+        if const_value(node.inputs[1]) is not None:           # X [.., K] @ W [K, N]
+            return _static(out[1:-1]) * size
+        return _static(out[1:-2]) * size * _static(out[-1:])  # W [M, K] @ X [.., K, N]
+
+    def refit_layout(self, site, node, keep_in):
+        return _matmul_layout(site, node, keep_in)
+
+    def mixes_batch(self, node, opset):
+        """X @ W keeps rows apart when X has rank >= 2; W @ X contracts X's axis -2, which is
+        the batch for a rank-2 X; two activations mix rows only through their batch dims."""
+        a, b = node.inputs[:2]
+        ra, rb = rank_of(a), rank_of(b)
+        if ra is None or rb is None:
+            return True
+        if const_value(b) is not None:
+            return ra < 2
+        return rb < 3
 
     def analyze(self, node, ctx):
         a, b = node.inputs[0], node.inputs[1]
@@ -350,3 +415,71 @@ class MatMul(Handler):
             rw.slice_input(node, weight, 0 if data == 0 else 1, keep_in)
         if (keep_out := rw.keep(node.outputs[0])) is not None:
             rw.slice_input(node, weight, 1 if data == 0 else 0, keep_out)
+
+
+# ---------------------------------------------------------------------------- refit layouts
+# (refit.py: rows P of the consumer's input, in the order of its weight's columns, and the
+# weight as a [d, C_out] matrix; `pack` puts a solution back into the weight's own layout)
+
+
+def _conv_layout(site, node, keep_in) -> RefitLayout | None:
+    w = const_value(node.inputs[1])
+    if (w is None or w.ndim != 4 or int(node.attrs.get("group", 1)) != 1
+            or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
+        return None
+    c_out, c_in, kh, kw = w.shape
+    pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
+    strides = list(node.attrs.get("strides", [1, 1]))
+    dil = list(node.attrs.get("dilations", [1, 1]))
+
+    def rows(x: np.ndarray, positions: Positions) -> np.ndarray:
+        xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        span = ((kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1)
+        win = np.lib.stride_tricks.sliding_window_view(xp, span, axis=(2, 3))
+        win = win[:, :, ::strides[0], ::strides[1], ::dil[0], ::dil[1]]  # [n, C, Ho, Wo, kh, kw]
+        ho, wo = win.shape[2:4]
+        pick = positions(ho * wo)
+        patches = win[:, :, pick // wo, pick % wo]                       # [n, C, P, kh, kw]
+        return patches.transpose(0, 2, 1, 3, 4).reshape(-1, c_in * kh * kw)
+
+    def pack(d: np.ndarray, b: np.ndarray):
+        flat = w.reshape(c_out, -1).astype(np.float64).copy()
+        flat[:, keep_cols] += d.T
+        return flat.reshape(w.shape).astype(w.dtype), b
+
+    keep_cols = np.repeat(keep_in, kh * kw)
+    return RefitLayout(site, node, rows, w.reshape(c_out, -1).T.astype(np.float64), keep_cols, pack)
+
+
+def _gemm_layout(site, node, keep_in) -> RefitLayout | None:
+    b = const_value(node.inputs[1])
+    alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
+    if b is None or b.ndim != 2 or int(node.attrs.get("transA", 0)) or beta == 0:
+        return None
+    trans_b = int(node.attrs.get("transB", 0))
+    w_eff = alpha * (b.T if trans_b else b).astype(np.float64)  # [K, N]
+
+    def pack(d: np.ndarray, bias: np.ndarray):
+        new = w_eff.copy()
+        new[keep_in] += d
+        new /= alpha
+        return (new.T if trans_b else new).astype(b.dtype), bias / beta  # C is scaled by beta
+
+    return RefitLayout(site, node, lambda x, positions: x.reshape(len(x), -1), w_eff, keep_in, pack)
+
+
+def _matmul_layout(site, node, keep_in) -> RefitLayout | None:
+    w = const_value(node.inputs[1])
+    if w is None or w.ndim != 2 or site.axis != site.rank - 1:
+        return None  # only X @ W with X's channels last
+
+    def pack(d: np.ndarray, bias: np.ndarray):
+        new = w.astype(np.float64).copy()
+        new[keep_in] += d
+        return new.astype(w.dtype), bias
+
+    def rows(x: np.ndarray, positions: Positions) -> np.ndarray:
+        seq = x.reshape(len(x), -1, x.shape[-1])
+        return seq[:, positions(seq.shape[1])].reshape(-1, x.shape[-1])
+
+    return RefitLayout(site, node, rows, w.astype(np.float64), keep_in, pack)

@@ -5,12 +5,14 @@ the channels lie in the normalized axes (LayerNorm over the hidden width, GroupN
 from __future__ import annotations
 
 from ..graph import const_value, norm_axis, rank_of
-from .registry import Handler, register, register_barrier
+from .registry import Barrier, Handler, add, register
 
 
 @register("BatchNormalization", "InstanceNormalization")
 class PerChannelNorm(Handler):
     """Inputs X, then per-channel tensors on axis 1 (scale, B[, mean, var])."""
+
+    samplewise = True
 
     def analyze(self, node, ctx):
         cmap = ctx.map(node.inputs[0])
@@ -39,6 +41,11 @@ class PerChannelNorm(Handler):
 class LayerNorm(Handler):
     """Normalizes axes [axis:]; channels before `axis` are untouched by the statistics."""
 
+    samplewise = True
+
+    def explain(self, node):
+        return LAYERNORM
+
     def analyze(self, node, ctx):
         cmap, rank = ctx.map(node.inputs[0]), rank_of(node.inputs[0])
         if cmap is None:
@@ -51,12 +58,30 @@ class LayerNorm(Handler):
         ctx.set_map(node.outputs[0], cmap)
 
 
-register_barrier("mixes neighbouring channels (local response normalization)", "LRN")
-register_barrier("normalizes over groups of channels", "GroupNormalization")
+LAYERNORM = "a LayerNorm (normalizing over the hidden width is a barrier)"
+
+
+class ChannelNorm(Barrier):
+    """Statistics over several channels: a barrier, per sample."""
+
+    def explain(self, node):
+        return f"a {node.op} over the channels (a barrier)"
+
+
+add(ChannelNorm("mixes neighbouring channels (local response normalization)", True), "LRN")
+add(ChannelNorm("normalizes over groups of channels", True), "GroupNormalization")
+
+
 @register("LpNormalization", "MeanVarianceNormalization")
 class AxisNorm(Handler):
     """Statistics over the listed axes (LpNorm: one axis, default -1; MVN: default [0, 2, 3]):
     per channel as long as neither the channel nor the batch axis is among them."""
+
+    def mixes_batch(self, node, opset):
+        rank = rank_of(node.inputs[0])
+        axes = ([node.attrs.get("axis", -1)] if node.op == "LpNormalization"
+                else node.attrs.get("axes", [0, 2, 3]))
+        return rank is None or 0 in {norm_axis(int(a), rank) for a in axes}
 
     def analyze(self, node, ctx):
         cmap, rank = ctx.map(node.inputs[0]), rank_of(node.inputs[0])

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..channels import ChannelMap
 from ..graph import const_value, input_or_attr, is_present, norm_axis, rank_of
+from .norm import LAYERNORM
 from .registry import Handler, int_vector, register
 
 
@@ -13,6 +14,9 @@ from .registry import Handler, int_vector, register
           "GlobalLpPool", "MaxRoiPool")
 class Pool(Handler):
     """NCHW pools: channels must be on axis 1 (pooling over a channel axis would mix them)."""
+
+    def mixes_batch(self, node, opset):
+        return node.op == "MaxRoiPool"  # pools regions of any image of the batch
 
     def analyze(self, node, ctx):
         cmap = ctx.map(node.inputs[0])
@@ -33,6 +37,24 @@ REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "Re
 
 @register(*REDUCE)
 class Reduce(Handler):
+    def explain(self, node):
+        """ReduceMean feeding a Sub: the mean of a LayerNorm that an exporter spelled out."""
+        if node.op == "ReduceMean" and any(c.op == "Sub" for c in node.outputs[0].outputs):
+            return LAYERNORM
+        return None
+
+    def mixes_batch(self, node, opset):
+        rank = rank_of(node.inputs[0])
+        since = 13 if node.op == "ReduceSum" else 18
+        axes = input_or_attr(node, 1, "axes", since, opset)
+        if isinstance(axes, str) or rank is None:
+            return True
+        if axes is None or np.size(axes) == 0:
+            return not node.attrs.get("noop_with_empty_axes", 0)
+        if np.ndim(axes) > 1:  # malformed: fail closed
+            return True
+        return 0 in {norm_axis(int(a), rank) for a in np.atleast_1d(axes)}
+
     def analyze(self, node, ctx):
         cmap, rank = ctx.map(node.inputs[0]), rank_of(node.inputs[0])
         if cmap is None:
@@ -60,6 +82,8 @@ class Reduce(Handler):
 class Resize(Handler):
     """Scales must be 1 on the batch and channel axes; explicit sizes must keep the width,
     and hold it (a member). Opset 18 `axes` says which axes scales/sizes list."""
+
+    samplewise = True
 
     def analyze(self, node, ctx):
         cmap, rank = ctx.map(node.inputs[0]), rank_of(node.inputs[0])
@@ -104,6 +128,8 @@ def _const_input(node, index):
 
 @register("Pad")
 class Pad(Handler):
+    samplewise = True
+
     def analyze(self, node, ctx):
         cmap, rank = ctx.map(node.inputs[0]), rank_of(node.inputs[0])
         if cmap is None:
@@ -132,6 +158,14 @@ class Pad(Handler):
 @register("Softmax", "LogSoftmax", "Hardmax")
 class Softmax(Handler):
     """Before opset 13 the op flattens to 2-D at `axis` (default 1) and normalizes the tail."""
+
+    def explain(self, node):
+        return "a Softmax over the channels (a barrier)" if node.op == "Softmax" else None
+
+    def mixes_batch(self, node, opset):
+        rank = rank_of(node.inputs[0])
+        axis = node.attrs.get("axis", 1 if opset < 13 else -1)
+        return rank is None or norm_axis(int(axis), rank) == 0
 
     def analyze(self, node, ctx):
         cmap, rank = ctx.map(node.inputs[0]), rank_of(node.inputs[0])

@@ -1,8 +1,13 @@
-"""The op-handler registry: one handler per ONNX op type (tinygrad-style table).
+"""The op-handler registry: one handler per (domain, op type), the one home of per-op facts.
 
-A handler says, for one op type, how channel ids flow from inputs to outputs
-(`analyze`) and how the node's members are rewritten once units are removed
-(`rewrite`). Ops without a handler, and ops in custom domains, are barriers.
+A handler says, for one op, how channel ids flow from inputs to outputs (`analyze`), how
+the node's members are rewritten once units are removed (`rewrite`), and every other fact
+a stage needs about the op: the constant a removed input channel leaves (`compensation`),
+its weight and MACs (`weight_input`, `macs`), how refit re-solves it (`refit_layout`),
+whether it combines samples (`mixes_batch`), how it computes shape vectors (`eval_shape`)
+and what it is, for a report (`explain`). The base class is a barrier with safe defaults
+for every fact, so an op nobody knows is never guessed at. Ops in a domain without
+handlers are barriers.
 """
 from __future__ import annotations
 
@@ -11,15 +16,21 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..graph import norm_axis, rank_of
+
 if TYPE_CHECKING:  # pragma: no cover
-    from ..analyze import AnalysisContext
-    from ..rewrite import RewriteContext
+    from ..analysis import MaskSite
+    from ..context import AnalysisContext, RefitLayout, RewriteContext
+
+Dims = list  # a shape vector: ints and dim names (str); None entries are unknown
+DimsOf = Callable[[gs.Tensor], "Dims | None"]  # evaluates an input's shape vector
 
 
 class Handler:
     """Base: a barrier. Subclasses override what they understand."""
 
     reason = "is not supported by the analysis"
+    samplewise = False  # never combines, reorders or resizes samples (the batch axis)
 
     def analyze(self, node: gs.Node, ctx: "AnalysisContext") -> None:
         ctx.pin_inputs(node, f"{node.op} {self.reason}")
@@ -27,30 +38,91 @@ class Handler:
     def rewrite(self, node: gs.Node, rw: "RewriteContext") -> None:
         """Default: nothing to rewrite (pass-through ops and barriers)."""
 
+    def compensation(self, node: gs.Node, mean: np.ndarray) -> tuple[np.ndarray, int] | None:
+        """For a consumer with a mask site: ([C_in, C_out] what input channel c at value
+        mean[c] adds to each output channel, the output's channel axis)."""
+        return None
+
+    def weight_input(self, node: gs.Node) -> gs.Tensor | None:
+        """The constant weight of a channel-mixing node (counted in params and MACs)."""
+        return None
+
+    def macs(self, node: gs.Node) -> int:
+        """Multiply-accumulates for one sample (dims that are not numbers count as 1)."""
+        return 0
+
+    def refit_layout(self, site: "MaskSite", node: gs.Node, keep_in: np.ndarray) -> "RefitLayout | None":
+        """How refit.py re-solves this consumer's weights at its site (None: it does not)."""
+        return None
+
+    def mixes_batch(self, node: gs.Node, opset: int) -> bool:
+        """Whether the node may combine samples along axis 0 (unknown ops: fail closed)."""
+        return not self.samplewise
+
+    def eval_shape(self, node: gs.Node, dims: DimsOf) -> Dims | None:
+        """The node's output as a shape vector, from its inputs' (None: not evaluable)."""
+        return None
+
+    def explain(self, node: gs.Node) -> str | None:
+        """What the node is, when channels that come out of it cannot be followed."""
+        return None
+
+    @property
+    def analyzes(self) -> bool:
+        """Whether it says anything about channels (a rule, or a barrier with its own reason),
+        rather than only carrying other facts about an op the analysis does not follow."""
+        return type(self).analyze is not Handler.analyze or self.reason != Handler.reason
+
 
 class Barrier(Handler):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, samplewise: bool = False) -> None:
         self.reason = reason
+        self.samplewise = samplewise
 
 
-HANDLERS: dict[str, Handler] = {}
+HANDLERS: dict[tuple[str, str], Handler] = {}  # (domain, op type) -> handler
 _DEFAULT = Handler()
 _CUSTOM = Barrier("is in a custom domain the analysis does not know")
 
 
-def register(*op_types: str) -> Callable[[type[Handler]], type[Handler]]:
+def _domain(domain: str | None) -> str:
+    return "" if domain in ("", "ai.onnx", None) else domain
+
+
+def register(*op_types: str, domain: str = "") -> Callable[[type[Handler]], type[Handler]]:
     def deco(cls: type[Handler]) -> type[Handler]:
-        instance = cls()
-        for op in op_types:
-            assert op not in HANDLERS, f"two handlers for {op}"
-            HANDLERS[op] = instance
+        add(cls(), *op_types, domain=domain)
         return cls
     return deco
 
 
-def register_barrier(reason: str, *op_types: str) -> None:
+def add(handler: Handler, *op_types: str, domain: str = "") -> None:
     for op in op_types:
-        HANDLERS[op] = Barrier(reason)
+        key = (_domain(domain), op)
+        assert key not in HANDLERS, f"two handlers for {key}"
+        HANDLERS[key] = handler
+
+
+def unregister(*op_types: str, domain: str = "") -> None:
+    for op in op_types:
+        del HANDLERS[(_domain(domain), op)]
+
+
+def register_barrier(reason: str, *op_types: str, samplewise: bool = False) -> None:
+    add(Barrier(reason, samplewise), *op_types)
+
+
+def handler_for(node: gs.Node) -> Handler:
+    domain = _domain(node.domain)
+    found = HANDLERS.get((domain, node.op))
+    if found is not None:
+        return found
+    return _DEFAULT if domain == "" else _CUSTOM
+
+
+def analysis_ops() -> list[str]:
+    """Default-domain op types whose handler has an analysis rule (each needs a test case)."""
+    return sorted(op for (domain, op), h in HANDLERS.items() if domain == "" and h.analyzes)
 
 
 def int_vector(value: Any) -> bool:
@@ -60,7 +132,9 @@ def int_vector(value: Any) -> bool:
     return arr.ndim <= 1 and (arr.size == 0 or np.issubdtype(arr.dtype, np.integer))
 
 
-def handler_for(node: gs.Node) -> Handler:
-    if node.domain not in ("", "ai.onnx", None):
-        return _CUSTOM
-    return HANDLERS.get(node.op, _DEFAULT)
+def axis_is_batch(node: gs.Node, attr: str, default: int | None) -> bool:
+    """The batch-axis rule of an op along one axis attribute: mixing if that axis is 0 (or
+    unknown)."""
+    rank = rank_of(node.inputs[0])
+    axis = node.attrs.get(attr, default)
+    return rank is None or axis is None or norm_axis(int(axis), rank) == 0

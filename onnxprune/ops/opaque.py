@@ -1,0 +1,51 @@
+"""Ops the analysis does not follow (barriers with the default reason) whose other facts are
+known: which of them keep samples apart, and how shape vectors flow through Gather."""
+from __future__ import annotations
+
+from ..graph import const_value, norm_axis, rank_of
+from .registry import Handler, axis_is_batch, register
+
+
+@register("Where", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or",
+          "Xor", "Size", "Constant", "ConstantOfShape", "Range", "Expand", "Tile",
+          "DepthToSpace", "SpaceToDepth", "Trilu")
+class Samplewise(Handler):
+    """Per element, per sample, or shape plumbing: never combines samples."""
+
+    samplewise = True
+
+
+@register("Gather")
+class Gather(Handler):
+    def explain(self, node):
+        return "an embedding lookup (Gather)" if const_value(node.inputs[0]) is not None else None
+
+    def mixes_batch(self, node, opset):
+        if const_value(node.inputs[0]) is not None:
+            return False  # a lookup in a table (embeddings): the output follows the indices' batch
+        rank = rank_of(node.inputs[0])
+        if rank is not None and rank <= 1:
+            return False  # shape vectors
+        return rank is None or norm_axis(int(node.attrs.get("axis", 0)), rank) == 0
+
+    def eval_shape(self, node, dims):
+        """Entries of a shape vector picked by constant indices."""
+        data, index = [dims(t) for t in node.inputs]
+        if data is None or index is None or int(node.attrs.get("axis", 0)) != 0:
+            return None
+        idx = [i for i in index] if isinstance(index, list) else None
+        if idx is None or any(not isinstance(i, int) or not -len(data) <= i < len(data) for i in idx):
+            return None
+        return [data[i] for i in idx]
+
+
+@register("ArgMax", "ArgMin")
+class ArgReduce(Handler):
+    def mixes_batch(self, node, opset):
+        return axis_is_batch(node, "axis", 0)
+
+
+@register("TopK")
+class TopK(Handler):
+    def mixes_batch(self, node, opset):
+        return axis_is_batch(node, "axis", -1)
