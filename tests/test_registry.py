@@ -20,7 +20,7 @@ from onnxprune.normalize import normalize
 from onnxprune.ops import handler_for, unregister
 from onnxprune.ops.elementwise import Unary
 from onnxprune.ops.registry import add
-from onnxprune.score import bn_gamma, weight_norm_scores
+from onnxprune.metrics import bn_gamma, weight_norm_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 
