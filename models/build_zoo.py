@@ -502,6 +502,54 @@ class Audio1D(nn.Module):
         return self.fc(torch.flatten(self.pool(self.net(x)), 1))
 
 
+def channel_shuffle(x, groups):
+    """ShuffleNet's channel shuffle: view [b, g, c/g, h, w], swap the two channel axes, view back."""
+    b, c, h, w = x.shape
+    x = x.view(b, groups, c // groups, h, w).transpose(1, 2).contiguous()
+    return x.view(b, c, h, w)
+
+
+class ShuffleV2Block(nn.Module):
+    """ShuffleNet v2 unit: stride 1 splits the channels in two (chunk) and transforms one half;
+    stride 2 transforms the whole input in two branches; both concat and shuffle (2 groups)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        half = cout // 2
+        self.stride = stride
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                conv_bn_relu(cin, half, k=1))
+        self.branch2 = nn.Sequential(
+            conv_bn_relu(cin if stride > 1 else half, half, k=1),
+            nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False), nn.BatchNorm2d(half),
+            conv_bn_relu(half, half, k=1))
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat([x1, self.branch2(x2)], dim=1)
+        else:
+            out = torch.cat([self.branch1(x), self.branch2(x)], dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetV2(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = conv_bn_relu(3, 24)
+        self.stages = nn.Sequential(
+            ShuffleV2Block(24, 48, 2), ShuffleV2Block(48, 48, 1), ShuffleV2Block(48, 48, 1),
+            ShuffleV2Block(48, 96, 2), ShuffleV2Block(96, 96, 1))
+        self.last = conv_bn_relu(96, 128, k=1)
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = self.last(self.stages(self.stem(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
 # --------------------------------------------------------------------------
 # transformer encoders (family "transformer")
 # --------------------------------------------------------------------------
@@ -686,6 +734,7 @@ class Entry:
     description: str
     dynamo: bool = False          # also export <name>_dynamo.onnx
     extra_legacy: list = field(default_factory=list)  # [(suffix, kwargs, note)]
+    family: str | None = None     # manifest "family" (issue-17 additions; None: the classic CNN zoo)
 
 
 IMG = (3, 32, 32)
@@ -735,7 +784,12 @@ ZOO = [
     Entry("flatten_gemm", FlattenGemm, IMG,
           "Two stride-2 convs, x.view(x.size(0), -1) (16x8x8=1024 features, no pooling) into Linear-ReLU-Linear"),
     Entry("audio1d", Audio1D, (1, 400),
-          "Conv1d-BN-ReLU x3 on 1x400 audio, AdaptiveAvgPool1d, flatten, Linear", dynamo=True),
+          "Conv1d-BN-ReLU x3 on 1x400 audio, AdaptiveAvgPool1d, flatten, Linear", dynamo=True),    Entry("shufflenet_v2", ShuffleNetV2, IMG,
+          "ShuffleNet v2 (torchvision layout): stem conv 3->24, units 24->48 (stride 2), 48, 48, 48->96 "
+          "(stride 2), 96; stride-1 units chunk(2) the channels and transform one half, stride-2 units run "
+          "a depthwise+1x1 branch beside the 1x1-dw-1x1 branch; each unit concats and channel-shuffles "
+          "(view [b,2,c/2,h,w], transpose(1,2), view back; b from x.shape, a run-time Reshape target); "
+          "1x1 conv 96->128, spatial mean, Linear", dynamo=True, family="shuffle"),
 ]
 ZOO_BY_NAME = {e.name: e for e in ZOO}
 
@@ -947,6 +1001,256 @@ def verify_tf(path, model, kind):
     return worst
 
 
+# ---- Hugging Face transformers models (issue 17): built from local configs, random weights ----
+
+HF_DIMS = dict(vocab=100, hidden=32, heads=4, layers=2, ffn=64, max_pos=64)
+HF_PAST = 5          # past length the past-key/value exports are traced and checked with
+
+
+def _text_config(cls, **extra):
+    d = HF_DIMS
+    kw = dict(vocab_size=d["vocab"], hidden_size=d["hidden"], num_hidden_layers=d["layers"],
+              num_attention_heads=d["heads"], intermediate_size=d["ffn"],
+              max_position_embeddings=d["max_pos"], attn_implementation="eager")
+    return cls(**(kw | extra))
+
+
+def hf_bert():
+    from transformers import BertConfig, BertModel
+    return BertModel(_text_config(BertConfig))
+
+
+def hf_roberta():
+    from transformers import RobertaConfig, RobertaModel
+    # RoBERTa counts positions from padding_idx + 1 over the non-pad ids (cumsum of ids != 1)
+    return RobertaModel(_text_config(RobertaConfig, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                                     max_position_embeddings=HF_DIMS["max_pos"] + 2))
+
+
+def hf_distilbert():
+    from transformers import DistilBertConfig, DistilBertModel
+    d = HF_DIMS
+    return DistilBertModel(DistilBertConfig(
+        vocab_size=d["vocab"], dim=d["hidden"], n_layers=d["layers"], n_heads=d["heads"],
+        hidden_dim=d["ffn"], max_position_embeddings=d["max_pos"], attn_implementation="eager"))
+
+
+def hf_vit():
+    from transformers import ViTConfig, ViTModel
+    d = HF_DIMS
+    return ViTModel(ViTConfig(hidden_size=d["hidden"], num_hidden_layers=d["layers"],
+                              num_attention_heads=d["heads"], intermediate_size=d["ffn"], image_size=32,
+                              patch_size=8, num_channels=3, attn_implementation="eager"))
+
+
+def hf_gpt2():
+    from transformers import GPT2Config, GPT2Model
+    d = HF_DIMS
+    return GPT2Model(GPT2Config(vocab_size=d["vocab"], n_embd=d["hidden"], n_layer=d["layers"],
+                                n_head=d["heads"], n_inner=d["ffn"], n_positions=d["max_pos"],
+                                bos_token_id=0, eos_token_id=0, attn_implementation="eager"))
+
+
+class HFWrap(nn.Module):
+    """Positional inputs -> a tuple of output tensors, so both exporters see plain tensors.
+    kind "past": past_key_values come in as 2 tensors per layer and leave as presents."""
+
+    def __init__(self, model: nn.Module, kind: str):
+        super().__init__()
+        self.model, self.kind = model, kind
+
+    def forward(self, *args):
+        if self.kind == "image":
+            out = self.model(pixel_values=args[0], return_dict=True)
+        elif self.kind == "past":
+            from transformers import DynamicCache
+            cache = DynamicCache(config=self.model.config)
+            for i in range(HF_DIMS["layers"]):
+                cache.update(args[2 + 2 * i], args[3 + 2 * i], i)
+            out = self.model(input_ids=args[0], attention_mask=args[1], past_key_values=cache,
+                             use_cache=True, return_dict=True)
+            presents = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+            return (out.last_hidden_state, *presents)
+        else:
+            out = self.model(input_ids=args[0], attention_mask=args[1], return_dict=True)
+        pooled = getattr(out, "pooler_output", None)
+        return (out.last_hidden_state,) if pooled is None else (out.last_hidden_state, pooled)
+
+
+def hf_io(kind: str, pooled: bool) -> tuple[list[str], list[str]]:
+    """Input and output names (the names Hugging Face's own ONNX exports use)."""
+    ins = ["pixel_values"] if kind == "image" else ["input_ids", "attention_mask"]
+    outs = ["last_hidden_state"] + (["pooler_output"] if pooled else [])
+    if kind == "past":
+        kv = [f"{i}.{t}" for i in range(HF_DIMS["layers"]) for t in ("key", "value")]
+        ins += [f"past_key_values.{k}" for k in kv]
+        outs += [f"present.{k}" for k in kv]
+    return ins, outs
+
+
+def hf_axes(name: str, kind: str) -> dict[int, str]:
+    """Dynamic axes: batch, seq; with past: past (cache inputs) and total = past + seq."""
+    if name in ("pixel_values", "pooler_output"):
+        return {0: "batch"}
+    if name == "attention_mask" and kind == "past":
+        return {0: "batch", 1: "total"}
+    if name.startswith("past_key_values"):
+        return {0: "batch", 2: "past"}
+    if name.startswith("present"):
+        return {0: "batch", 2: "total"}
+    return {0: "batch", 1: "seq"}
+
+
+def hf_inputs(kind: str, batch: int, seq: int, past: int = HF_PAST, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs: ids in [1, 100) (RoBERTa's pad id 1 included), attention_mask 1 on a random
+    prefix of at least half the tokens; "past": random past keys/values, mask over past + seq."""
+    rng = np.random.default_rng(seed)
+    if kind == "image":
+        return {"pixel_values": rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)}
+    feeds = tf_inputs("text", batch, seq, seed)
+    if kind == "past":
+        hd = HF_DIMS["hidden"] // HF_DIMS["heads"]
+        feeds["attention_mask"] = np.concatenate([np.ones((batch, past), np.int64), feeds["attention_mask"]], 1)
+        for name in hf_io(kind, False)[0][2:]:
+            feeds[name] = rng.standard_normal((batch, HF_DIMS["heads"], past, hd)).astype(np.float32)
+    return feeds
+
+
+@dataclass
+class HFEntry:
+    name: str
+    builder: Callable[[], nn.Module]
+    kind: str                     # "text", "image" or "past"
+    description: str
+    opsets: list = field(default_factory=lambda: [14])   # legacy exports: first is <name>, others <name>_opsetN
+    dynamo: bool = True           # also <name>_dynamo.onnx (opset 18)
+
+
+HF_NOTE = ("Hugging Face transformers {ver} {cls} from a local config (vocab 100, hidden 32, 4 heads x 8, FFN 64, "
+           "2 layers), random weights, eager attention")
+HFZOO = [
+    HFEntry("hf_bert", hf_bert, "text",
+            "BertModel: additive mask from the 2-D attention_mask (Unsqueeze/Cast/Sub/Mul or Where with the "
+            "dtype's min), token_type_ids from a buffer, post-LN, erf GELU, tanh pooler", [14, 17]),
+    HFEntry("hf_distilbert", hf_distilbert, "text",
+            "DistilBertModel: mask applied by Where(mask == 0, finfo.min, scores) broadcast over heads, "
+            "no token types, no pooler", [15]),
+    HFEntry("hf_roberta", hf_roberta, "text",
+            "RobertaModel: positions from cumsum(ids != pad) + pad (CumSum on the ids), additive mask, "
+            "post-LN, tanh pooler", [16]),
+    HFEntry("hf_vit", hf_vit, "image",
+            "ViTModel (32x32 image, 8x8 patches, 16 + class token), pre-LN, no mask, tanh pooler", [17]),
+    HFEntry("hf_gpt2", hf_gpt2, "text",
+            "GPT2Model: causal mask (Trilu/Where with the dtype's min) combined with the padding mask, "
+            "Conv1D projections (Gemm/MatMul), fused QKV split, tanh GELU, final LayerNorm", [14, 18]),
+    HFEntry("hf_gpt2_past", hf_gpt2, "past",
+            "GPT2Model with use_cache: past key/value inputs [batch, 4, past, 8] per layer concatenated to "
+            "the new keys/values (the presents are outputs), attention_mask over past + seq", [14]),
+]
+HFZOO_BY_NAME = {e.name: e for e in HFZOO}
+
+
+def build_hf(entry: HFEntry) -> HFWrap:
+    torch.manual_seed(seed_of(entry.name))
+    model = entry.builder()
+    randomize_layernorms(model, seed_of(entry.name))
+    return HFWrap(model, entry.kind).eval()
+
+
+def export_hf(model: HFWrap, entry: HFEntry, path: Path, opset: int, dynamo: bool) -> None:
+    args = hf_torch_args(entry.kind, 2, 8)
+    with torch.no_grad():
+        pooled = len(model(*args)) - (2 * HF_DIMS["layers"] if entry.kind == "past" else 0) > 1
+    ins, outs = hf_io(entry.kind, pooled)
+    if not dynamo:
+        with torch.no_grad():
+            torch.onnx.export(model, args, str(path), dynamo=False, opset_version=opset, input_names=ins,
+                              output_names=outs, do_constant_folding=True,
+                              dynamic_axes={n: hf_axes(n, entry.kind) for n in ins + outs})
+        return
+    auto = torch.export.Dim.AUTO
+    shapes = tuple({ax: auto for ax in hf_axes(n, entry.kind)} for n in ins)   # forward(*args): one tuple
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(model, args, str(path), dynamo=True, external_data=False, opset_version=opset,
+                          input_names=ins, output_names=outs, dynamic_shapes=(shapes,), verbose=False)
+    m = onnx.load(str(path))
+    for node in m.graph.node:   # as export_dynamo: drop only the stack-trace metadata
+        keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    for vi in list(m.graph.input) + list(m.graph.output):   # the legacy exports' dim names
+        for ax, dname in hf_axes(vi.name, entry.kind).items():
+            d = vi.type.tensor_type.shape.dim[ax]
+            if d.HasField("dim_param"):
+                d.dim_param = dname
+    onnx.save(m, str(path))
+
+
+def hf_torch_args(kind: str, batch: int, seq: int) -> tuple:
+    feeds = hf_inputs(kind, batch, seq, seed=1)
+    return tuple(torch.from_numpy(v) for v in feeds.values())
+
+
+def verify_hf(path: Path, model: HFWrap, kind: str) -> float:
+    """full_check + onnxruntime vs PyTorch at two batch sizes x two sequence lengths (and past lengths)."""
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for batch, seq, past in [(1, 5, 3), (3, 13, 7), (2, 32, 1)]:
+        x = hf_inputs(kind, batch, seq if kind != "image" else 0, past)
+        got = sess.run(None, x)
+        with torch.no_grad():
+            want = [t.numpy() for t in model(*(torch.from_numpy(v) for v in x.values()))]
+        for g, w in zip(got, want, strict=True):
+            if g.shape != w.shape:
+                raise AssertionError(f"{path.name}: shape {g.shape} != {w.shape} at {batch}x{seq}")
+            worst = max(worst, float(np.max(np.abs(g - w))))
+    return worst
+
+
+def build_hf_zoo(only, manifest: list, failures: list) -> list:
+    """Export every HFZOO entry (legacy at each of its opsets, dynamo at 18); returns the checks."""
+    import transformers
+    checks = []
+    for entry in HFZOO:
+        if only and entry.name not in only:
+            continue
+        t0 = time.time()
+        model = build_hf(entry)
+        note = HF_NOTE.format(ver=transformers.__version__, cls=type(model.model).__name__)
+        runs = [(entry.name if i == 0 else f"{entry.name}_opset{o}", o, False) for i, o in enumerate(entry.opsets)]
+        runs += [(f"{entry.name}_dynamo", 18, True)] if entry.dynamo else []
+        for name, opset, dynamo in runs:
+            p = ZOO_DIR / f"{name}.onnx"
+            try:
+                export_hf(model, entry, p, opset, dynamo)
+            except Exception as e:  # noqa: BLE001 - report and move on
+                failures.append(f"{'dynamo' if dynamo else 'legacy'} export of {name} failed: "
+                                f"{type(e).__name__}: {str(e)[:300]}")
+                print("WARNING:", failures[-1])
+                p.unlink(missing_ok=True)
+                continue
+            desc = f"{note}. {entry.description}" + (" (dynamo exporter)" if dynamo else "")
+            manifest.append({**manifest_entry(name, p, "dynamo" if dynamo else "legacy", desc),
+                             "family": "hf", "calib": hf_calib(entry.kind)})
+            checks.append((p, model, entry.kind))
+        print(f"exported {entry.name:20s} {time.time() - t0:5.1f}s", flush=True)
+    return checks
+
+
+def hf_calib(kind: str) -> dict:
+    """The manifest's recipe for calibration inputs (what hf_inputs makes)."""
+    if kind == "image":
+        return {"pixel_values": "standard normal"}
+    recipe = {"input_ids": "int64 in [1, 100)", "attention_mask": "1 on a random prefix of >= half the tokens, then 0"}
+    if kind == "past":
+        recipe |= {"past_key_values.*": "standard normal [batch, 4, past, 8]",
+                   "attention_mask": "1 over the past, then as for text", "dims": "total = past + seq"}
+    return recipe
+
+
 # --------------------------------------------------------------------------
 # handmade models
 # --------------------------------------------------------------------------
@@ -1028,6 +1332,315 @@ def build_paddle_style(src_path, path):
     onnx.save(m, str(path))
 
 
+# ---- handmade graphs for issue 17: tf2onnx/jax2tf idioms, a Paddle SVTR neck ----
+
+def _const(name: str, array: np.ndarray) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(array)),
+                            name=f"{name}/Const")
+
+
+def _layernorm_mean_pow(x: str, p: str, gamma: str, beta: str, eps: float, expand: bool = True) -> list:
+    """LayerNorm written out as tf2onnx and paddle2onnx do below opset 17: ReduceMean/Sub/Pow/
+    ReduceMean/Add/Sqrt/Div/Mul/Add over the last axis; `expand`: gamma goes through Expand to the
+    input's run-time shape first (jax's broadcast_in_dim)."""
+    N = helper.make_node
+    scale, broadcast = gamma, []
+    if expand:
+        scale = f"{p}/gamma_b"
+        broadcast = [N("Shape", [f"{p}/normed"], [f"{p}/shape"], name=f"{p}/shape"),
+                     N("Expand", [gamma, f"{p}/shape"], [scale], name=f"{p}/broadcast_in_dim")]
+    return [
+        N("ReduceMean", [x], [f"{p}/mean"], axes=[-1], keepdims=1, name=f"{p}/mean"),
+        N("Sub", [x, f"{p}/mean"], [f"{p}/centered"], name=f"{p}/sub"),
+        N("Pow", [f"{p}/centered", "two"], [f"{p}/sq"], name=f"{p}/pow"),
+        N("ReduceMean", [f"{p}/sq"], [f"{p}/var"], axes=[-1], keepdims=1, name=f"{p}/var"),
+        N("Add", [f"{p}/var", "eps"], [f"{p}/var_eps"], name=f"{p}/add_eps"),
+        N("Sqrt", [f"{p}/var_eps"], [f"{p}/std"], name=f"{p}/sqrt"),
+        N("Div", [f"{p}/centered", f"{p}/std"], [f"{p}/normed"], name=f"{p}/div"),
+        *broadcast,
+        N("Mul", [f"{p}/normed", scale], [f"{p}/scaled"], name=f"{p}/mul"),
+        N("Add", [f"{p}/scaled", beta], [f"{p}/out"], name=f"{p}/add"),
+    ]
+
+
+def _layernorm_sum(x: str, p: str, gamma: str, beta: str, width: int) -> list:
+    """jax2tf's LayerNorm: ReduceSum x (1/width) for mean and variance, x*x, Rsqrt as
+    Sqrt + Reciprocal."""
+    N = helper.make_node
+    return [
+        N("ReduceSum", [x, "last_axis"], [f"{p}/sum"], keepdims=1, name=f"{p}/sum"),
+        N("Mul", [f"{p}/sum", "inv_width"], [f"{p}/mean"], name=f"{p}/mean"),
+        N("Sub", [x, f"{p}/mean"], [f"{p}/centered"], name=f"{p}/sub"),
+        N("Mul", [f"{p}/centered", f"{p}/centered"], [f"{p}/sq"], name=f"{p}/square"),
+        N("ReduceSum", [f"{p}/sq", "last_axis"], [f"{p}/sqsum"], keepdims=1, name=f"{p}/sqsum"),
+        N("Mul", [f"{p}/sqsum", "inv_width"], [f"{p}/var"], name=f"{p}/var"),
+        N("Add", [f"{p}/var", "eps"], [f"{p}/var_eps"], name=f"{p}/add_eps"),
+        N("Sqrt", [f"{p}/var_eps"], [f"{p}/std"], name=f"{p}/sqrt"),
+        N("Reciprocal", [f"{p}/std"], [f"{p}/rsqrt"], name=f"{p}/rsqrt"),
+        N("Mul", [f"{p}/centered", f"{p}/rsqrt"], [f"{p}/normed"], name=f"{p}/normalize"),
+        N("Mul", [f"{p}/normed", gamma], [f"{p}/scaled"], name=f"{p}/mul"),
+        N("Add", [f"{p}/scaled", beta], [f"{p}/out"], name=f"{p}/add"),
+    ]
+
+
+def _torch_layernorm(x: torch.Tensor, gamma: np.ndarray, beta: np.ndarray, eps: float) -> torch.Tensor:
+    return F.layer_norm(x, x.shape[-1:], torch.from_numpy(gamma), torch.from_numpy(beta), eps)
+
+
+def build_tf_bytes(path: Path):
+    """jax2tf -> tf2onnx-style byte classifier (opset 15): bytes [batch, 64] int32 -> Gather
+    embedding [256, 16] -> Conv1D as tf2onnx writes it (Unsqueeze, NHWC->NCHW Transpose, Conv2D 1x3,
+    Transpose back, Squeeze) -> bias as Expand of a [1, 1, 32] constant to [1, 64, 32] + Add -> Relu ->
+    LayerNorm (ReduceMean/Pow, gamma via Expand to a run-time shape) -> FFN with Einsum 'bld,df->blf'
+    (32 -> 64 -> 32, Relu) + residual -> LayerNorm (ReduceSum/Mul/Reciprocal) -> mean over the
+    bytes -> Einsum 'bd,dk->bk' (32 -> 5) + bias. Returns a reference on numpy inputs."""
+    rng = np.random.default_rng(1717)
+    L, E, C, H, K = 64, 16, 32, 64, 5
+
+    def w(*shape, scale=None):
+        return (rng.standard_normal(shape) * (scale or 1 / np.sqrt(np.prod(shape[:-1])))).astype(np.float32)
+
+    emb, conv_w, conv_b = w(256, E, scale=1.0), w(C, E, 1, 3, scale=0.25), w(1, 1, C, scale=0.1)
+    g1, b1, g2, b2 = (0.5 + rng.random(C)).astype(np.float32), w(C, scale=0.1), \
+        (0.5 + rng.random(C)).astype(np.float32), w(C, scale=0.1)
+    f1, fb1, f2, fb2, head, hb = w(C, H), w(H, scale=0.1), w(H, C), w(C, scale=0.1), w(C, K), w(K, scale=0.1)
+    params = {"embedding": emb, "conv/kernel": conv_w, "conv/bias": conv_b, "ln1/gamma": g1, "ln1/beta": b1,
+              "ln2/gamma": g2, "ln2/beta": b2, "ffn/w1": f1, "ffn/b1": fb1, "ffn/w2": f2, "ffn/b2": fb2,
+              "head/kernel": head, "head/bias": hb,
+              "two": np.float32(2.0), "eps": np.float32(1e-6), "inv_width": np.float32(1.0 / C),
+              "last_axis": np.array([-1], np.int64), "axis1": np.array([1], np.int64),
+              "bias_shape": np.array([1, L, C], np.int64)}
+    N = helper.make_node
+    nodes = [
+        N("Gather", ["embedding", "bytes"], ["emb"], axis=0, name="embed/take"),
+        N("Unsqueeze", ["emb", "axis1"], ["emb4"], name="conv/ExpandDims"),
+        N("Transpose", ["emb4"], ["nchw"], perm=[0, 3, 1, 2], name="conv/Transpose_in"),
+        N("Conv", ["nchw", "conv/kernel"], ["conv"], kernel_shape=[1, 3], pads=[0, 1, 0, 1], name="conv/Conv2D"),
+        N("Transpose", ["conv"], ["nhwc"], perm=[0, 2, 3, 1], name="conv/Transpose_out"),
+        N("Squeeze", ["nhwc", "axis1"], ["conv_out"], name="conv/Squeeze"),
+        N("Expand", ["conv/bias", "bias_shape"], ["bias_b"], name="conv/BroadcastTo"),
+        N("Add", ["conv_out", "bias_b"], ["biased"], name="conv/BiasAdd"),
+        N("Relu", ["biased"], ["act"], name="conv/Relu"),
+        *_layernorm_mean_pow("act", "ln1", "ln1/gamma", "ln1/beta", 1e-6),
+        N("Einsum", ["ln1/out", "ffn/w1"], ["h1"], equation="bld,df->blf", name="ffn/dense1/einsum"),
+        N("Add", ["h1", "ffn/b1"], ["h1b"], name="ffn/dense1/add"),
+        N("Relu", ["h1b"], ["h1r"], name="ffn/relu"),
+        N("Einsum", ["h1r", "ffn/w2"], ["h2"], equation="blf,fd->bld", name="ffn/dense2/einsum"),
+        N("Add", ["h2", "ffn/b2"], ["h2b"], name="ffn/dense2/add"),
+        N("Add", ["ln1/out", "h2b"], ["res"], name="residual/add"),
+        *_layernorm_sum("res", "ln2", "ln2/gamma", "ln2/beta", C),
+        N("ReduceMean", ["ln2/out"], ["pooled"], axes=[1], keepdims=0, name="pool/mean"),
+        N("Einsum", ["pooled", "head/kernel"], ["logits0"], equation="bd,dk->bk", name="head/einsum"),
+        N("Add", ["logits0", "head/bias"], ["logits"], name="head/add"),
+    ]
+    graph = helper.make_graph(
+        nodes, "jax2tf_byte_classifier",
+        [helper.make_tensor_value_info("bytes", TensorProto.INT32, ["batch", L])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", K])],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in params.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)],
+                                producer_name="tf2onnx-style, from jax2tf (handmade)", ir_version=8), str(path))
+
+    def reference(x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(emb)[torch.from_numpy(x.astype(np.int64))]                 # [b, L, E]
+        t = F.conv2d(t.unsqueeze(1).permute(0, 3, 1, 2), torch.from_numpy(conv_w), padding=(0, 1))
+        t = F.relu(t.permute(0, 2, 3, 1).squeeze(1) + torch.from_numpy(conv_b))
+        t = _torch_layernorm(t, g1, b1, 1e-6)
+        h = F.relu(t @ torch.from_numpy(f1) + torch.from_numpy(fb1)) @ torch.from_numpy(f2) + torch.from_numpy(fb2)
+        t = _torch_layernorm(t + h, g2, b2, 1e-6)
+        return (t.mean(1) @ torch.from_numpy(head) + torch.from_numpy(hb)).numpy()
+
+    return reference
+
+
+def _conv_bn_swish(x: str, p: str, params: dict, rng, cin: int, cout: int, k: int, fused: bool = False) -> list:
+    """Paddle ConvBNLayer: Conv (no bias) + BatchNormalization + swish (Sigmoid, Mul); `fused`: the
+    swish as ORT's offline optimizer leaves it, com.microsoft QuickGelu(alpha=1)."""
+    params[f"{p}/w"] = (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32)
+    params[f"{p}/scale"] = (0.5 + rng.random(cout)).astype(np.float32)
+    params[f"{p}/bias"] = (0.2 * rng.standard_normal(cout)).astype(np.float32)
+    params[f"{p}/mean"] = (0.2 * rng.standard_normal(cout)).astype(np.float32)
+    params[f"{p}/var"] = (0.5 + rng.random(cout)).astype(np.float32)
+    N = helper.make_node
+    nodes = [N("Conv", [x, f"{p}/w"], [f"{p}/conv"], kernel_shape=[k, k], pads=[k // 2] * 4, name=f"{p}/conv2d"),
+             N("BatchNormalization", [f"{p}/conv"] + [f"{p}/{n}" for n in ("scale", "bias", "mean", "var")],
+               [f"{p}/bn"], epsilon=1e-5, name=f"{p}/batch_norm")]
+    if fused:
+        return nodes + [N("QuickGelu", [f"{p}/bn"], [f"{p}/out"], alpha=1.0, domain="com.microsoft",
+                          name=f"{p}/swish_fused")]
+    return nodes + [N("Sigmoid", [f"{p}/bn"], [f"{p}/sig"], name=f"{p}/sigmoid"),
+                    N("Mul", [f"{p}/bn", f"{p}/sig"], [f"{p}/out"], name=f"{p}/swish")]
+
+
+def _svtr_block(x: str, params: dict, rng, dim: int, heads: int) -> list:
+    """PP-OCRv4 SVTR Block (prenorm=False): LN(x + Attn(x)), LN(. + MLP(.)), LayerNorms written out
+    as paddle2onnx does below opset 17; heads via Reshape [0, -1, 3, heads, hd] + Transpose
+    [2, 0, 3, 1, 4] + Gather on axis 0, merged by Transpose + Reshape [0, -1, dim]."""
+    hd = dim // heads
+
+    def w(name, *shape):
+        params[name] = (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32)
+
+    def v(name, n, base=0.0, spread=0.1):
+        params[name] = (base + spread * rng.standard_normal(n)).astype(np.float32)
+
+    w("attn/qkv/w", dim, 3 * dim), v("attn/qkv/b", 3 * dim), w("attn/proj/w", dim, dim), v("attn/proj/b", dim)
+    w("mlp/fc1/w", dim, 2 * dim), v("mlp/fc1/b", 2 * dim), w("mlp/fc2/w", 2 * dim, dim), v("mlp/fc2/b", dim)
+    for n in ("norm1", "norm2"):
+        v(f"{n}/gamma", dim, 1.0, 0.25), v(f"{n}/beta", dim)
+    params |= {"attn/qkv_shape": np.array([0, -1, 3, heads, hd], np.int64),
+               "attn/merge_shape": np.array([0, -1, dim], np.int64), "attn/scale": np.float32(hd ** -0.5),
+               "idx0": np.int64(0), "idx1": np.int64(1), "idx2": np.int64(2)}
+    N = helper.make_node
+    nodes = [
+        N("MatMul", [x, "attn/qkv/w"], ["attn/qkv_mm"], name="attn/qkv/matmul"),
+        N("Add", ["attn/qkv_mm", "attn/qkv/b"], ["attn/qkv"], name="attn/qkv/add"),
+        N("Reshape", ["attn/qkv", "attn/qkv_shape"], ["attn/qkv5"], name="attn/reshape_qkv"),
+        N("Transpose", ["attn/qkv5"], ["attn/qkvT"], perm=[2, 0, 3, 1, 4], name="attn/transpose_qkv"),
+        *[N("Gather", ["attn/qkvT", f"idx{i}"], [f"attn/{t}"], axis=0, name=f"attn/{t}_slice")
+          for i, t in enumerate("qkv")],
+        N("Mul", ["attn/q", "attn/scale"], ["attn/qs"], name="attn/scale_q"),
+        N("Transpose", ["attn/k"], ["attn/kT"], perm=[0, 1, 3, 2], name="attn/transpose_k"),
+        N("MatMul", ["attn/qs", "attn/kT"], ["attn/scores"], name="attn/qk"),
+        N("Softmax", ["attn/scores"], ["attn/probs"], axis=-1, name="attn/softmax"),
+        N("MatMul", ["attn/probs", "attn/v"], ["attn/ctx"], name="attn/av"),
+        N("Transpose", ["attn/ctx"], ["attn/ctxT"], perm=[0, 2, 1, 3], name="attn/transpose_ctx"),
+        N("Reshape", ["attn/ctxT", "attn/merge_shape"], ["attn/merged"], name="attn/reshape_ctx"),
+        N("MatMul", ["attn/merged", "attn/proj/w"], ["attn/proj_mm"], name="attn/proj/matmul"),
+        N("Add", ["attn/proj_mm", "attn/proj/b"], ["attn/out"], name="attn/proj/add"),
+        N("Add", [x, "attn/out"], ["res1"], name="block/add1"),
+        *_layernorm_mean_pow("res1", "norm1", "norm1/gamma", "norm1/beta", 1e-6, expand=False),
+        N("MatMul", ["norm1/out", "mlp/fc1/w"], ["mlp/h_mm"], name="mlp/fc1/matmul"),
+        N("Add", ["mlp/h_mm", "mlp/fc1/b"], ["mlp/h"], name="mlp/fc1/add"),
+        N("Sigmoid", ["mlp/h"], ["mlp/sig"], name="mlp/sigmoid"),
+        N("Mul", ["mlp/h", "mlp/sig"], ["mlp/act"], name="mlp/swish"),
+        N("MatMul", ["mlp/act", "mlp/fc2/w"], ["mlp/o_mm"], name="mlp/fc2/matmul"),
+        N("Add", ["mlp/o_mm", "mlp/fc2/b"], ["mlp/out"], name="mlp/fc2/add"),
+        N("Add", ["norm1/out", "mlp/out"], ["res2"], name="block/add2"),
+        *_layernorm_mean_pow("res2", "norm2", "norm2/gamma", "norm2/beta", 1e-6, expand=False),
+    ]
+    return nodes
+
+
+def _runtime_shape(p: str, dims: list) -> list:
+    """Paddle's run-time Reshape target: Shape -> Cast(int32) -> Gather the dims -> Unsqueeze ->
+    Concat with int32 constants -> Cast(int64). dims: int (constant) or ("in", axis) of `src`."""
+    N = helper.make_node
+    nodes, parts = [], []
+    for i, d in enumerate(dims):
+        name = f"{p}/part{i}"
+        if isinstance(d, tuple):
+            nodes += [N("Gather", [f"{d[0]}/shape32", f"idx{d[1]}"], [name + "_s"], axis=0, name=name + "/gather"),
+                      N("Unsqueeze", [name + "_s", "axes0"], [name], name=name + "/unsqueeze")]
+        else:
+            nodes.append(_const(name, np.array([d], np.int32)))
+        parts.append(name)
+    return nodes + [N("Concat", parts, [f"{p}/shape32"], axis=0, name=f"{p}/concat"),
+                    N("Cast", [f"{p}/shape32"], [f"{p}/shape"], to=TensorProto.INT64, name=f"{p}/cast")]
+
+
+def build_svtr_neck(path: Path, fused: bool = False):
+    """PP-OCRv4 rec neck (EncoderWithSVTR) as paddle2onnx writes it (opset 14): every weight a
+    Constant node; input [batch, 32, 1, width] -> ConvBN-swish 3x3 32->8, 1x1 8->32 -> flatten(2) by a
+    run-time Reshape target [b, c, -1] -> Transpose -> SVTR block (4 heads x 8) -> Reshape back by a
+    run-time target [0, h, w, 32] -> Transpose -> ConvBN-swish 1x1 32->32 -> Concat with the input
+    (shortcut) -> ConvBN-swish 3x3 64->8 -> 1x1 8->16. `fused`: the second swish is ORT's fused
+    com.microsoft QuickGelu, which ONNX shape inference does not know: ranks below it stay unknown."""
+    rng = np.random.default_rng(1718)
+    params: dict = {"axes0": np.array([0], np.int64), "idx3": np.int64(3),
+                    "two": np.float32(2.0), "eps": np.float32(1e-6)}
+    N = helper.make_node
+    nodes = [*_conv_bn_swish("x", "conv1", params, rng, 32, 8, 3),
+             *_conv_bn_swish("conv1/out", "conv2", params, rng, 8, 32, 1, fused=fused),
+             N("Shape", ["conv2/out"], ["h/shape64"], name="h/shape"),
+             N("Cast", ["h/shape64"], ["h/shape32"], to=TensorProto.INT32, name="h/cast"),
+             *_runtime_shape("flatten", [("h", 0), ("h", 1), -1]),
+             N("Reshape", ["conv2/out", "flatten/shape"], ["flat"], name="flatten/reshape"),
+             N("Transpose", ["flat"], ["tokens"], perm=[0, 2, 1], name="flatten/transpose"),
+             *_svtr_block("tokens", params, rng, 32, 4),
+             *_runtime_shape("unflatten", [0, ("h", 2), ("h", 3), 32]),
+             N("Reshape", ["norm2/out", "unflatten/shape"], ["grid"], name="unflatten/reshape"),
+             N("Transpose", ["grid"], ["grid_nchw"], perm=[0, 3, 1, 2], name="unflatten/transpose"),
+             *_conv_bn_swish("grid_nchw", "conv3", params, rng, 32, 32, 1),
+             N("Concat", ["x", "conv3/out"], ["shortcut"], axis=1, name="shortcut/concat"),
+             *_conv_bn_swish("shortcut", "conv4", params, rng, 64, 8, 3),
+             *_conv_bn_swish("conv4/out", "conv1x1", params, rng, 8, 16, 1)]
+    consts = [_const(k, v) for k, v in params.items()]
+    graph = helper.make_graph(
+        consts + nodes, "svtr_neck",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32, 1, "width"])],
+        [helper.make_tensor_value_info("conv1x1/out", TensorProto.FLOAT, ["batch", 16, 1, "width"])])
+    opsets = [helper.make_opsetid("", 14)] + ([helper.make_opsetid("com.microsoft", 1)] if fused else [])
+    onnx.save(helper.make_model(graph, opset_imports=opsets, ir_version=8,
+                                producer_name="paddle2onnx-style (handmade)"), str(path))
+    return lambda x: svtr_reference(params, torch.from_numpy(x)).numpy()
+
+
+def svtr_reference(p: dict, x: torch.Tensor) -> torch.Tensor:
+    def t(name):
+        return torch.from_numpy(np.asarray(p[name]))
+
+    def cbs(x, n):
+        y = F.conv2d(x, t(f"{n}/w"), padding=t(f"{n}/w").shape[-1] // 2)
+        y = F.batch_norm(y, t(f"{n}/mean"), t(f"{n}/var"), t(f"{n}/scale"), t(f"{n}/bias"), eps=1e-5)
+        return y * torch.sigmoid(y)
+
+    h = cbs(cbs(x, "conv1"), "conv2")
+    b, c, hh, ww = h.shape
+    z = h.reshape(b, c, -1).transpose(1, 2)
+    qkv = (z @ t("attn/qkv/w") + t("attn/qkv/b")).reshape(b, -1, 3, 4, 8).permute(2, 0, 3, 1, 4)
+    probs = ((qkv[0] * 8 ** -0.5) @ qkv[1].transpose(-1, -2)).softmax(-1)
+    ctx = (probs @ qkv[2]).transpose(1, 2).reshape(b, -1, 32)
+    z = _torch_layernorm(z + ctx @ t("attn/proj/w") + t("attn/proj/b"), p["norm1/gamma"], p["norm1/beta"], 1e-6)
+    m = z @ t("mlp/fc1/w") + t("mlp/fc1/b")
+    m = (m * torch.sigmoid(m)) @ t("mlp/fc2/w") + t("mlp/fc2/b")
+    z = _torch_layernorm(z + m, p["norm2/gamma"], p["norm2/beta"], 1e-6)
+    g = cbs(z.reshape(b, hh, ww, 32).permute(0, 3, 1, 2), "conv3")
+    return cbs(cbs(torch.cat([x, g], 1), "conv4"), "conv1x1")
+
+
+HANDMADE17 = {   # name -> (builder(path) -> reference, input name, input shape without batch, dtype, note)
+    "tf_bytes": (build_tf_bytes, "bytes", (64,), "int32", "jax2tf -> tf2onnx byte-level classifier"),
+    "svtr_neck": (build_svtr_neck, "x", (32, 1, 20), "float32", "PP-OCRv4 SVTR neck, paddle2onnx style"),
+    "svtr_neck_fused": (lambda p: build_svtr_neck(p, fused=True), "x", (32, 1, 20), "float32",
+                        "svtr_neck after ORT's offline fusion of one swish into com.microsoft QuickGelu"),
+}
+
+
+def build_handmade17(only, manifest: list) -> list:
+    """Build the issue-17 handmade graphs; returns (path, check) pairs, check() -> max abs diff."""
+    checks = []
+    for name, (build, inp, shape, dtype, note) in HANDMADE17.items():
+        if only and name not in only:
+            continue
+        p = ZOO_DIR / f"{name}.onnx"
+        ref = build(p)
+        doc = (build_svtr_neck if name.startswith("svtr") else build_tf_bytes).__doc__
+        desc = note + ": " + " ".join(doc.split(". Returns")[0].split())
+        calib = ({inp: "int32 byte values in [0, 256)"} if dtype == "int32"
+                 else {inp: "standard normal", "dims": "width: any >= 1 (checked at 20 and 7)"})
+        manifest.append({**manifest_entry(name, p, "handmade", desc), "family": "exporter_idiom", "calib": calib})
+        checks.append((p, lambda p=p, ref=ref, inp=inp, shape=shape, dtype=dtype:
+                       verify_handmade(p, ref, inp, shape, dtype)))
+    return checks
+
+
+def verify_handmade(path: Path, ref, inp: str, shape: tuple, dtype: str) -> float:
+    """full_check + onnxruntime vs reference at batch 1 and 3 (and a second width for the neck)."""
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng, worst = np.random.default_rng(0), 0.0
+    for batch, last in [(1, shape[-1]), (3, shape[-1] if dtype == "int32" else 7)]:
+        full = (batch, *shape[:-1], last)
+        x = rng.integers(0, 256, full).astype(np.int32) if dtype == "int32" else \
+            rng.standard_normal(full).astype(np.float32)
+        got, want = sess.run(None, {inp: x})[0], ref(x)
+        if got.shape != want.shape:
+            raise AssertionError(f"{path.name}: shape {got.shape} != {want.shape}")
+        worst = max(worst, float(np.max(np.abs(got - want))))
+    return worst
+
+
 # --------------------------------------------------------------------------
 # manifest and verification
 # --------------------------------------------------------------------------
@@ -1059,6 +1672,10 @@ def manifest_entry(name, path, exporter, description):
     }
 
 
+def with_family(entry: dict, family: str | None) -> dict:
+    return entry if family is None else {**entry, "family": family}
+
+
 def verify(path, reference, in_shape, batch):
     """full_check + onnxruntime vs reference on a random batch. Returns max abs diff."""
     m = onnx.load(str(path))
@@ -1087,7 +1704,7 @@ def torch_ref(model):
 # --------------------------------------------------------------------------
 
 def main(only=None):
-    known = set(ZOO_BY_NAME) | set(TZOO_BY_NAME) | {"nhwc", "paddle_style"}
+    known = set(ZOO_BY_NAME) | set(TZOO_BY_NAME) | set(HFZOO_BY_NAME) | set(HANDMADE17) | {"nhwc", "paddle_style"}
     if only and not only <= known:
         print(f"unknown zoo entries: {sorted(only - known)}; known: {sorted(known)}", file=sys.stderr)
         return 2
@@ -1105,7 +1722,8 @@ def main(only=None):
 
         path = ZOO_DIR / f"{entry.name}.onnx"
         export_legacy(model, x, path)
-        manifest.append(manifest_entry(entry.name, path, "legacy", entry.description))
+        manifest.append(with_family(manifest_entry(entry.name, path, "legacy", entry.description),
+                                     entry.family))
         checks.append((path, ref, entry.input_shape, 2))
 
         for suffix, kw, note in entry.extra_legacy:
@@ -1121,8 +1739,9 @@ def main(only=None):
             p = ZOO_DIR / f"{entry.name}_dynamo.onnx"
             try:
                 export_dynamo(model, x, p)
-                manifest.append(manifest_entry(entry.name + "_dynamo", p, "dynamo",
-                                               entry.description + " (dynamo exporter)"))
+                manifest.append(with_family(manifest_entry(entry.name + "_dynamo", p, "dynamo",
+                                                           entry.description + " (dynamo exporter)"),
+                                            entry.family))
                 checks.append((p, ref, entry.input_shape, 2))
             except Exception as e:  # noqa: BLE001 - report and move on
                 msg = f"dynamo export of {entry.name} failed: {type(e).__name__}: {str(e)[:300]}"
@@ -1179,6 +1798,9 @@ def main(only=None):
                     p.unlink()
         print(f"exported {entry.name:20s} {time.time() - t0:5.1f}s", flush=True)
 
+    hchecks = build_hf_zoo(only, manifest, failures)   # (path, model, kind)
+    mchecks = build_handmade17(only, manifest)        # (path, check)
+
     if only:  # merge into an existing manifest, keeping its order
         mpath = ZOO_DIR / "manifest.json"
         if mpath.exists():
@@ -1212,8 +1834,26 @@ def main(only=None):
         print(f"  {'OK ' if ok else 'BAD'} {path.name:32s} {size:7.1f} KB  max|diff|={diff}  (batch x seq: {shapes})")
         if not ok:
             bad.append(path.name)
+    for path, check in mchecks:
+        try:
+            diff = check()
+            ok = diff < TOL
+        except Exception as e:  # noqa: BLE001
+            diff, ok = f"{type(e).__name__}: {e}", False
+        print(f"  {'OK ' if ok else 'BAD'} {path.name:32s} {path.stat().st_size / 1024:7.1f} KB  max|diff|={diff}")
+        if not ok:
+            bad.append(path.name)
+    for path, model, kind in hchecks:
+        try:
+            diff = verify_hf(path, model, kind)
+            ok = diff < TOL
+        except Exception as e:  # noqa: BLE001
+            diff, ok = f"{type(e).__name__}: {e}", False
+        print(f"  {'OK ' if ok else 'BAD'} {path.name:32s} {path.stat().st_size / 1024:7.1f} KB  max|diff|={diff}")
+        if not ok:
+            bad.append(path.name)
     total = sum(p.stat().st_size for p in ZOO_DIR.glob("*.onnx")) / 1024 / 1024
-    print(f"\n{len(checks) + len(tchecks)} files checked, zoo total {total:.2f} MB")
+    print(f"\n{len(checks) + len(tchecks) + len(hchecks) + len(mchecks)} files checked, zoo total {total:.2f} MB")
     for f in failures:
         print("NOTE:", f)
     if bad:
