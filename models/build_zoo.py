@@ -1813,45 +1813,26 @@ def main(only=None):
     # ---- verification ----
     print("\nverification (onnx full_check + onnxruntime vs reference):")
     bad = []
+
+    def check(path: Path, run, extra: str = "") -> None:
+        try:
+            diff = run()
+            ok = diff < TOL
+        except Exception as e:  # noqa: BLE001
+            diff, ok = f"{type(e).__name__}: {e}", False
+        print(f"  {'OK ' if ok else 'BAD'} {path.name:32s} {path.stat().st_size / 1024:7.1f} KB  max|diff|={diff}{extra}")
+        if not ok:
+            bad.append(path.name)
+
     for path, ref, shape, batch in checks:
-        try:
-            diff = verify(path, ref, shape, batch)
-            ok = diff < TOL
-        except Exception as e:  # noqa: BLE001
-            diff, ok = f"{type(e).__name__}: {e}", False
-        size = path.stat().st_size / 1024
-        print(f"  {'OK ' if ok else 'BAD'} {path.name:32s} {size:7.1f} KB  max|diff|={diff}")
-        if not ok:
-            bad.append(path.name)
+        check(path, lambda: verify(path, ref, shape, batch))
     for path, model, kind in tchecks:
-        try:
-            diff = verify_tf(path, model, kind)
-            ok = diff < TOL
-        except Exception as e:  # noqa: BLE001
-            diff, ok = f"{type(e).__name__}: {e}", False
-        size = path.stat().st_size / 1024
         shapes = ", ".join(f"{b}x{s}" if s else f"{b}" for b, s in TF_CHECK_SHAPES[kind])
-        print(f"  {'OK ' if ok else 'BAD'} {path.name:32s} {size:7.1f} KB  max|diff|={diff}  (batch x seq: {shapes})")
-        if not ok:
-            bad.append(path.name)
-    for path, check in mchecks:
-        try:
-            diff = check()
-            ok = diff < TOL
-        except Exception as e:  # noqa: BLE001
-            diff, ok = f"{type(e).__name__}: {e}", False
-        print(f"  {'OK ' if ok else 'BAD'} {path.name:32s} {path.stat().st_size / 1024:7.1f} KB  max|diff|={diff}")
-        if not ok:
-            bad.append(path.name)
+        check(path, lambda: verify_tf(path, model, kind), f"  (batch x seq: {shapes})")
+    for path, run in mchecks:
+        check(path, run)
     for path, model, kind in hchecks:
-        try:
-            diff = verify_hf(path, model, kind)
-            ok = diff < TOL
-        except Exception as e:  # noqa: BLE001
-            diff, ok = f"{type(e).__name__}: {e}", False
-        print(f"  {'OK ' if ok else 'BAD'} {path.name:32s} {path.stat().st_size / 1024:7.1f} KB  max|diff|={diff}")
-        if not ok:
-            bad.append(path.name)
+        check(path, lambda: verify_hf(path, model, kind))
     total = sum(p.stat().st_size for p in ZOO_DIR.glob("*.onnx")) / 1024 / 1024
     print(f"\n{len(checks) + len(tchecks) + len(hchecks) + len(mchecks)} files checked, zoo total {total:.2f} MB")
     for f in failures:
