@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxprune import estimators as E
+from onnxprune.estimators.adaptive import _unit_pair_marginals
 
 SAMPLING = ["permutation", "antithetic", "persample", "kernelshap", "adaptive"]
 
@@ -441,10 +442,10 @@ def test_unit_pair_draws_are_unbiased():
     """The per-unit antithetic draws used by focused rounds average to the Shapley value."""
     value = tanh_game(np.random.default_rng(10), 10)
     exact = E.estimate_exact(value, 10).values
-    game = E._Game(value, 10, budget=100_000, batch=256, cache=False)
+    game = E.Game(value, 10, budget=100_000, batch=256, cache=False)
     game.endpoints()
     units = np.repeat(np.arange(10), 1500)
-    draws = E._unit_pair_marginals(game, np.random.default_rng(0), units).reshape(10, -1)
+    draws = _unit_pair_marginals(game, np.random.default_rng(0), units).reshape(10, -1)
     z = (draws.mean(axis=1) - exact) / (draws.std(axis=1, ddof=1) / np.sqrt(draws.shape[1]))
     assert np.all(np.abs(z) < 4), z
 
