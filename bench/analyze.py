@@ -15,9 +15,9 @@ from pathlib import Path
 import onnx
 import onnx.compose
 
-from onnxprune.analyze import analyze
+from onnxprune.compiler.analyze import analyze
 from onnxprune.load import load_model
-from onnxprune.normalize import normalize
+from onnxprune.compiler.normalize import normalize
 
 LIGHT = Path(onnx.__file__).parent / "backend/test/data/light/light_resnet50.onnx"
 

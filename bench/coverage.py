@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 
-from onnxprune.cost import coverage
+from onnxprune.compiler.cost import coverage
 from onnxprune.model import analyze_model
 
 LIGHT = Path(onnx.__file__).parent / "backend/test/data/light"

@@ -56,7 +56,7 @@ import onnx
 
 import onnxprune
 from onnxprune.runtime import make_session
-from onnxprune.verify import accuracy, compare, run_model
+from onnxprune.deploy.verify import accuracy, compare, run_model
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT / "models" / "zoo"
@@ -129,7 +129,7 @@ def nchwc_block() -> int:
 def padded_macs(model: onnx.ModelProto, block: int) -> int:
     """MACs per sample with every Conv's output channels rounded up to `block` (an estimate of
     the work of ORT's NCHWc convolutions; other ops as counted by onnxprune)."""
-    from onnxprune.cost import node_macs, weight_of
+    from onnxprune.compiler.cost import node_macs, weight_of
     graph = onnxprune.analyze_model(model).graph
     total = 0
     for node in graph.nodes:

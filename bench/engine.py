@@ -33,14 +33,14 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.calib import Calibration
-from onnxprune.cost import count_macs
-from onnxprune.cut import cut_model
-from onnxprune.engine import Engine
-from onnxprune.graph import to_proto
-from onnxprune.instrument import instrument, mask_name
+from onnxprune.compiler.cost import count_macs
+from onnxprune.scoring.cut import cut_model
+from onnxprune.scoring.engine import Engine
+from onnxprune.compiler.graph import to_proto
+from onnxprune.compiler.instrument import instrument, mask_name
 from onnxprune.model import analyze_model
 from onnxprune.runtime import make_session
-from onnxprune.value import NegKL
+from onnxprune.scoring.value import NegKL
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT / "models" / "zoo"

@@ -26,9 +26,9 @@ import numpy as np
 from scipy.stats import rankdata
 
 from onnxprune.api import as_calibration, make_engine
-from onnxprune.estimators import estimate
+from onnxprune.scoring.estimators import estimate
 from onnxprune.model import analyze_model
-from onnxprune.score import DEFAULT_ESTIMATOR
+from onnxprune.scoring.shapley import DEFAULT_ESTIMATOR
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = [  # (model, calibration, groups to use: None = every prunable group)

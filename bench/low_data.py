@@ -82,11 +82,11 @@ sys.path.insert(0, str(ROOT))
 
 import onnxprune  # noqa: E402
 from onnxprune.api import as_calibration, make_engine, score_model  # noqa: E402
-from onnxprune.compensate import site_means  # noqa: E402
-from onnxprune.cost import MIXING, coverage  # noqa: E402
+from onnxprune.scoring.site_stats import site_means  # noqa: E402
+from onnxprune.compiler.cost import MIXING, coverage  # noqa: E402
 from onnxprune.model import analyze_model  # noqa: E402
-from onnxprune.metrics import BASELINES  # noqa: E402
-from onnxprune.score import DEFAULT_ESTIMATOR, shapley_group  # noqa: E402
+from onnxprune.scoring.metrics import BASELINES  # noqa: E402
+from onnxprune.scoring.shapley import DEFAULT_ESTIMATOR, shapley_group  # noqa: E402
 
 MODELS = {  # name -> data prefix
     "lenet5_mnist": "mnist", "vgg_mnist": "mnist", "resnet_mnist": "mnist",
@@ -212,7 +212,7 @@ def compute_scores(m: Model, cal, label: str, seed: int, means, ratio: float | N
     elif label == "shapley/nmse":
         out = score_model(am, cal, metric="shapley", value="neg_nmse", seed=seed, means=means)
     elif label == "shapley/budget5x":  # 5 x the default budget (50 x units per group)
-        from onnxprune.estimators import default_budget
+        from onnxprune.scoring.estimators import default_budget
         out = {}
         for g in am.analysis.prunable:
             out.update(score_model(am, cal, metric="shapley", seed=seed, means=means,
@@ -221,8 +221,8 @@ def compute_scores(m: Model, cal, label: str, seed: int, means, ratio: float | N
         # the p-weighted Banzhaf value of the group game with p = the kept fraction: averages
         # marginals over coalitions of about the size pruning leaves (onnxprune's `joint`
         # estimator, called here with keep_ratio = 1 - ratio; not reachable from prune())
-        from onnxprune.estimators import default_budget, estimate_joint
-        from onnxprune.score import GroupScores
+        from onnxprune.scoring.estimators import default_budget, estimate_joint
+        from onnxprune.scoring.shapley import GroupScores
         engine = make_engine(am, cal, means=means)
         out = {}
         for g in am.analysis.prunable:
@@ -492,9 +492,9 @@ class Study:
         """One group at a time on the masked model (= the pruned model with plain removal, or
         with mean compensation in the compensated game): a property of the ranking alone, so
         no deployment (the refit is a whole-model step)."""
-        from onnxprune.engine import Engine
-        from onnxprune.value import Accuracy
-        from onnxprune.select import _order
+        from onnxprune.scoring.engine import Engine
+        from onnxprune.scoring.value import Accuracy
+        from onnxprune.deploy.select import _order
         seed, n = self.args.seeds[0], self.args.calib
         for name in self.models_for("ablation"):
             m = self.model(name)

@@ -51,9 +51,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 import low_data as L  # noqa: E402
 import onnxprune  # noqa: E402
 from onnxprune.api import make_engine  # noqa: E402
-from onnxprune.compensate import site_means  # noqa: E402
-from onnxprune.estimators import default_budget  # noqa: E402
-from onnxprune.score import shapley_group  # noqa: E402
+from onnxprune.scoring.site_stats import site_means  # noqa: E402
+from onnxprune.scoring.estimators import default_budget  # noqa: E402
+from onnxprune.scoring.shapley import shapley_group  # noqa: E402
 
 GAMES = ["default", "imputed", "truncated", "sequential", "l1", "l1 sequential"]
 STEPS = 3  # the sequential game's rounds

@@ -16,20 +16,20 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .analysis import Analysis
+from .compiler.analysis import Analysis
 from .calib import Calibration, calibration_from_arrays, input_specs_from_model, load_calibration
-from .compensate import site_means, site_stats
-from .cost import count_macs, group_costs
-from .deploy import Choice, Guard, deploy
+from .scoring.site_stats import site_means, site_stats
+from .compiler.cost import count_macs, group_costs
+from .deploy.candidates import Choice, Guard, deploy
 from .errors import OnnxPruneError
 from .load import save_model
-from .metrics import METRICS, ScoreContext
+from .scoring.metrics import METRICS, ScoreContext
 from .model import AnalyzedModel, analyze_model
 from .options import PruneOptions, ScoreOptions
 from .progress import ProgressFn, emit
 from .report import build_report, verify_pruned
-from .score import GroupScores
-from .select import select
+from .scoring.shapley import GroupScores
+from .deploy.select import select
 
 
 def group_table(am: AnalyzedModel) -> list[dict[str, Any]]:
@@ -47,7 +47,7 @@ def group_table(am: AnalyzedModel) -> list[dict[str, Any]]:
 
 
 def _mixing_weights(am: AnalyzedModel):
-    from .cost import MIXING, weight_of
+    from .compiler.cost import MIXING, weight_of
     for node in am.graph.nodes:
         if node.op in MIXING and (w := weight_of(node)) is not None:
             yield w
@@ -129,7 +129,7 @@ def _score_context(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOpti
 
 def value_function(am: AnalyzedModel, calib: Calibration, value: str | None = None):
     """The named value function, or the default for this model's outputs and labels."""
-    from .value import default_value_function, make_value_function
+    from .scoring.value import default_value_function, make_value_function
     first = am.graph.outputs[0].shape or ()
     value_fn = (make_value_function(value) if value else
                 default_value_function(calib.labels is not None, first))
@@ -140,7 +140,7 @@ def value_function(am: AnalyzedModel, calib: Calibration, value: str | None = No
 
 def make_engine(am: AnalyzedModel, calib: Calibration, *, value: str | None = None,
                 device: str = "auto", means=None, max_memory_mb: float | None = None):
-    from .engine import Engine
+    from .scoring.engine import Engine
     return Engine(am, calib, value_function(am, calib, value), device=device,
                   max_memory_mb=max_memory_mb, means=means)
 
@@ -251,7 +251,7 @@ def _check_runs(am: AnalyzedModel, device: str, data: Calibration | None) -> Non
     is the user's to fix (an op it lacks, an unknown IR version, contradictory attributes), so
     it becomes one line. Failures on models we build stay bugs with tracebacks."""
     from .runtime import make_session
-    from .verify import run_batches
+    from .deploy.verify import run_batches
     try:
         sess = make_session(am.proto, "cpu" if device == "auto" else device, optimize=False)
         for _ in run_batches(sess, data.inputs) if data is not None else ():

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import onnx
 
-from .analysis import Analysis
-from .analyze import analyze
-from .graph import ModelIdentity
+from .compiler.analysis import Analysis
+from .compiler.analyze import analyze
+from .compiler.graph import ModelIdentity
 from .load import load_model
-from .normalize import normalize, with_unique_node_names
+from .compiler.normalize import normalize, with_unique_node_names
 
 
 @dataclass

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, get_args
 
 from .errors import OnnxPruneError
-from .estimators import ESTIMATORS, Aggregate
-from .metrics import METRICS
-from .select import TARGETS as _TARGETS
-from .value import VALUE_FUNCTIONS
+from .scoring.estimators import ESTIMATORS, Aggregate
+from .scoring.metrics import METRICS
+from .deploy.select import TARGETS as _TARGETS
+from .scoring.value import VALUE_FUNCTIONS
 
 MetricName = Literal["shapley", "random", "l1", "l2", "bn_gamma", "mean_activation", "apoz",
                      "loo", "taylor"]

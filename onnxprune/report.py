@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 
 from .calib import Calibration
-from .cost import count_macs, count_params
+from .compiler.cost import count_macs, count_params
 from .load import model_bytes
-from .metrics import DEFAULT_METRIC
+from .scoring.metrics import DEFAULT_METRIC
 from .options import PruneOptions
-from .score import GroupScores
+from .scoring.shapley import GroupScores
 
 if TYPE_CHECKING:
     from .model import AnalyzedModel
@@ -147,8 +147,8 @@ def verify_pruned(original: onnx.ModelProto, pruned: onnx.ModelProto, data: Cali
                   note: str, latency: bool) -> Verification:
     """Fidelity of the pruned model's outputs to the original's on `data`, accuracy with
     labels and, with `latency`, both models' latency on a fixed batch."""
-    from .latency import compare_latency
-    from .verify import accuracy, compare, run_model
+    from .deploy.latency import compare_latency
+    from .deploy.verify import accuracy, compare, run_model
     names = [o.name for o in original.graph.output]
     want, got = run_model(original, data.inputs), run_model(pruned, data.inputs)
     result: Verification = {"samples": data.n_samples, "note": note,

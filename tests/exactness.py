@@ -5,12 +5,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.analysis import Analysis
-from onnxprune.analyze import analyze
-from onnxprune.graph import ModelIdentity, to_proto
-from onnxprune.instrument import instrument, mask_name
-from onnxprune.normalize import infer_shapes, normalize
-from onnxprune.rewrite import channel_keep, empty_tensors, rewrite
+from onnxprune.compiler.analysis import Analysis
+from onnxprune.compiler.analyze import analyze
+from onnxprune.compiler.graph import ModelIdentity, to_proto
+from onnxprune.compiler.instrument import instrument, mask_name
+from onnxprune.compiler.normalize import infer_shapes, normalize
+from onnxprune.compiler.rewrite import channel_keep, empty_tensors, rewrite
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
        "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}

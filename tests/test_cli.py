@@ -241,7 +241,7 @@ def test_round_to_garbage_is_a_user_error(work):
 
 
 def test_round_to_never_removes_more_than_asked():
-    from onnxprune.select import n_removed
+    from onnxprune.deploy.select import n_removed
     assert n_removed(32, 0.3, 16) == 0          # 22 kept -> rounded up to 32
     assert n_removed(32, 0.5, 16) == 16
     assert n_removed(16, 0.3, 8) == 0           # 11 kept -> 16

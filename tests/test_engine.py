@@ -16,21 +16,21 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-import onnxprune.backends as backends_mod
-import onnxprune.cut as cut_mod
-import onnxprune.engine as engine_mod
-import onnxprune.fixedbatch as fixedbatch_mod
+import onnxprune.scoring.backends as backends_mod
+import onnxprune.scoring.cut as cut_mod
+import onnxprune.scoring.engine as engine_mod
+import onnxprune.scoring.fixedbatch as fixedbatch_mod
 from exactness import session
-from onnxprune.backends import backend_for
+from onnxprune.scoring.backends import backend_for
 from onnxprune.calib import Calibration
-from onnxprune.cut import site_fill
-from onnxprune.engine import Engine
-from onnxprune.fixedbatch import make_batch_dynamic
+from onnxprune.scoring.cut import site_fill
+from onnxprune.scoring.engine import Engine
+from onnxprune.scoring.fixedbatch import make_batch_dynamic
 from onnxprune.model import AnalyzedModel, analyze_model
 from onnxprune.errors import OnnxPruneError
-from onnxprune.graph import to_proto
-from onnxprune.instrument import instrument, mask_name
-from onnxprune.value import NegKL
+from onnxprune.compiler.graph import to_proto
+from onnxprune.compiler.instrument import instrument, mask_name
+from onnxprune.scoring.value import NegKL
 
 ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
 N = 6

@@ -1,4 +1,4 @@
-"""Tests for onnxprune.estimators: exactness on known games, axioms, calibration of the
+"""Tests for onnxprune.scoring.estimators: exactness on known games, axioms, calibration of the
 standard errors, budgets, reproducibility, adaptive separation and the joint regression."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxprune import estimators as E
-from onnxprune.estimators.adaptive import _unit_pair_marginals
+from onnxprune.scoring import estimators as E
+from onnxprune.scoring.estimators.adaptive import _unit_pair_marginals
 
 SAMPLING = ["permutation", "antithetic", "persample", "kernelshap", "adaptive"]
 
@@ -389,7 +389,7 @@ def test_registry_and_defaults():
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, onnxprune.estimators; assert 'torch' not in sys.modules"
+    code = "import sys, onnxprune.scoring.estimators; assert 'torch' not in sys.modules"
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
 
@@ -497,7 +497,7 @@ def test_auto_estimator_follows_engine_support():
     from types import SimpleNamespace
 
     from onnxprune.errors import OnnxPruneError
-    from onnxprune.score import pick_estimator, shapley_group
+    from onnxprune.scoring.shapley import pick_estimator, shapley_group
 
     assert pick_estimator(40, 400) == "antithetic"
     assert pick_estimator(40, 400, per_sample=True) == "persample"

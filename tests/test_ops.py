@@ -1,4 +1,4 @@
-"""One tiny graph (at least) per op handler in `onnxprune.ops.analysis_ops()`.
+"""One tiny graph (at least) per op handler in `onnxprune.compiler.ops.analysis_ops()`.
 
 Each case puts the op between a producer (conv/gemm/matmul) and a consumer and states
   * the prunable groups it expects, as (units, unit_size) pairs;
@@ -22,12 +22,12 @@ from onnx import TensorProto, helper
 
 from exactness import check_masked_equals_pruned, random_feeds, session
 from graphs import INT64_MAX, G
-from onnxprune.analysis import Analysis
-from onnxprune.analyze import analyze
-from onnxprune.graph import ModelIdentity, to_proto
-from onnxprune.instrument import instrument, mask_name
-from onnxprune.normalize import normalize
-from onnxprune.ops import analysis_ops
+from onnxprune.compiler.analysis import Analysis
+from onnxprune.compiler.analyze import analyze
+from onnxprune.compiler.graph import ModelIdentity, to_proto
+from onnxprune.compiler.instrument import instrument, mask_name
+from onnxprune.compiler.normalize import normalize
+from onnxprune.compiler.ops import analysis_ops
 
 
 @dataclass

@@ -8,11 +8,11 @@ import onnxprune
 from conftest import ROOT
 from onnxprune import OnnxPruneError, PruneOptions, ScoreOptions, api
 from onnxprune import options as O
-from onnxprune.compensate import SITE_STATS, SiteStat
-from onnxprune.estimators import CAPABILITIES, ESTIMATORS, Aggregate
-from onnxprune.metrics import METRICS
-from onnxprune.select import TARGETS
-from onnxprune.value import VALUE_FUNCTIONS
+from onnxprune.scoring.site_stats import SITE_STATS, SiteStat
+from onnxprune.scoring.estimators import CAPABILITIES, ESTIMATORS, Aggregate
+from onnxprune.scoring.metrics import METRICS
+from onnxprune.deploy.select import TARGETS
+from onnxprune.scoring.value import VALUE_FUNCTIONS
 from onnxprune_cli.main import main
 
 EXAMPLE = ROOT / "models/digits_cnn.onnx"

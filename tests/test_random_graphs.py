@@ -18,7 +18,7 @@ from exactness import check_masked_equals_pruned, random_feeds, session
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from onnxprune.analysis import Analysis
+from onnxprune.compiler.analysis import Analysis
 
 # Generation draws many values and each example runs ORT several times.
 QUICK = settings(max_examples=60, deadline=None,

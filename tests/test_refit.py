@@ -7,11 +7,11 @@ import pytest
 from onnx import numpy_helper
 
 import onnxprune
-from onnxprune.compensate import site_means
+from onnxprune.scoring.site_stats import site_means
 from onnxprune.model import analyze_model
-from onnxprune.optimize import finalize
-from onnxprune.refit import refit_consumers
-from onnxprune.rewrite import channel_keep, rewrite
+from onnxprune.deploy.optimize import finalize
+from onnxprune.deploy.refit import refit_consumers
+from onnxprune.compiler.rewrite import channel_keep, rewrite
 
 from exactness import session
 from graphs import G
@@ -148,7 +148,7 @@ def test_non_finite_activations_offer_no_refit():
 
 
 def test_layers_too_wide_to_solve_keep_mean_compensation(monkeypatch):
-    import onnxprune.refit as refit_mod
+    import onnxprune.deploy.refit as refit_mod
     model, h = _model("conv", duplicate=False)
     data = _data(model)
     assert _prune(model, h, data, [0, 1], refit=True, compensate=False)[1]

@@ -15,12 +15,12 @@ from onnx import helper
 
 from exactness import check_masked_equals_pruned
 from graphs import G
-from onnxprune.analyze import analyze
-from onnxprune.normalize import normalize
-from onnxprune.ops import handler_for, unregister
-from onnxprune.ops.elementwise import Unary
-from onnxprune.ops.registry import add
-from onnxprune.metrics import bn_gamma, weight_norm_scores
+from onnxprune.compiler.analyze import analyze
+from onnxprune.compiler.normalize import normalize
+from onnxprune.compiler.ops import handler_for, unregister
+from onnxprune.compiler.ops.elementwise import Unary
+from onnxprune.compiler.ops.registry import add
+from onnxprune.scoring.metrics import bn_gamma, weight_norm_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ def test_normalize_leaves_the_callers_model_unchanged():
 
 # ---------------------------------------------------------------------------- imports
 
-CHECKED = ("analysis", "context", "analyze", "rewrite", "instrument", "ops")
+CHECKED = tuple(f"compiler.{m}" for m in ("analysis", "context", "analyze", "rewrite", "instrument", "ops"))
 
 
 def _imports(path: Path, module: str, known: set[str]) -> set[str]:
@@ -133,7 +133,7 @@ def test_no_import_cycle_among_the_analysis_modules():
     graph = {m: _imports(p, m, set(files)) for m, p in files.items()}
     checked = {m for m in files if any(m == f"onnxprune.{c}" or m.startswith(f"onnxprune.{c}.")
                                        for c in CHECKED)}
-    assert {"onnxprune.analysis", "onnxprune.context", "onnxprune.ops.registry"} <= checked
+    assert {"onnxprune.compiler.analysis", "onnxprune.compiler.context", "onnxprune.compiler.ops.registry"} <= checked
 
     def reaches(start: str, goal: str) -> bool:
         seen, stack = set(), list(graph[start])
@@ -148,8 +148,8 @@ def test_no_import_cycle_among_the_analysis_modules():
 
     cycles = sorted(m for m in checked if reaches(m, m))
     assert not cycles, f"import cycles through {cycles}"
-    for m in ("onnxprune.analysis", "onnxprune.context"):
-        assert not reaches(m, "onnxprune.ops.registry"), f"{m} reaches the registry"
+    for m in ("onnxprune.compiler.analysis", "onnxprune.compiler.context"):
+        assert not reaches(m, "onnxprune.compiler.ops.registry"), f"{m} reaches the registry"
 
 
 def test_importing_onnxprune_leaves_log_levels_alone():
@@ -159,7 +159,7 @@ calls = []
 onnxruntime.set_default_logger_severity = lambda *a: calls.append(a)
 from onnx_graphsurgeon.logger import G_LOGGER
 before = G_LOGGER.severity
-import onnxprune, onnxprune.api, onnxprune.normalize, onnxprune.engine
+import onnxprune, onnxprune.api, onnxprune.compiler.normalize, onnxprune.scoring.engine
 assert G_LOGGER.severity == before, (before, G_LOGGER.severity)
 assert not calls, calls
 """

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.value import (
+from onnxprune.scoring.value import (
     VALUE_FUNCTIONS,
     Accuracy,
     CallableValue,

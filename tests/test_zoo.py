@@ -53,8 +53,8 @@ def test_masked_equals_pruned_on_issue17_zoo(file):
 
 def test_no_batch_mixing_reported_on_real_exports():
     """Per-sample coalitions stay on for every zoo export (no false alarms)."""
-    from onnxprune.analyze import analyze
-    from onnxprune.normalize import normalize
+    from onnxprune.compiler.analyze import analyze
+    from onnxprune.compiler.normalize import normalize
     for entry in MANIFEST:
         if entry["file"] in ISSUE17:
             continue  # test_no_batch_mixing_on_issue17_zoo, one by one
@@ -72,8 +72,8 @@ BATCH_MIXING_FALSE_ALARMS = {f for f in ISSUE17 if not f.startswith(("shufflenet
     pytest.param(f, marks=pytest.mark.xfail(strict=True, reason="issue 17: batch-mixing false alarm"))
     if f in BATCH_MIXING_FALSE_ALARMS else f for f in sorted(ISSUE17)])
 def test_no_batch_mixing_on_issue17_zoo(file):
-    from onnxprune.analyze import analyze
-    from onnxprune.normalize import normalize
+    from onnxprune.compiler.analyze import analyze
+    from onnxprune.compiler.normalize import normalize
     analysis = analyze(normalize(load_model(ROOT / "models/zoo" / file)))
     assert not analysis.batch_mixing, analysis.batch_mixing
 
@@ -85,8 +85,8 @@ def test_masked_equals_pruned_on_example():
 def _randomized(name: str, seed: int = 0) -> onnx.ModelProto:
     """The light models' weights are ConstantOfShape fills (all equal), which would hide
     wrong slicing; give every float constant random values first."""
-    from onnxprune.graph import ModelIdentity, to_proto
-    from onnxprune.normalize import normalize
+    from onnxprune.compiler.graph import ModelIdentity, to_proto
+    from onnxprune.compiler.normalize import normalize
     model = load_model(LIGHT_DIR / f"light_{name}.onnx")
     graph = normalize(model)
     rng = np.random.default_rng(seed)

@@ -16,7 +16,7 @@ import click
 from onnxprune import OnnxPruneError, PruneOptions, ScoreOptions, __version__
 from onnxprune.options import (AGGREGATES, DEVICES, ESTIMATOR_NAMES, METRIC_NAMES, TARGETS,
                                VALUE_NAMES)
-from onnxprune.score import DEFAULT_ESTIMATOR
+from onnxprune.scoring.shapley import DEFAULT_ESTIMATOR
 
 from .progress import ProgressPrinter
 from .render import analysis_table, prune_table
@@ -176,7 +176,7 @@ def prune_cmd(model: str, calib: str, **params: Any) -> None:
 def score_cmd(model: str, calib: str, **params: Any) -> None:
     """Score MODEL's units once; reuse with 'onnxprune MODEL --scores FILE' at any ratio."""
     from onnxprune.api import analyze_model, as_calibration, score_model
-    from onnxprune.compensate import site_means
+    from onnxprune.scoring.site_stats import site_means
     output, ratio = params.pop("output"), params.pop("ratio")
     compensate, quiet = not params.pop("no_compensate"), params.pop("quiet")
     options = ScoreOptions.from_cli(params)

@@ -12,11 +12,11 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .analysis import Analysis
-from .compensate import SiteStat
-from .graph import const_value
-from .score import GroupScores, shapley_group
-from .select import n_removed
+from ..compiler.analysis import Analysis
+from .site_stats import SiteStat
+from ..compiler.graph import const_value
+from .shapley import GroupScores, shapley_group
+from ..deploy.select import n_removed
 
 DEFAULT_METRIC = "shapley"
 
@@ -75,7 +75,7 @@ def weight_norm_scores(analysis: Analysis, gid: int, p: int = 1) -> np.ndarray:
 
 def bn_gamma(analysis: Analysis, gid: int) -> np.ndarray:
     """Sum over the group's BatchNorm members of |scale|; groups without BN fall back to L1."""
-    from .graph import const_value
+    from ..compiler.graph import const_value
     group = analysis.group(gid)
     tensors = analysis.graph.tensors()
     total, seen = np.zeros(group.units), False

@@ -10,7 +10,7 @@ from typing import Iterator, Mapping
 import numpy as np
 import onnx
 
-from .runtime import make_session, run_chunks
+from ..runtime import make_session, run_chunks
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Mapping, Protocol
 import numpy as np
 
 from .cut import TILE_INPUT
-from .runtime import ort, session_device
+from ..runtime import ort, session_device
 
 __all__ = ["Backend", "CpuBackend", "CudaBackend", "backend_for"]
 

@@ -9,9 +9,9 @@ from typing import Literal, Mapping, get_args
 
 import numpy as np
 
-from .analysis import Analysis
-from .graph import ModelIdentity, to_proto
-from .runtime import make_session, run_chunks
+from ..compiler.analysis import Analysis
+from ..compiler.graph import ModelIdentity, to_proto
+from ..runtime import make_session, run_chunks
 
 # the per-channel statistics of a mask site: its mean, its mean |x|, its fraction of exact zeros
 SiteStat = Literal["mean", "abs_mean", "zeros"]

@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-from .runtime import fixed_batch, make_session, pad_rows
+from ..runtime import fixed_batch, make_session, pad_rows
 
 
 def _one_run(sess, feeds) -> float:

@@ -15,11 +15,11 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import onnx
 
-from .analysis import Analysis
-from .calib import Calibration
-from .graph import ModelIdentity
+from ..compiler.analysis import Analysis
+from ..calib import Calibration
+from ..compiler.graph import ModelIdentity
 from .optimize import finalize
-from .rewrite import channel_keep, rewrite
+from ..compiler.rewrite import channel_keep, rewrite
 from .verify import run_model
 
 

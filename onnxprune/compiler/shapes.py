@@ -98,7 +98,7 @@ def probe_reshape_targets(graph: gs.Graph) -> bool:
 
 def _probe(graph: gs.Graph, nodes: list[gs.Node], sizes: list[int]) -> list[tuple[list, list]]:
     from .graph import ModelIdentity, to_proto
-    from .runtime import make_session
+    from ..runtime import make_session
     probe = graph.copy()
     by_key = {n.outputs[0].name: n for n in probe.nodes}
     outputs = []

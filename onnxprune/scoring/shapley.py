@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import OnnxPruneError
+from ..errors import OnnxPruneError
 from .estimators import (
     CAPABILITIES,
     ESTIMATORS,

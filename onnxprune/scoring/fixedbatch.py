@@ -14,11 +14,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .analysis import Analysis
-from .errors import OnnxPruneError
-from .graph import ModelIdentity, const_value, to_proto
-from .normalize import infer_shapes, strip_shapes
-from .runtime import make_session
+from ..compiler.analysis import Analysis
+from ..errors import OnnxPruneError
+from ..compiler.graph import ModelIdentity, const_value, to_proto
+from ..compiler.normalize import infer_shapes, strip_shapes
+from ..runtime import make_session
 
 BATCH_SYMBOL = "onnxprune_batch"
 

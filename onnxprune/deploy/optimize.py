@@ -7,9 +7,9 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
-from .graph import ModelIdentity, to_proto
-from .load import check
-from .normalize import infer_shapes
+from ..compiler.graph import ModelIdentity, to_proto
+from ..load import check
+from ..compiler.normalize import infer_shapes
 
 
 def finalize(graph: gs.Graph, ident: ModelIdentity) -> onnx.ModelProto:

@@ -16,8 +16,8 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
-from .errors import OnnxPruneError
-from .load import all_nodes, check_inference_crashes, check_opset, is_large, split_weights
+from ..errors import OnnxPruneError
+from ..load import all_nodes, check_inference_crashes, check_opset, is_large, split_weights
 from .shapes import fold_reshape_targets, probe_reshape_targets
 
 

@@ -11,8 +11,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnx
 
-from .normalize import infer_shapes
-from .runtime import available_memory_bytes
+from ..compiler.normalize import infer_shapes
+from ..runtime import available_memory_bytes
 
 DEFAULT_MAX_MB = 2048.0
 

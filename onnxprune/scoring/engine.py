@@ -48,18 +48,18 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .analysis import Analysis
+from ..compiler.analysis import Analysis
 from .backends import Backend, backend_for
-from .calib import Calibration
+from ..calib import Calibration
 from .cut import Cut, batch_dim_state, cut_model, preoptimized_session, probe_aligned, site_fill
-from .errors import OnnxPruneError
+from ..errors import OnnxPruneError
 from .fixedbatch import input_batch, make_batch_dynamic
-from .graph import to_proto
-from .instrument import instrument, mask_name
+from ..compiler.graph import to_proto
+from ..compiler.instrument import instrument, mask_name
 from .memory import activations, default_memory_mb, row_bytes
-from .model import AnalyzedModel
+from ..model import AnalyzedModel
 from .plans import Chunk, Plan, chunk_rows, make_chunks, mask_rows
-from .runtime import make_session
+from ..runtime import make_session
 from .value import ValueFunction
 
 _MAX_PLANS = 3          # scoring sessions kept (each holds its sub-model's weights)

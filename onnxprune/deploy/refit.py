@@ -21,11 +21,11 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from .analysis import Analysis, MaskSite
-from .context import RefitLayout
-from .graph import ModelIdentity, to_proto
-from .ops import handler_for
-from .runtime import make_session, run_chunks
+from ..compiler.analysis import Analysis, MaskSite
+from ..compiler.context import RefitLayout
+from ..compiler.graph import ModelIdentity, to_proto
+from ..compiler.ops import handler_for
+from ..runtime import make_session, run_chunks
 
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # relative to the mean variance of the kept inputs
 MAX_STATS_BYTES = 2**30  # Gram matrices held at once: more sites per pass of the model

@@ -16,9 +16,9 @@ from typing import Mapping
 
 import numpy as np
 
-from .analysis import Analysis
-from .cost import CostModel
-from .rewrite import channel_keep
+from ..compiler.analysis import Analysis
+from ..compiler.cost import CostModel
+from ..compiler.rewrite import channel_keep
 
 TARGETS = ("units", "params", "macs")
 

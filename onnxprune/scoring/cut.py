@@ -19,14 +19,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .analysis import Analysis
-from .cost import count_macs, node_macs
-from .errors import OnnxPruneError
+from ..compiler.analysis import Analysis
+from ..compiler.cost import count_macs, node_macs
+from ..errors import OnnxPruneError
 from .fixedbatch import same
-from .graph import ModelIdentity, to_proto
-from .instrument import instrument, mask_name
+from ..compiler.graph import ModelIdentity, to_proto
+from ..compiler.instrument import instrument, mask_name
 from .memory import light_copy
-from .runtime import make_session, ort, session_options
+from ..runtime import make_session, ort, session_options
 
 TILE_INPUT = "onnxprune_tile"  # the suffix's extra input [K] when it tiles its data itself
 
