@@ -15,7 +15,7 @@ plain removal, scored without compensation). Per row:
   speed-up (original latency / pruned latency) at batch 1 and 32 (the shipped model).
   Latency is measured in one loop per model that runs the original and every pruned
   variant in turn, order rotated each round (A B C, B C A, ...), all sessions with the same
-  options and `session.intra_op.allow_spinning=0` (DESIGN.md, Measuring), for --seconds
+  options and `session.intra_op.allow_spinning=0` (docs/design.md, Measuring), for --seconds
   per batch size and at least --min-rounds rounds. The speed-up is the median of the
   per-round ratios original/pruned; [q1-q3] are their quartiles (the noise). "padded MAC
   red." is the MAC reduction with every Conv's output channels rounded up to the NCHWc

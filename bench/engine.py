@@ -4,7 +4,7 @@
 
 For a few zoo models at an early, a middle and a late group, three ways to evaluate the
 same random coalitions on the same N calibration samples, measured in one process,
-interleaved A B C A B C ... (DESIGN.md, Measuring), medians reported:
+interleaved A B C A B C ... (docs/design.md, Measuring), medians reported:
 
   (a) naive   the fully instrumented model, one coalition per session.run (N rows)
   (b) batch   Engine(prefix_cache=False): K coalitions x N samples per run

@@ -1,4 +1,4 @@
-"""The Python API: the pipeline of DESIGN.md as two calls, `analyze_model` and `prune`.
+"""The Python API: the pipeline of docs/design.md as two calls, `analyze_model` and `prune`.
 
     import onnxprune
     result = onnxprune.prune("model.onnx", calib="data.npz", ratio=0.5, metric="l1")
@@ -16,20 +16,22 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .compiler.analysis import Analysis
 from .calib import Calibration, calibration_from_arrays, input_specs_from_model, load_calibration
-from .scoring.site_stats import site_means, site_stats
+from .compiler.analysis import Analysis
 from .compiler.cost import count_macs, group_costs
 from .deploy.candidates import Choice, Guard, deploy
+from .deploy.select import select
 from .errors import OnnxPruneError
 from .load import save_model
-from .scoring.metrics import METRICS, ScoreContext
 from .model import AnalyzedModel, analyze_model
 from .options import PruneOptions, ScoreOptions
 from .progress import ProgressFn, emit
 from .report import build_report, verify_pruned
+from .scoring.metrics import METRICS, ScoreContext
 from .scoring.shapley import GroupScores
-from .deploy.select import select
+from .scoring.site_stats import site_means, site_stats
+
+__all__ = ["AnalyzedModel", "PruneResult", "analyze_model", "prune", "score_model"]
 
 
 def group_table(am: AnalyzedModel) -> list[dict[str, Any]]:

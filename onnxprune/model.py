@@ -14,8 +14,8 @@ import onnx
 from .compiler.analysis import Analysis
 from .compiler.analyze import analyze
 from .compiler.graph import ModelIdentity
-from .load import load_model
 from .compiler.normalize import normalize, with_unique_node_names
+from .load import load_model
 
 
 @dataclass

@@ -11,10 +11,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, get_args
 
+from .deploy.select import TARGETS as _TARGETS
 from .errors import OnnxPruneError
 from .scoring.estimators import ESTIMATORS, Aggregate
 from .scoring.metrics import METRICS
-from .deploy.select import TARGETS as _TARGETS
 from .scoring.value import VALUE_FUNCTIONS
 
 MetricName = Literal["shapley", "random", "l1", "l2", "bn_gamma", "mean_activation", "apoz",

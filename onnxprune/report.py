@@ -12,8 +12,8 @@ import onnx
 from .calib import Calibration
 from .compiler.cost import count_macs, count_params
 from .load import model_bytes
-from .scoring.metrics import DEFAULT_METRIC
 from .options import PruneOptions
+from .scoring.metrics import DEFAULT_METRIC
 from .scoring.shapley import GroupScores
 
 if TYPE_CHECKING:

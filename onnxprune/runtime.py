@@ -1,5 +1,5 @@
 """ONNX Runtime sessions: provider choice (CUDA when a session really gets it, CPU otherwise)
-and the packaging pitfalls (DESIGN.md, Packaging); and the probes of this machine's hardware
+and the packaging pitfalls (docs/design.md, Packaging); and the probes of this machine's hardware
 (free memory, CPU vector width), so that the stages stay pure functions of their inputs."""
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def session_options(threads: int | None = None, *, spinning: bool = True,
         opts.graph_optimization_level = rt.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 4  # failures surface as exceptions; the log would only repeat them on stderr
     opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-    if not spinning:  # DESIGN.md: spinning threads distort interleaved latency measurements
+    if not spinning:  # docs/design.md: spinning threads distort interleaved latency measurements
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 

@@ -1,4 +1,4 @@
-"""Shared helpers for the masked-equals-pruned invariant (DESIGN.md)."""
+"""Shared helpers for the masked-equals-pruned invariant (docs/design.md)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""The command-line contract (DESIGN.md): one-line errors, exit codes, nothing lost."""
+"""The command-line contract (docs/design.md): one-line errors, exit codes, nothing lost."""
 import json
 import os
 import shutil

@@ -24,7 +24,7 @@ SAMPLING = ["permutation", "antithetic", "persample", "kernelshap", "adaptive"]
 
 
 def toy_game():
-    """DESIGN.md / Ancona et al. Fig. 1: y = Relu(x @ W1) @ w2 = max(x1, x2); per-sample value
+    """docs/design.md / Ancona et al. Fig. 1: y = Relu(x @ W1) @ w2 = max(x1, x2); per-sample value
     -(y_S - max(x1, x2))^2 with the hidden units outside S zeroed."""
     x = np.array([[0, 1], [1, 0], [1, 2], [2, 1]], float)
     w1 = np.array([[-0.5, 1, 1, 1], [0.5, -1, 1, 1]])

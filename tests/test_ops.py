@@ -5,7 +5,7 @@ Each case puts the op between a producer (conv/gemm/matmul) and a consumer and s
   * for barriers, the source tensor whose group must be blocked and a word its reason
     contains;
 and, when something is prunable, checks the masked-equals-pruned invariant through ONNX
-Runtime (DESIGN.md). `test_every_handler_has_a_test` fails when a handler is registered
+Runtime (docs/design.md). `test_every_handler_has_a_test` fails when a handler is registered
 without a case here.
 
 A case that shows a handler bug is kept with `xfail=` (strict): the reason says why.

@@ -1,6 +1,6 @@
 """Robustness (issue 8): corrupted files, hostile models, nothing lost, > 2 GB.
 
-The contract (DESIGN.md, README): on any input the command either succeeds (exit 0) or
+The contract (docs/design.md, README): on any input the command either succeeds (exit 0) or
 prints exactly one line `error: ...` on stderr and exits 2 - never a traceback, never a
 hang; an op the analysis does not understand makes its group unprunable with a reason;
 whatever is pruned satisfies masked == pruned and the full ONNX checker; the input model

@@ -1,4 +1,4 @@
-"""`onnxprune MODEL --calib NPZ --ratio R` and `onnxprune analyze MODEL [--json]` (DESIGN.md).
+"""`onnxprune MODEL --calib NPZ --ratio R` and `onnxprune analyze MODEL [--json]` (docs/design.md).
 
 User mistakes (OnnxPruneError) print one line and exit 2; anything else is a bug and
 keeps its traceback."""

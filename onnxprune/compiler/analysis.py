@@ -32,7 +32,7 @@ class Member:
 
 @dataclass
 class MaskSite:
-    """A consumer input that mixes channels: masking here equals removing (DESIGN.md)."""
+    """A consumer input that mixes channels: masking here equals removing (docs/design.md)."""
 
     node: str        # node_key of the consumer
     input_index: int

@@ -15,11 +15,11 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import onnx
 
-from ..compiler.analysis import Analysis
 from ..calib import Calibration
+from ..compiler.analysis import Analysis
 from ..compiler.graph import ModelIdentity
-from .optimize import finalize
 from ..compiler.rewrite import channel_keep, rewrite
+from .optimize import finalize
 from .verify import run_model
 
 

@@ -1,4 +1,4 @@
-"""ORT latency of two models, measured side by side (DESIGN.md, Measuring).
+"""ORT latency of two models, measured side by side (docs/design.md, Measuring).
 
 Sessions are built with the same options and thread spinning off (spinning threads of one
 session slow the other down on 2 cores); runs alternate A B A B ... on the same inputs,

@@ -8,8 +8,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..compiler.graph import ModelIdentity, to_proto
-from ..load import check
 from ..compiler.normalize import infer_shapes
+from ..load import check
 
 
 def finalize(graph: gs.Graph, ident: ModelIdentity) -> onnx.ModelProto:

@@ -8,8 +8,8 @@ from typing import Any, ClassVar, Mapping, Protocol
 
 import numpy as np
 
-from .cut import TILE_INPUT
 from ..runtime import ort, session_device
+from .cut import TILE_INPUT
 
 __all__ = ["Backend", "CpuBackend", "CudaBackend", "backend_for"]
 
@@ -122,6 +122,6 @@ class CudaBackend:
 
 
 def backend_for(sess: Any) -> Backend:
-    """CUDA only when the session really got the CUDA provider (DESIGN.md)."""
+    """CUDA only when the session really got the CUDA provider (docs/design.md)."""
     return CudaBackend(ort()) if session_device(sess) == "cuda" else CpuBackend()
 

@@ -21,12 +21,12 @@ import onnx_graphsurgeon as gs
 
 from ..compiler.analysis import Analysis
 from ..compiler.cost import count_macs, node_macs
-from ..errors import OnnxPruneError
-from .fixedbatch import same
 from ..compiler.graph import ModelIdentity, to_proto
 from ..compiler.instrument import instrument, mask_name
-from .memory import light_copy
+from ..errors import OnnxPruneError
 from ..runtime import make_session, ort, session_options
+from .fixedbatch import same
+from .memory import light_copy
 
 TILE_INPUT = "onnxprune_tile"  # the suffix's extra input [K] when it tiles its data itself
 

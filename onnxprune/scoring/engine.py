@@ -3,7 +3,7 @@
     engine = Engine(analyze_model("m.onnx"), calib, NegKL())
     v = engine.values(gid, coalitions)          # bool [K, units] -> float64 [K, N]
 
-Three things make a coalition cheap (DESIGN.md, Scoring):
+Three things make a coalition cheap (docs/design.md, Scoring):
 
 - **Batched coalitions.** The mask input has a batch axis, so one ORT run evaluates K
   coalitions x n samples: the n-sample inputs are tiled K times and row k*n + i carries
@@ -48,18 +48,18 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..compiler.analysis import Analysis
-from .backends import Backend, backend_for
 from ..calib import Calibration
-from .cut import Cut, batch_dim_state, cut_model, preoptimized_session, probe_aligned, site_fill
-from ..errors import OnnxPruneError
-from .fixedbatch import input_batch, make_batch_dynamic
+from ..compiler.analysis import Analysis
 from ..compiler.graph import to_proto
 from ..compiler.instrument import instrument, mask_name
-from .memory import activations, default_memory_mb, row_bytes
+from ..errors import OnnxPruneError
 from ..model import AnalyzedModel
-from .plans import Chunk, Plan, chunk_rows, make_chunks, mask_rows
 from ..runtime import make_session
+from .backends import Backend, backend_for
+from .cut import Cut, batch_dim_state, cut_model, preoptimized_session, probe_aligned, site_fill
+from .fixedbatch import input_batch, make_batch_dynamic
+from .memory import activations, default_memory_mb, row_bytes
+from .plans import Chunk, Plan, chunk_rows, make_chunks, mask_rows
 from .value import ValueFunction
 
 _MAX_PLANS = 3          # scoring sessions kept (each holds its sub-model's weights)
@@ -86,7 +86,7 @@ class Engine:
     prefix_cache: run the mask-free prefix once per group and only the suffix per batch.
     threads: ORT intra-op threads (default: all cores).
     spinning: ORT worker threads spin while idle; off by default because on a shared
-      2-core machine spinning made the same runs about 2x slower (DESIGN.md, Measuring).
+      2-core machine spinning made the same runs about 2x slower (docs/design.md, Measuring).
     tune: on CPU, choose K per group from a few timed runs when its plan is built (about a
       dozen runs' worth of setup); otherwise K comes from activation sizes alone.
     """

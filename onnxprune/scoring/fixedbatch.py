@@ -15,9 +15,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..compiler.analysis import Analysis
-from ..errors import OnnxPruneError
 from ..compiler.graph import ModelIdentity, const_value, to_proto
 from ..compiler.normalize import infer_shapes, strip_shapes
+from ..errors import OnnxPruneError
 from ..runtime import make_session
 
 BATCH_SYMBOL = "onnxprune_batch"

@@ -13,10 +13,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..compiler.analysis import Analysis
-from .site_stats import SiteStat
 from ..compiler.graph import const_value
-from .shapley import GroupScores, shapley_group
 from ..deploy.select import n_removed
+from .shapley import GroupScores, shapley_group
+from .site_stats import SiteStat
 
 DEFAULT_METRIC = "shapley"
 
