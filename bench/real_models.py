@@ -104,9 +104,13 @@ def load_eval(spec: Spec) -> dict:
 
 def error_line(stderr: str) -> str:
     """'error: ...' as the CLI prints it, a traceback's last line, or the last non-empty line."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    if any(ln.startswith("Traceback") for ln in lines):
-        return "traceback: " + lines[-1]
+    raw = [ln for ln in stderr.splitlines() if ln.strip()]
+    if any(ln.startswith("Traceback") for ln in raw):
+        # the exception message starts after the last indented (frame or source) line; onnx's
+        # checker messages span several lines
+        last = max(i for i, ln in enumerate(raw) if ln[0].isspace())
+        return "traceback: " + " ".join(ln.strip() for ln in raw[last + 1:])
+    lines = [ln.strip() for ln in raw]
     errs = [ln for ln in lines if ln.startswith("error:")]
     return errs[0] if errs else (lines[-1] if lines else "")
 
