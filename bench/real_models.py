@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -107,10 +108,11 @@ def error_line(stderr: str) -> str:
     """'error: ...' as the CLI prints it, a traceback's last line, or the last non-empty line."""
     raw = [ln for ln in stderr.splitlines() if ln.strip()]
     if any(ln.startswith("Traceback") for ln in raw):
-        # the exception message starts after the last indented (frame or source) line; onnx's
-        # checker messages span several lines
-        last = max(i for i, ln in enumerate(raw) if ln[0].isspace())
-        return "traceback: " + " ".join(ln.strip() for ln in raw[last + 1:])
+        # the message starts at the last unindented "qualified.Name: " line and may span
+        # several lines (onnx checker, onnxruntime)
+        starts = [i for i, ln in enumerate(raw) if re.match(r"[A-Za-z_][\w.]*: ", ln)]
+        first = starts[-1] if starts else len(raw) - 1
+        return "traceback: " + " ".join(ln.strip() for ln in raw[first:])
     lines = [ln.strip() for ln in raw]
     errs = [ln for ln in lines if ln.startswith("error:")]
     return errs[0] if errs else (lines[-1] if lines else "")
