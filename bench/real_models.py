@@ -129,7 +129,8 @@ def run_onnxprune(spec: Spec, ratio: float, metric: str, args: argparse.Namespac
            "--calib", str(DATA / spec.name / "calib.npz"), "--ratio", str(ratio), "--metric", metric,
            "-o", str(out), "--report", str(rep), "-q", *args.extra_args.split()]
     env = dict(os.environ, PYTHONPATH=f"{repo}{os.pathsep}{repo / 'cli'}")
-    row = {"model": spec.name, "ratio": ratio, "metric": metric, "command": " ".join(cmd[2:])}
+    row = {"model": spec.name, "ratio": ratio, "metric": metric, "extra_args": args.extra_args,
+           "command": " ".join(cmd[2:])}
     t = time.perf_counter()
     try:
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.max_minutes * 60)
@@ -192,7 +193,8 @@ def table_row(row: dict, base: dict) -> str:
     metric = f"{fmt(b.get('task'))} -> {fmt(task.get('task'))}" if task else row.get("task_error", "-")
     agree = fmt(task.get("agree")) if task else "-"
     kept = f"{fmt(rep.get('params'), 2)} / {fmt(rep.get('macs'), 2)}" if rep else "-"
-    return (f"| {row['model']} | {row['ratio']} | {row['metric']} | {status} | {row['wall_s']} | {verdict} "
+    label = f"{row['metric']} {row.get('extra_args', '')}".strip()
+    return (f"| {row['model']} | {row['ratio']} | {label} | {status} | {row['wall_s']} | {verdict} "
             f"| {metric} | {agree} | {kept} |")
 
 
