@@ -37,7 +37,8 @@ def _deploy_line(deploy) -> str | None:
         return None
     line = f"shipped: {_DEPLOY_NAMES.get(last['chosen'], last['chosen'])}"
     if len(last.get("values", {})) > 1:
-        figures = ", ".join(f"{_DEPLOY_NAMES.get(k, k)} {v:.4g}" for k, v in last["values"].items())
+        figures = ", ".join(f"{_DEPLOY_NAMES.get(k, k)} {'n/a' if v is None else format(v, '.4g')}"
+                            for k, v in last["values"].items())  # None: a non-finite value
         line += f" (best {last['value_function']} on {last['guard_samples']}: {figures})"
     return line
 

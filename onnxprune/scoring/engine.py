@@ -134,6 +134,7 @@ class Engine:
         self._dims = {name: dims for name, (_, dims) in self._acts.items()}
         self.reference = self._reference(model, sess)
         value_fn.prepare(self.reference, calib.labels)
+        self._check_reference_value()
 
     # -- public
 
@@ -240,6 +241,24 @@ class Engine:
             outs = self.backend.run(sess, data, {}, names)
             parts.append([o[:c.stop - c.start] for o in outs])
         return [np.concatenate(p) for p in zip(*parts)]
+
+    def _check_reference_value(self) -> None:
+        """The unmasked model must have a finite value on every sample: a NaN there (a
+        diverged checkpoint, NaN weights) would make every coalition's value NaN. The user's
+        to fix, so one line naming the outputs and how many samples they fail on."""
+        full = np.asarray(self.value_fn([r[None] for r in self.reference]), np.float64)
+        if np.isfinite(full).all():
+            return
+        names = [t.name for t in self.analysis.graph.outputs]
+        bad = [(name, int(np.count_nonzero(~np.isfinite(r.reshape(self.n, -1)).all(axis=1))))
+               for name, r in zip(names, self.reference)
+               if r.size and np.issubdtype(r.dtype, np.floating)]
+        bad = [f"'{name}' on {count} of {self.n}" for name, count in bad if count]
+        what = (f"output {', '.join(bad)} calibration samples" if bad else
+                f"value on {int(np.count_nonzero(~np.isfinite(full)))} of {self.n} calibration samples")
+        raise OnnxPruneError(f"the original model's {what} is not finite (NaN or inf): value function "
+                             f"'{self.value_fn.name}' cannot rank units on it; check the "
+                             "model's weights and the calibration data")
 
     # -- plans
 
