@@ -251,13 +251,19 @@ def _check_runs(am: AnalyzedModel, device: str, data: Calibration | None) -> Non
     batches verification uses: a model may fail only beyond one sample; and unoptimized: ORT's
     rewrites can hide an inconsistency that the folded, pruned model then shows); its refusal
     is the user's to fix (an op it lacks, an unknown IR version, contradictory attributes), so
-    it becomes one line. Failures on models we build stay bugs with tracebacks."""
+    it becomes one line. Also optimized, as the guard and verification run it (ORT's optimizer
+    can throw at initialization on a model the checker accepts), on one batch. Failures on
+    models we build stay bugs with tracebacks."""
     from .runtime import make_session
     from .deploy.verify import run_batches
+    device = "cpu" if device == "auto" else device
     try:
-        sess = make_session(am.proto, "cpu" if device == "auto" else device, optimize=False)
+        sess = make_session(am.proto, device, optimize=False)
         for _ in run_batches(sess, data.inputs) if data is not None else ():
             pass
+        sess = make_session(am.proto, device)
+        if data is not None:
+            next(run_batches(sess, data.inputs), None)
     except OnnxPruneError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types
