@@ -132,7 +132,8 @@ def _score_context(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOpti
 def value_function(am: AnalyzedModel, calib: Calibration, value: str | None = None):
     """The named value function, or the default for this model's outputs and labels."""
     from .scoring.value import default_value_function, make_value_function
-    first = am.graph.outputs[0].shape or ()
+    tensors = [t for t in am.graph.outputs if t.name not in am.ident.io_types]  # as scored
+    first = (tensors[0].shape if tensors else None) or ()
     value_fn = (make_value_function(value) if value else
                 default_value_function(calib.labels is not None, first))
     if value_fn.needs_labels and calib.labels is None:

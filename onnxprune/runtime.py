@@ -100,6 +100,12 @@ def fixed_batch(sess: Any) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
+def tensor_outputs(sess: Any) -> list[str]:
+    """The session's outputs that are tensors: what value functions and verification read
+    (a sequence of maps, skl2onnx's ZipMap, is left out)."""
+    return [o.name for o in sess.get_outputs() if o.type.startswith("tensor(")]
+
+
 def run_chunks(sess: Any, feeds: Mapping[str, np.ndarray], batch: int = 64,
                outputs: list[str] | None = None) -> Iterator[tuple[int, int, list[np.ndarray]]]:
     """(start, stop, outputs) over the samples, `batch` at a time. A model exported with a
@@ -113,7 +119,8 @@ def run_chunks(sess: Any, feeds: Mapping[str, np.ndarray], batch: int = 64,
         stop = min(n, start + step)
         outs = sess.run(outputs, {k: pad_rows(feeds[k][start:stop], fixed) for k in names})
         if fixed and stop - start < fixed:
-            outs = [o[:stop - start] if np.ndim(o) and o.shape[0] == fixed else o for o in outs]
+            outs = [o[:stop - start] if isinstance(o, np.ndarray) and o.ndim and o.shape[0] == fixed
+                    else o for o in outs]
         yield start, stop, outs
 
 

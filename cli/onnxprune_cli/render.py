@@ -81,6 +81,8 @@ def prune_table(report: Report) -> str:
                           [[f["name"], f"{f['max_abs_diff']:.4g}", f"{f['cosine']:.4f}",
                             "-" if f["top1_agreement"] is None else f"{100 * f['top1_agreement']:.1f}%"]
                            for f in ver["outputs"]]))
+    if ver.get("skipped_outputs"):
+        out.append(f"not scored or compared (not tensors): {', '.join(ver['skipped_outputs'])}")
     pruned = [g for g in report["groups"] if g["prunable"]]
     if pruned:
         out += ["", f"{len(pruned)} groups pruned (units kept/total): " +

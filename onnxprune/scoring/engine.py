@@ -39,6 +39,7 @@ plans.py (per-group plans and chunks); this module holds the `Engine` that drive
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import OrderedDict
@@ -114,7 +115,8 @@ class Engine:
         self._probed: dict[str, bool] = {}  # tensor -> carries the samples on axis 0
         self._inputs = self._check_inputs(am.analysis, calib)
         self.n = calib.n_samples
-        self.analysis, self.fixed_rows, self.batch = self._batch_mode(am.analysis)
+        self.analysis, self.fixed_rows, self.batch = self._batch_mode(
+            self._tensor_outputs_only(am.analysis))
         self._source_names = set(self.analysis.graph.tensors())
         # ops that combine samples (analysis.batch_mixing): per-sample coalitions would leak
         # into each other, so each run carries one coalition for all samples (mask batch 1)
@@ -197,6 +199,19 @@ class Engine:
         if calib.n_samples < 1:
             raise OnnxPruneError("calibration data has no samples")
         return {n: calib.inputs[n] for n in names}
+
+    def _tensor_outputs_only(self, analysis: Analysis) -> Analysis:
+        """Value functions read tensors: outputs that are not (a ZipMap's sequence of maps)
+        are dropped from the scored graph, with the nodes only they need."""
+        if not any(t.name in self.ident.io_types for t in analysis.graph.outputs):
+            return analysis
+        graph = analysis.graph.copy()
+        graph.outputs = [t for t in graph.outputs if t.name not in self.ident.io_types]
+        if not graph.outputs:
+            raise OnnxPruneError("the model has no tensor output to score (only "
+                                 f"{', '.join(self.ident.io_types)})")
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        return dataclasses.replace(analysis, graph=graph)
 
     def _batch_mode(self, analysis: Analysis) -> tuple[Analysis, int | None, str]:
         fixed = input_batch(analysis.graph)
