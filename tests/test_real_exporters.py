@@ -126,7 +126,6 @@ def test_b_zipmap_output(tmp_path, options):
     assert "output_probability" in result.stdout  # said to be left out of the comparison
 
 
-@issue("c. CRNN, fixed batch 1, sequence-first output [T, 1, C]: scoring")
 def test_c_crnn_fixed_batch_scoring(tmp_path):
     """Today: onnxruntime InvalidArgument 'Got invalid dimensions for input: image ... index:
     0 Got: 9 Expected: 1' in engine._reference (9 = the scoring samples)."""
@@ -134,7 +133,6 @@ def test_c_crnn_fixed_batch_scoring(tmp_path):
     assert_pruned(result, out)
 
 
-@issue("c. CRNN, dynamic batch, sequence-first output [T, N, C]: time taken as samples")
 def test_c_crnn_dynamic_batch_scoring(tmp_path):
     """Today: ValueError: could not broadcast input array from shape (256,6) into shape
     (256,9) in engine.values_joint (6 = time steps on output axis 0, 9 = samples)."""
@@ -362,9 +360,7 @@ def test_q_suspicious_calibration_warns(tmp_path, kind, word):
 
 # =========================================================================== the idioms, whole
 
-IDIOM_PRUNE_BUGS = {
-    "crnn_seq_first_b1": "c", "crnn_seq_first_dynamic": "c",
-}
+IDIOM_PRUNE_BUGS: dict[str, str] = {}  # idiom -> issue 14 item, while its prune fails
 
 
 @pytest.mark.parametrize("name", list(E.BUILDERS))

@@ -10,7 +10,7 @@ from typing import Iterator, Mapping
 import numpy as np
 import onnx
 
-from ..runtime import make_session, run_chunks, tensor_outputs
+from ..runtime import batch_axes, make_session, run_chunks, tensor_outputs
 
 
 @dataclass
@@ -27,9 +27,12 @@ class OutputFidelity:
 
 def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], device: str = "cpu",
               batch: int = 64) -> list[np.ndarray]:
-    """The model's tensor outputs (`tensor_output_names`, in graph order) on `feeds`."""
+    """The model's tensor outputs (`tensor_output_names`, in graph order) on `feeds`, the
+    samples on axis 0 (a sequence-first output [T, N, C] comes back as [N, T, C])."""
     sess = make_session(model, device)
-    chunks = list(run_batches(sess, feeds, batch, tensor_outputs(sess)))
+    names = tensor_outputs(sess)
+    axes = batch_axes(sess, feeds, names)
+    chunks = [outs for _, _, outs in run_chunks(sess, feeds, batch, names, axes=axes)]
     return [np.concatenate(parts) for parts in zip(*chunks)]
 
 

@@ -55,7 +55,7 @@ from ..compiler.graph import to_proto
 from ..compiler.instrument import instrument, mask_name
 from ..errors import OnnxPruneError
 from ..model import AnalyzedModel
-from ..runtime import make_session
+from ..runtime import batch_axes, make_session, run_chunks
 from .backends import Backend, backend_for
 from .cut import Cut, batch_dim_state, cut_model, preoptimized_session, probe_aligned, site_fill
 from .fixedbatch import input_batch, make_batch_dynamic
@@ -134,6 +134,8 @@ class Engine:
         self._acts = {} if self.mixing else activations(
             model, {k: v.shape[1:] for k, v in self._inputs.items()})
         self._dims = {name: dims for name, (_, dims) in self._acts.items()}
+        names = [o.name for o in sess.get_outputs()]
+        self.out_axes = batch_axes(sess, self._inputs, names)  # [T, N, C] outputs: axis 1
         self.reference = self._reference(model, sess)
         value_fn.prepare(self.reference, calib.labels)
         self._check_reference_value()
@@ -237,16 +239,23 @@ class Engine:
         sess = self._mixing_sessions[key]
         values = []
         for row in range(masks[0].shape[0]):
-            feeds = {**self._inputs, **{mask_name(g): m[row:row + 1] for g, m in zip(gids, masks)}}
-            outs = sess.run([o.name for o in self.analysis.graph.outputs], feeds)
-            values.append(self.value_fn([np.asarray(o)[None] for o in outs])[0])
+            outs = self._run_whole(sess, {mask_name(g): m[row:row + 1] for g, m in zip(gids, masks)})
+            values.append(self.value_fn([o[None] for o in outs])[0])
         self.path = "one coalition per run (batch-mixing ops)"
         return np.stack(values)
+
+    def _run_whole(self, sess: Any, masks: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output on the whole calibration set at once (a fixed batch: its own size at a
+        time), samples on axis 0."""
+        names = [o.name for o in self.analysis.graph.outputs]
+        parts = [outs for _, _, outs in run_chunks(sess, self._inputs, self.n, names,
+                                                   extra=masks, axes=self.out_axes)]
+        return [np.concatenate(p) for p in zip(*parts)]
 
     def _reference(self, model: onnx.ModelProto, sess: Any) -> list[np.ndarray]:
         """The unmasked model's (`sess` runs `model`) outputs on the calibration set."""
         if self.mixing:  # the model sees the whole set at once, as in _values_mixing
-            return [np.asarray(o) for o in sess.run(None, dict(self._inputs))]
+            return self._run_whole(sess, {})
         per_row = max(1, row_bytes(model, self._dims)[0])
         chunks = make_chunks(self.n, self.budget // per_row, self.fixed_rows)
         names = [o.name for o in sess.get_outputs()]
@@ -254,7 +263,8 @@ class Engine:
         for c in chunks:
             data = {k: self.backend.put(chunk_rows(v, c)) for k, v in self._inputs.items()}
             outs = self.backend.run(sess, data, {}, names)
-            parts.append([o[:c.stop - c.start] for o in outs])
+            parts.append([np.moveaxis(np.asarray(o), a, 0)[:c.stop - c.start]
+                          for o, a in zip(outs, self.out_axes)])
         return [np.concatenate(p) for p in zip(*parts)]
 
     def _check_reference_value(self) -> None:
@@ -462,7 +472,7 @@ class Engine:
                 e = min(k, s + plan.k_run)
                 outs = self._run(plan, held, [r[s * c.rows:e * c.rows] for r in rep], e - s, c.rows)
                 for i, out in zip(index, outs):
-                    out = np.asarray(out)
+                    out = np.moveaxis(np.asarray(out), self.out_axes[i], 0)
                     out = out.reshape(e - s, c.rows, *out.shape[1:])
                     bufs[i][s:e, c.start:c.stop] = out[:, :c.stop - c.start]
         return [bufs[i] if i in bufs else np.broadcast_to(ref[None], (k, *ref.shape))
