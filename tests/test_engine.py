@@ -451,6 +451,8 @@ def test_value_function_gets_whole_blocks_of_runs():
     gid = positions(am)[-1]
     coal = coalitions(am.analysis.group(gid).units, 10, 5)
     engine = Engine(am, calib, Counting(), max_coalitions=2, tune=False)
+    assert calls == [1]  # the original's value, checked to be finite once
+    calls.clear()
     assert_same(engine.values(gid, coal), plain_values(am, calib, [gid], coal))
     assert engine.info()["k_per_run"] == 2 and calls == [10]  # 5 runs, one value call
     engine._plans[(gid,)].est["value_coalitions"] = 3  # a small output budget: whole runs
