@@ -132,7 +132,8 @@ def _score_context(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOpti
 def value_function(am: AnalyzedModel, calib: Calibration, value: str | None = None):
     """The named value function, or the default for this model's outputs and labels."""
     from .scoring.value import default_value_function, make_value_function
-    first = am.graph.outputs[0].shape or ()
+    tensors = [t for t in am.graph.outputs if t.name not in am.ident.io_types]  # as scored
+    first = (tensors[0].shape if tensors else None) or ()
     value_fn = (make_value_function(value) if value else
                 default_value_function(calib.labels is not None, first))
     if value_fn.needs_labels and calib.labels is None:
@@ -251,13 +252,19 @@ def _check_runs(am: AnalyzedModel, device: str, data: Calibration | None) -> Non
     batches verification uses: a model may fail only beyond one sample; and unoptimized: ORT's
     rewrites can hide an inconsistency that the folded, pruned model then shows); its refusal
     is the user's to fix (an op it lacks, an unknown IR version, contradictory attributes), so
-    it becomes one line. Failures on models we build stay bugs with tracebacks."""
+    it becomes one line. Also optimized, as the guard and verification run it (ORT's optimizer
+    can throw at initialization on a model the checker accepts), on one batch. Failures on
+    models we build stay bugs with tracebacks."""
     from .runtime import make_session
     from .deploy.verify import run_batches
+    device = "cpu" if device == "auto" else device
     try:
-        sess = make_session(am.proto, "cpu" if device == "auto" else device, optimize=False)
+        sess = make_session(am.proto, device, optimize=False)
         for _ in run_batches(sess, data.inputs) if data is not None else ():
             pass
+        sess = make_session(am.proto, device)
+        if data is not None:
+            next(run_batches(sess, data.inputs), None)
     except OnnxPruneError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types

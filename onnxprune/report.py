@@ -51,6 +51,7 @@ class Verification(TypedDict, total=False):
     accuracy_after: float
     latency: dict[str, Any]  # latency.compare_latency
     warnings: list[str]
+    skipped_outputs: list[str]  # outputs that are not tensors (a ZipMap's sequence of maps)
 
 
 class Report(TypedDict, total=False):
@@ -148,11 +149,13 @@ def verify_pruned(original: onnx.ModelProto, pruned: onnx.ModelProto, data: Cali
     """Fidelity of the pruned model's outputs to the original's on `data`, accuracy with
     labels and, with `latency`, both models' latency on a fixed batch."""
     from .deploy.latency import compare_latency
-    from .deploy.verify import accuracy, compare, run_model
-    names = [o.name for o in original.graph.output]
+    from .deploy.verify import accuracy, compare, run_model, tensor_output_names
+    names = tensor_output_names(original)
     want, got = run_model(original, data.inputs), run_model(pruned, data.inputs)
     result: Verification = {"samples": data.n_samples, "note": note,
                             "outputs": [f.to_json() for f in compare(names, want, got)]}
+    if skipped := [o.name for o in original.graph.output if o.name not in names]:
+        result["skipped_outputs"] = skipped  # not tensors: neither scored nor compared
     if data.labels is not None:
         result["accuracy_before"] = accuracy(want, data.labels)
         result["accuracy_after"] = accuracy(got, data.labels)

@@ -94,27 +94,86 @@ def _session_from_file(rt: Any, model: onnx.ModelProto, opts: Any, providers: li
         return rt.InferenceSession(str(path), opts, providers=providers)
 
 
-def fixed_batch(sess: Any) -> int | None:
-    """The batch size the session's inputs fix on axis 0 (None: the batch is dynamic)."""
-    sizes = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int)}
+def fixed_batch(sess: Any, skip: Mapping[str, Any] | None = None) -> int | None:
+    """The batch size the session's inputs (but those in `skip`) fix on axis 0 (None: the
+    batch is dynamic)."""
+    sizes = {i.shape[0] for i in sess.get_inputs()
+             if i.shape and isinstance(i.shape[0], int) and i.name not in (skip or {})}
     return sizes.pop() if len(sizes) == 1 else None
 
 
+def tensor_outputs(sess: Any) -> list[str]:
+    """The session's outputs that are tensors: what value functions and verification read
+    (a sequence of maps, skl2onnx's ZipMap, is left out)."""
+    return [o.name for o in sess.get_outputs() if o.type.startswith("tensor(")]
+
+
 def run_chunks(sess: Any, feeds: Mapping[str, np.ndarray], batch: int = 64,
-               outputs: list[str] | None = None) -> Iterator[tuple[int, int, list[np.ndarray]]]:
+               outputs: list[str] | None = None, *, extra: Mapping[str, np.ndarray] | None = None,
+               axes: list[int] | None = None) -> Iterator[tuple[int, int, list[np.ndarray]]]:
     """(start, stop, outputs) over the samples, `batch` at a time. A model exported with a
     fixed batch B runs B at a time: the last chunk is padded by repeating its last sample and
-    the outputs are cut back to the real samples, so any number of samples works."""
-    names = [i.name for i in sess.get_inputs()]
-    n = len(next(iter(feeds.values())))
-    fixed = fixed_batch(sess)
+    the outputs are cut back to the real samples, so any number of samples works. `extra`
+    feeds (a mask of batch 1) go to every run as they are; `axes` (`batch_axes`) says where
+    each output holds the samples: the outputs come back with the samples moved to axis 0."""
+    extra = dict(extra or {})
+    names = [i.name for i in sess.get_inputs() if i.name not in extra]
+    n = len(feeds[names[0]]) if names else len(next(iter(feeds.values())))
+    fixed = fixed_batch(sess, skip=extra)
     step = fixed or max(1, batch)
     for start in range(0, n, step):
         stop = min(n, start + step)
-        outs = sess.run(outputs, {k: pad_rows(feeds[k][start:stop], fixed) for k in names})
+        outs = sess.run(outputs, {**{k: pad_rows(feeds[k][start:stop], fixed) for k in names},
+                                  **extra})
+        if axes is not None:
+            outs = [np.moveaxis(o, a, 0) for o, a in zip(outs, axes)]
         if fixed and stop - start < fixed:
-            outs = [o[:stop - start] if np.ndim(o) and o.shape[0] == fixed else o for o in outs]
+            outs = [o[:stop - start] if isinstance(o, np.ndarray) and o.ndim and o.shape[0] == fixed
+                    else o for o in outs]
         yield start, stop, outs
+
+
+def batch_axes(sess: Any, feeds: Mapping[str, np.ndarray], outputs: list[str]) -> list[int]:
+    """Per output, the axis that holds the samples (a sequence-first RNN output [T, N, C] has
+    them on axis 1): the one axis declared with the inputs' batch symbol; else, with a fixed
+    batch B, axis 0 or the one axis of size B in a run; else the one axis whose size follows
+    the batch from a run on one sample to a run on two. None found is the user's error."""
+    symbols = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], str)}
+    declared = {o.name: o.shape for o in sess.get_outputs()}
+    axes: list[int | None] = [_declared_axis(declared.get(n), symbols) for n in outputs]
+    missing = [n for n, a in zip(outputs, axes) if a is None]
+    if missing:
+        found = dict(zip(missing, _probed_axes(sess, feeds, missing)))
+        axes = [found.get(n, a) for n, a in zip(outputs, axes)]
+    for name, axis in zip(outputs, axes):
+        if axis is None:
+            raise OnnxPruneError(f"cannot tell which axis of output '{name}' holds the samples "
+                                 "(no axis follows the input batch); onnxprune needs one")
+    return [int(a) for a in axes]  # type: ignore[arg-type]
+
+
+def _declared_axis(shape: list | None, symbols: set[str]) -> int | None:
+    hits = [i for i, d in enumerate(shape or []) if isinstance(d, str) and d in symbols]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _probed_axes(sess: Any, feeds: Mapping[str, np.ndarray], names: list[str]) -> list[int | None]:
+    inputs = [i.name for i in sess.get_inputs()]
+    fixed = fixed_batch(sess)
+    if fixed:  # the batch cannot vary: axis 0 if it has the batch's size, else the one that has
+        shapes = [np.shape(o) for o in sess.run(names, {k: pad_rows(feeds[k][:fixed], fixed)
+                                                       for k in inputs})]
+        return [_only([a for a, d in enumerate(s) if d == fixed], prefer=0) for s in shapes]
+    one = sess.run(names, {k: feeds[k][:1] for k in inputs})
+    two = sess.run(names, {k: pad_rows(feeds[k][:2], 2) for k in inputs})
+    return [_only([a for a, (x, y) in enumerate(zip(np.shape(o), np.shape(t))) if (x, y) == (1, 2)])
+            if np.ndim(o) == np.ndim(t) else None for o, t in zip(one, two)]
+
+
+def _only(axes: list[int], prefer: int | None = None) -> int | None:
+    if prefer is not None and prefer in axes:
+        return prefer
+    return axes[0] if len(axes) == 1 else None
 
 
 def pad_rows(arr: np.ndarray, rows: int | None) -> np.ndarray:

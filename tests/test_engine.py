@@ -451,6 +451,8 @@ def test_value_function_gets_whole_blocks_of_runs():
     gid = positions(am)[-1]
     coal = coalitions(am.analysis.group(gid).units, 10, 5)
     engine = Engine(am, calib, Counting(), max_coalitions=2, tune=False)
+    assert calls == [1]  # the original's value, checked to be finite once
+    calls.clear()
     assert_same(engine.values(gid, coal), plain_values(am, calib, [gid], coal))
     assert engine.info()["k_per_run"] == 2 and calls == [10]  # 5 runs, one value call
     engine._plans[(gid,)].est["value_coalitions"] = 3  # a small output budget: whole runs
@@ -675,3 +677,40 @@ def test_prune_fixed_batch_with_other_sample_counts(n):
     ver = res.report["verification"]
     assert 0 < ver["samples"] <= n and all(o["shape_ok"] for o in ver["outputs"])
     assert ver["latency"]["batch"] == 4
+
+
+# ------------------------------------------------------------- where each output holds the samples
+
+
+def _seq_first(batch, out_batch_dim, reduce_batch: bool = False) -> onnx.ModelProto:
+    """x [B, 4, 6] -> Transpose(2, 0, 1) -> y [6, B, 4]; with `reduce_batch` a second output
+    ReduceSum over axis 0 of x ([4, 6]: no axis follows the batch)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4, 6])
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, out_batch_dim, 4])]
+    nodes = [helper.make_node("Transpose", ["x"], ["y"], perm=[2, 0, 1])]
+    if reduce_batch:
+        nodes.append(helper.make_node("ReduceSum", ["x", "ax"], ["s"], keepdims=0))
+        outs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, [4, 6]))
+    inits = [onnx.numpy_helper.from_array(np.array([0], np.int64), "ax")]
+    return helper.make_model(helper.make_graph(nodes, "g", [x], outs, inits),
+                             opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("batch,out_dim", [("N", "N"), ("N", None), (1, 1)])
+def test_batch_axes_finds_a_sequence_first_output(batch, out_dim):
+    """From the declared batch symbol, by two runs (batch 1 and 2), or for a fixed batch of 1
+    from the one axis of that size; run_chunks then puts the samples on axis 0."""
+    from onnxprune.runtime import batch_axes, make_session, run_chunks
+    sess = make_session(_seq_first(batch, out_dim), "cpu")
+    x = np.random.default_rng(0).standard_normal((3, 4, 6)).astype(np.float32)
+    assert batch_axes(sess, {"x": x}, ["y"]) == [1]
+    got = np.concatenate([o[0] for _, _, o in run_chunks(sess, {"x": x}, 64, ["y"], axes=[1])])
+    np.testing.assert_array_equal(got, x.transpose(0, 2, 1))
+
+
+def test_batch_axes_refuses_an_output_without_samples():
+    from onnxprune.runtime import batch_axes, make_session
+    sess = make_session(_seq_first("N", "N", reduce_batch=True), "cpu")
+    x = np.zeros((3, 4, 6), np.float32)
+    with pytest.raises(OnnxPruneError, match="output 's'"):
+        batch_axes(sess, {"x": x}, ["y", "s"])

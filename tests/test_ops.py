@@ -1583,6 +1583,14 @@ def test_op(c: Case):
             check_per_sample_masks(spec.model, analysis)
 
 
+@pytest.mark.parametrize("build", [c_matmul_x_at_w, c_matmul_w_at_x])
+def test_matmul_chain_compensation_is_exact(build):
+    """A MatMul that both reads and produces pruned channels, with mean compensation: the
+    fold moves its output behind an Add, and its weight's output columns must still be cut
+    (issue 14a: they were not, 'Incompatible dimensions' at the compensation Add)."""
+    check_masked_equals_pruned(build().model, trials=2, batch=2, compensate=True)
+
+
 def check_per_sample_masks(model: onnx.ModelProto, analysis: Analysis, seed: int = 0) -> None:
     """Each sample of a batch carries its own coalition (instrument.py): the masked model on
     two samples with two masks equals the masked model on each sample alone. An op that mixes

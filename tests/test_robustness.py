@@ -48,13 +48,10 @@ BLOBS = {p: Path(p).read_bytes() for p in FUZZ_MODELS}
 IDIOMS = {f"exporters/{k}.onnx": f() for k, f in E.BUILDERS.items()}
 IDIOM_MODELS = list(IDIOMS)
 BLOBS.update({k: m.SerializeToString() for k, (m, _) in IDIOMS.items()})
-# the idioms whose unmutated prune fails today (tests/test_real_exporters.py, issue 14 items a,
-# b, c, e, f): left out of the prune fuzzer until fixed (a strict-xfail fuzzer over them did not
-# fail the same way in every run)
-IDIOM_PRUNE_BUGS = {"exporters/skl2onnx_mlp.onnx", "exporters/skl2onnx_mlp_zipmap.onnx",
-                    "exporters/three_layer_mlp.onnx", "exporters/batch_softmax_mlp.onnx",
-                    "exporters/crnn_seq_first_b1.onnx", "exporters/crnn_seq_first_dynamic.onnx",
-                    "exporters/nan_weights.onnx"}
+# the idioms whose unmutated prune fails today (tests/test_real_exporters.py, issue 14): left out
+# of the prune fuzzer until fixed (a strict-xfail fuzzer over them did not fail the same way in
+# every run); items a, b, c, e, f are fixed
+IDIOM_PRUNE_BUGS: set[str] = set()
 DIGITS = ROOT / "models/digits_cnn.onnx"
 DIGITS_CALIB = ROOT / "models/digits_calib.npz"
 LIGHT_VGG19 = Path(onnx.__file__).parent / "backend/test/data/light/light_vgg19.onnx"
@@ -67,7 +64,8 @@ FUZZ_SETTINGS = dict(deadline=None, database=None,
 # bug classes fixed since the suite was written: the fuzzers no longer tolerate them
 FIXED = {"tensor-data-size", "unknown-elem-type", "shape-eval-index", "ort-rejects-input",
          "ort-rejects-input/run", "invalid-utf8", "empty-list-attribute",
-         "invalid-input-reaches-finalize", "malformed-node", "graph-cycle"}
+         "invalid-input-reaches-finalize", "malformed-node", "graph-cycle",
+         "ort-init-rejects-input"}
 
 
 def xfail_bug(reason: str):

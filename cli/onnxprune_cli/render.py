@@ -37,7 +37,8 @@ def _deploy_line(deploy) -> str | None:
         return None
     line = f"shipped: {_DEPLOY_NAMES.get(last['chosen'], last['chosen'])}"
     if len(last.get("values", {})) > 1:
-        figures = ", ".join(f"{_DEPLOY_NAMES.get(k, k)} {v:.4g}" for k, v in last["values"].items())
+        figures = ", ".join(f"{_DEPLOY_NAMES.get(k, k)} {'n/a' if v is None else format(v, '.4g')}"
+                            for k, v in last["values"].items())  # None: a non-finite value
         line += f" (best {last['value_function']} on {last['guard_samples']}: {figures})"
     return line
 
@@ -80,6 +81,8 @@ def prune_table(report: Report) -> str:
                           [[f["name"], f"{f['max_abs_diff']:.4g}", f"{f['cosine']:.4f}",
                             "-" if f["top1_agreement"] is None else f"{100 * f['top1_agreement']:.1f}%"]
                            for f in ver["outputs"]]))
+    if ver.get("skipped_outputs"):
+        out.append(f"not scored or compared (not tensors): {', '.join(ver['skipped_outputs'])}")
     pruned = [g for g in report["groups"] if g["prunable"]]
     if pruned:
         out += ["", f"{len(pruned)} groups pruned (units kept/total): " +

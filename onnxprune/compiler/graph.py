@@ -27,6 +27,9 @@ class ModelIdentity:
     doc_string: str = ""
     metadata_props: list[tuple[str, str]] = field(default_factory=list)
     functions: list[onnx.FunctionProto] = field(default_factory=list)
+    # graph inputs/outputs that are not tensors (skl2onnx's ZipMap: a sequence of maps):
+    # onnx-graphsurgeon exports them as tensors of an undefined type, ORT then refuses the model
+    io_types: dict[str, onnx.TypeProto] = field(default_factory=dict)
 
     @classmethod
     def of(cls, model: onnx.ModelProto) -> "ModelIdentity":
@@ -36,7 +39,9 @@ class ModelIdentity:
             producer_name=model.producer_name, producer_version=model.producer_version,
             domain=model.domain, model_version=model.model_version, doc_string=model.doc_string,
             metadata_props=[(p.key, p.value) for p in model.metadata_props],
-            functions=list(model.functions))
+            functions=list(model.functions),
+            io_types={v.name: v.type for v in [*model.graph.input, *model.graph.output]
+                      if v.type.WhichOneof("value") != "tensor_type"})
 
 
 def to_proto(graph: gs.Graph, ident: ModelIdentity) -> onnx.ModelProto:
@@ -54,6 +59,9 @@ def to_proto(graph: gs.Graph, ident: ModelIdentity) -> onnx.ModelProto:
         model.metadata_props.add(key=key, value=value)
     if ident.functions and not model.functions:
         model.functions.extend(ident.functions)
+    for value in [*model.graph.input, *model.graph.output]:
+        if value.name in ident.io_types:
+            value.type.CopyFrom(ident.io_types[value.name])
     if ident.ir_version < 4:  # IR 3 requires every initializer to be a graph input too
         listed = {i.name for i in model.graph.input}
         model.graph.input.extend(

@@ -10,7 +10,7 @@ from typing import Iterator, Mapping
 import numpy as np
 import onnx
 
-from ..runtime import make_session, run_chunks
+from ..runtime import batch_axes, make_session, run_chunks, tensor_outputs
 
 
 @dataclass
@@ -27,14 +27,25 @@ class OutputFidelity:
 
 def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], device: str = "cpu",
               batch: int = 64) -> list[np.ndarray]:
-    chunks = list(run_batches(make_session(model, device), feeds, batch))
+    """The model's tensor outputs (`tensor_output_names`, in graph order) on `feeds`, the
+    samples on axis 0 (a sequence-first output [T, N, C] comes back as [N, T, C])."""
+    sess = make_session(model, device)
+    names = tensor_outputs(sess)
+    axes = batch_axes(sess, feeds, names)
+    chunks = [outs for _, _, outs in run_chunks(sess, feeds, batch, names, axes=axes)]
     return [np.concatenate(parts) for parts in zip(*chunks)]
 
 
-def run_batches(sess, feeds: Mapping[str, np.ndarray], batch: int = 64) -> Iterator[list[np.ndarray]]:
+def run_batches(sess, feeds: Mapping[str, np.ndarray], batch: int = 64,
+                outputs: list[str] | None = None) -> Iterator[list[np.ndarray]]:
     """The session's outputs, chunk by chunk (a fixed batch's own size; runtime.run_chunks)."""
-    for _, _, outs in run_chunks(sess, feeds, batch):
+    for _, _, outs in run_chunks(sess, feeds, batch, outputs):
         yield outs
+
+
+def tensor_output_names(model: onnx.ModelProto) -> list[str]:
+    """Outputs that are tensors; the others (a ZipMap's sequence of maps) are not compared."""
+    return [o.name for o in model.graph.output if o.type.WhichOneof("value") == "tensor_type"]
 
 
 def compare(names: list[str], want: list[np.ndarray], got: list[np.ndarray]) -> list[OutputFidelity]:

@@ -39,6 +39,7 @@ plans.py (per-group plans and chunks); this module holds the `Engine` that drive
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import OrderedDict
@@ -54,7 +55,7 @@ from ..compiler.graph import to_proto
 from ..compiler.instrument import instrument, mask_name
 from ..errors import OnnxPruneError
 from ..model import AnalyzedModel
-from ..runtime import make_session
+from ..runtime import batch_axes, make_session, run_chunks
 from .backends import Backend, backend_for
 from .cut import Cut, batch_dim_state, cut_model, preoptimized_session, probe_aligned, site_fill
 from .fixedbatch import input_batch, make_batch_dynamic
@@ -114,7 +115,8 @@ class Engine:
         self._probed: dict[str, bool] = {}  # tensor -> carries the samples on axis 0
         self._inputs = self._check_inputs(am.analysis, calib)
         self.n = calib.n_samples
-        self.analysis, self.fixed_rows, self.batch = self._batch_mode(am.analysis)
+        self.analysis, self.fixed_rows, self.batch = self._batch_mode(
+            self._tensor_outputs_only(am.analysis))
         self._source_names = set(self.analysis.graph.tensors())
         # ops that combine samples (analysis.batch_mixing): per-sample coalitions would leak
         # into each other, so each run carries one coalition for all samples (mask batch 1)
@@ -132,8 +134,11 @@ class Engine:
         self._acts = {} if self.mixing else activations(
             model, {k: v.shape[1:] for k, v in self._inputs.items()})
         self._dims = {name: dims for name, (_, dims) in self._acts.items()}
+        names = [o.name for o in sess.get_outputs()]
+        self.out_axes = batch_axes(sess, self._inputs, names)  # [T, N, C] outputs: axis 1
         self.reference = self._reference(model, sess)
         value_fn.prepare(self.reference, calib.labels)
+        self._check_reference_value()
 
     # -- public
 
@@ -197,6 +202,19 @@ class Engine:
             raise OnnxPruneError("calibration data has no samples")
         return {n: calib.inputs[n] for n in names}
 
+    def _tensor_outputs_only(self, analysis: Analysis) -> Analysis:
+        """Value functions read tensors: outputs that are not (a ZipMap's sequence of maps)
+        are dropped from the scored graph, with the nodes only they need."""
+        if not any(t.name in self.ident.io_types for t in analysis.graph.outputs):
+            return analysis
+        graph = analysis.graph.copy()
+        graph.outputs = [t for t in graph.outputs if t.name not in self.ident.io_types]
+        if not graph.outputs:
+            raise OnnxPruneError("the model has no tensor output to score (only "
+                                 f"{', '.join(self.ident.io_types)})")
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        return dataclasses.replace(analysis, graph=graph)
+
     def _batch_mode(self, analysis: Analysis) -> tuple[Analysis, int | None, str]:
         fixed = input_batch(analysis.graph)
         if fixed is None:
@@ -221,16 +239,23 @@ class Engine:
         sess = self._mixing_sessions[key]
         values = []
         for row in range(masks[0].shape[0]):
-            feeds = {**self._inputs, **{mask_name(g): m[row:row + 1] for g, m in zip(gids, masks)}}
-            outs = sess.run([o.name for o in self.analysis.graph.outputs], feeds)
-            values.append(self.value_fn([np.asarray(o)[None] for o in outs])[0])
+            outs = self._run_whole(sess, {mask_name(g): m[row:row + 1] for g, m in zip(gids, masks)})
+            values.append(self.value_fn([o[None] for o in outs])[0])
         self.path = "one coalition per run (batch-mixing ops)"
         return np.stack(values)
+
+    def _run_whole(self, sess: Any, masks: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output on the whole calibration set at once (a fixed batch: its own size at a
+        time), samples on axis 0."""
+        names = [o.name for o in self.analysis.graph.outputs]
+        parts = [outs for _, _, outs in run_chunks(sess, self._inputs, self.n, names,
+                                                   extra=masks, axes=self.out_axes)]
+        return [np.concatenate(p) for p in zip(*parts)]
 
     def _reference(self, model: onnx.ModelProto, sess: Any) -> list[np.ndarray]:
         """The unmasked model's (`sess` runs `model`) outputs on the calibration set."""
         if self.mixing:  # the model sees the whole set at once, as in _values_mixing
-            return [np.asarray(o) for o in sess.run(None, dict(self._inputs))]
+            return self._run_whole(sess, {})
         per_row = max(1, row_bytes(model, self._dims)[0])
         chunks = make_chunks(self.n, self.budget // per_row, self.fixed_rows)
         names = [o.name for o in sess.get_outputs()]
@@ -238,8 +263,27 @@ class Engine:
         for c in chunks:
             data = {k: self.backend.put(chunk_rows(v, c)) for k, v in self._inputs.items()}
             outs = self.backend.run(sess, data, {}, names)
-            parts.append([o[:c.stop - c.start] for o in outs])
+            parts.append([np.moveaxis(np.asarray(o), a, 0)[:c.stop - c.start]
+                          for o, a in zip(outs, self.out_axes)])
         return [np.concatenate(p) for p in zip(*parts)]
+
+    def _check_reference_value(self) -> None:
+        """The unmasked model must have a finite value on every sample: a NaN there (a
+        diverged checkpoint, NaN weights) would make every coalition's value NaN. The user's
+        to fix, so one line naming the outputs and how many samples they fail on."""
+        full = np.asarray(self.value_fn([r[None] for r in self.reference]), np.float64)
+        if np.isfinite(full).all():
+            return
+        names = [t.name for t in self.analysis.graph.outputs]
+        bad = [(name, int(np.count_nonzero(~np.isfinite(r.reshape(self.n, -1)).all(axis=1))))
+               for name, r in zip(names, self.reference)
+               if r.size and np.issubdtype(r.dtype, np.floating)]
+        bad = [f"'{name}' on {count} of {self.n}" for name, count in bad if count]
+        what = (f"output {', '.join(bad)} calibration samples" if bad else
+                f"value on {int(np.count_nonzero(~np.isfinite(full)))} of {self.n} calibration samples")
+        raise OnnxPruneError(f"the original model's {what} is not finite (NaN or inf): value function "
+                             f"'{self.value_fn.name}' cannot rank units on it; check the "
+                             "model's weights and the calibration data")
 
     # -- plans
 
@@ -428,7 +472,7 @@ class Engine:
                 e = min(k, s + plan.k_run)
                 outs = self._run(plan, held, [r[s * c.rows:e * c.rows] for r in rep], e - s, c.rows)
                 for i, out in zip(index, outs):
-                    out = np.asarray(out)
+                    out = np.moveaxis(np.asarray(out), self.out_axes[i], 0)
                     out = out.reshape(e - s, c.rows, *out.shape[1:])
                     bufs[i][s:e, c.start:c.stop] = out[:, :c.stop - c.start]
         return [bufs[i] if i in bufs else np.broadcast_to(ref[None], (k, *ref.shape))

@@ -409,11 +409,12 @@ class MatMul(Handler):
         if note is None or note[0] != "cut":
             return
         _, data, weight = note
+        keep_out = rw.keep(node.outputs[0])  # before the fold moves the output behind an Add
         if (keep_in := rw.keep(node.inputs[data])) is not None:
             rw.fold_compensation(node, self, keep_in, bias_index=None,
                                  out_axis=rank_of(node.inputs[data]) - 1 - data)
             rw.slice_input(node, weight, 0 if data == 0 else 1, keep_in)
-        if (keep_out := rw.keep(node.outputs[0])) is not None:
+        if keep_out is not None:
             rw.slice_input(node, weight, 1 if data == 0 else 0, keep_out)
 
 
