@@ -118,6 +118,9 @@ def error_line(stderr: str) -> str:
     return errs[0] if errs else (lines[-1] if lines else "")
 
 
+EXIT_FAILED_GATE = 3  # the pruned model was written but failed the quality gate (README)
+
+
 def run_onnxprune(spec: Spec, ratio: float, metric: str, args: argparse.Namespace) -> dict:
     tag = f"{spec.name}_{metric}_r{ratio}"
     RUNS.mkdir(parents=True, exist_ok=True)
@@ -133,12 +136,13 @@ def run_onnxprune(spec: Spec, ratio: float, metric: str, args: argparse.Namespac
            "command": " ".join(cmd[2:])}
     t = time.perf_counter()
     try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.max_minutes * 60)
-        row.update(rc=p.returncode, error=error_line(p.stderr) if p.returncode else "")
+        p = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True,  # cwd: `-m` imports from it
+                           timeout=args.max_minutes * 60)
+        row.update(rc=p.returncode, error=error_line(p.stderr) if p.returncode not in (0, EXIT_FAILED_GATE) else "")
     except subprocess.TimeoutExpired:
         row.update(rc="timeout", error=f"timeout after {args.max_minutes} min")
     row["wall_s"] = round(time.perf_counter() - t, 1)
-    if row["rc"] == 0 and rep.exists():
+    if row["rc"] in (0, EXIT_FAILED_GATE) and rep.exists():
         row["report"] = summarize_report(json.loads(rep.read_text()))
     row["pruned_model"] = str(out) if out.exists() else None
     return row
@@ -155,7 +159,8 @@ def summarize_report(r: dict) -> dict:
             "acc": (v.get("accuracy_before"), v.get("accuracy_after")),
             "params": after.get("params", 0) / before["params"] if before.get("params") else None,
             "macs": after.get("macs", 0) / before["macs"] if before.get("macs") else None,
-            "shipped": (r.get("deploy") or {}).get("chosen"), "hints": r.get("hints") or []}
+            "shipped": (r.get("deploy") or {}).get("chosen"), "hints": r.get("hints") or [],
+            "verdict": v.get("verdict")}
 
 
 def evaluate(spec: Spec, row: dict, ev: dict, ref: list) -> None:
@@ -179,7 +184,8 @@ def table_row(row: dict, base: dict) -> str:
     err = row["error"]
     if len(err) > 120:  # keep the specific end of long (onnx checker) messages
         err = err[:40] + " ... " + err[-80:]
-    status = "ok" if row["rc"] == 0 else f"{row['rc']}: {err}"
+    status = ("ok" if row["rc"] == 0 else "FAILED gate (3)" if row["rc"] == EXIT_FAILED_GATE
+              else f"{row['rc']}: {err}")
     verdict = "-"
     if rep:
         verdict = f"cos {fmt(rep['cosine_min'])}, top1 {fmt(rep['top1_min'])}"
