@@ -433,6 +433,22 @@ def qoperator_model(*, n: int = 12, seed: int = 9) -> Built:
     return model, {"x": b.rng.standard_normal((n, 3, 8, 8)).astype(np.float32)}
 
 
+def wrong_output_rank(*, n: int = 16, seed: int = 10) -> Built:
+    """ddddocr's CRNN (torch.onnx, 2021): the graph output is declared [1, seqlen] while the
+    graph computes a rank-3 tensor through a Reshape with a run-time target (Shape -> Gather ->
+    Concat). The checker passes the original (inference cannot see the target), not a model
+    whose target has been folded."""
+    from graphs import G
+    g = G(13, seed=seed)
+    y = g.conv(g.op("Relu", g.conv(g.x, 8)), 3)
+    batch = g.op("Gather", g.op("Shape", y), g.array(0, np.int64), axis=0)
+    target = g.op("Concat", g.op("Unsqueeze", batch, g.array([0], np.int64)),
+                  g.array([1], np.int64), g.array([-1], np.int64), axis=0)
+    out = g.declare(g.op("Reshape", y, target), [1, "seqlen"])  # the exporter's wrong rank
+    rng = np.random.default_rng(seed)
+    return g.model(out), {"x": rng.standard_normal((n, 4, 6, 6)).astype(np.float32)}
+
+
 # =========================================================================== catalogue
 
 BUILDERS = {
@@ -449,4 +465,5 @@ BUILDERS = {
     "paddle_constant_weights": paddle_constant_weights,
     "qdq": qdq_model,
     "qoperator": qoperator_model,
+    "wrong_output_rank": wrong_output_rank,
 }

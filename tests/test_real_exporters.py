@@ -150,6 +150,16 @@ def test_c_crnn_l1(tmp_path, fixed_batch):
     assert_pruned(result, out)
 
 
+def test_c_declared_output_rank_is_wrong(tmp_path):
+    """ddddocr 1.6.1's common.onnx (bench/real_models.py): 'InferenceError ... (op_type:Reshape):
+    Inferred shape and existing shape differ in rank: (3) vs (2)' in the full check of every
+    candidate; the pruned model now declares the rank its graph computes."""
+    result, out = prune_cli(tmp_path, "rank", E.wrong_output_rank(), *FAST)
+    assert_pruned(result, out)
+    dims = onnx.load(str(out)).graph.output[0].type.tensor_type.shape.dim
+    assert len(dims) == 3
+
+
 @pytest.mark.parametrize("metric", ["l1", "shapley"])
 def test_d_if_branch_outputs_feed_main_graph(tmp_path, metric):
     """Not reproduced: 'ValidationError: Nodes in a graph must be topologically sorted'
