@@ -4,20 +4,22 @@ the dynamo exporter. xfail(strict) marks what the analysis cannot do yet; DIAGNO
 names the barrier of each."""
 import json
 
+import numpy as np
+import onnx
 import pytest
 
 from conftest import ROOT
+from exactness import check_masked_equals_pruned
+from graphs import G
 from onnxprune.api import analyze_model
 
 MANIFEST = json.loads((ROOT / "models/zoo/manifest.json").read_text())
 HF = sorted(e["file"] for e in MANIFEST if e.get("family") == "hf")
 HEADS, HEAD_DIM, LAYERS = 4, 8, 2
 
-MASK = "the additive mask (Expand + Where(mask, 0, finfo.min)) is not followed, so neither is Softmax"
 CONV1D = "GPT-2 Conv1D: Reshape back to Concat(Shape(x)[:2], [C]), a run-time target"
 TODAY = {
-    "hf_bert.onnx": MASK, "hf_bert_opset17.onnx": MASK, "hf_distilbert.onnx": MASK,
-    "hf_roberta.onnx": MASK, "hf_gpt2.onnx": CONV1D, "hf_gpt2_opset18.onnx": CONV1D,
+    "hf_gpt2.onnx": CONV1D, "hf_gpt2_opset18.onnx": CONV1D,
     "hf_gpt2_dynamo.onnx": CONV1D,
     # heads also reach the past key/value inputs and the present outputs (the cache's width)
     "hf_gpt2_past.onnx": CONV1D + "; cache inputs/outputs", "hf_gpt2_past_dynamo.onnx": CONV1D + "; cache",
@@ -39,3 +41,49 @@ def test_attention_heads_are_prunable(file):
     groups = analyze_model(ROOT / "models/zoo" / file).analysis.groups
     heads = [g for g in groups if g.prunable and g.unit_size == HEAD_DIM and g.units == HEADS]
     assert len(heads) == LAYERS, [(g.units, g.unit_size, g.reason) for g in groups]
+
+
+DIMS = [{"N": n, "S": s} for n in (1, 3) for s in (5, 11)]
+
+
+def _heads(g, t, heads=2):
+    return g.op("Transpose", g.op("Reshape", t, g.ints([0, 0, heads, -1])), perm=[0, 2, 1, 3])
+
+
+def _attention(g, scores_fn):
+    """q, k, v [N, S, 8] as 2 heads of 4; softmax(scores_fn(q k^T)) v; out projection."""
+    q, k, v = (_heads(g, g.matmul(g.x, 8)) for _ in range(3))
+    s = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))
+    o = g.op("MatMul", g.op("Softmax", scores_fn(s), axis=-1), v)
+    return g.matmul(g.op("Reshape", g.op("Transpose", o, perm=[0, 2, 1, 3]), g.ints([0, 0, 8])), 3)
+
+
+def _expand_mask(g, mask):
+    """transformers' legacy mask: Expand(mask[N, 1, 1, S], torch's expand(N, -1, S, S) target
+    Where(Equal(t, -1), 1, t)), then Where(mask, 0, finfo.min): the head axis is 1 only at
+    run time (shape inference leaves it unknown)."""
+    shape = g.op("Shape", mask)
+    n, s = (g.op("Gather", shape, g.ints([i])) for i in (0, 1))
+    t = g.op("Concat", n, g.ints([-1]), s, s, axis=0)
+    target = g.op("Where", g.op("Equal", t, g.ints([-1] * 4)), g.ints([1] * 4), t)
+    b = g.op("Unsqueeze", g.op("Cast", mask, to=onnx.TensorProto.BOOL), g.ints([1, 2]))
+    return g.op("Where", g.op("Expand", b, target), g.floats(0.0), g.floats(-3.4e38))
+
+
+def test_additive_mask_passes_heads():
+    """Issue 17 A/B: scores + a channel-free mask that broadcasts over the heads, then Softmax
+    over the keys: the heads stay one prunable group, exact at two batches x two lengths."""
+    g = G(14, ("S", 8))
+    mask = g.input("mask", ["N", "S"], np.int64)
+    y = _attention(g, lambda s: g.op("Add", g.op("Div", s, g.floats(2.0)), _expand_mask(g, mask)))
+    analysis = check_masked_equals_pruned(g.model(y), dim_sets=DIMS)
+    assert [(p.units, p.unit_size) for p in analysis.prunable] == [(2, 4)]
+
+
+def test_mask_with_heads_is_not_a_broadcast():
+    """A run-time operand whose head axis is not provably 1 still joins channels: a barrier."""
+    g = G(14, ("S", 8))
+    bias = g.input("bias", ["N", 2, "S", "S"])
+    y = _attention(g, lambda s: g.op("Add", s, g.op("Relu", bias)))
+    groups = analyze_model(g.model(y)).analysis.groups
+    assert not any(p.unit_size == 4 and p.prunable for p in groups)

@@ -316,6 +316,13 @@ class Reshape(Handler):
     def mixes_batch(self, node, opset):
         return _reshape_moves_batch(node)
 
+    def eval_shape(self, node, dims):
+        """A shape vector reshaped to itself (`[-1]` or its own length)."""
+        data, target = dims(node.inputs[0]), const_value(node.inputs[1])
+        if data is None or target is None or target.shape != (1,):
+            return None
+        return data if int(target[0]) in (-1, len(data)) else None
+
     def analyze(self, node, ctx):
         cmap = ctx.map(node.inputs[0])
         if cmap is None:
