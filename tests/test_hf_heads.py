@@ -19,8 +19,6 @@ HEADS, HEAD_DIM, LAYERS = 4, 8, 2
 
 CONV1D = "GPT-2 Conv1D: Reshape back to Concat(Shape(x)[:2], [C]), a run-time target"
 TODAY = {
-    "hf_gpt2.onnx": CONV1D, "hf_gpt2_opset18.onnx": CONV1D,
-    "hf_gpt2_dynamo.onnx": CONV1D,
     # heads also reach the past key/value inputs and the present outputs (the cache's width)
     "hf_gpt2_past.onnx": CONV1D + "; cache inputs/outputs", "hf_gpt2_past_dynamo.onnx": CONV1D + "; cache",
 }
@@ -87,3 +85,41 @@ def test_mask_with_heads_is_not_a_broadcast():
     y = _attention(g, lambda s: g.op("Add", s, g.op("Relu", bias)))
     groups = analyze_model(g.model(y)).analysis.groups
     assert not any(p.unit_size == 4 and p.prunable for p in groups)
+
+
+def _conv1d(g, x, c_in, width, target=None):
+    """transformers' Conv1D: view(-1, C_in) -> Gemm -> view(Concat(Shape(x)[:2], [C_out]));
+    `target` (a Concat output) may be shared with another Conv1D of the same width."""
+    if target is None:
+        shape = g.op("Shape", x)
+        lead = [g.op("Unsqueeze", g.op("Gather", shape, g.ints(i)), g.ints([0])) for i in (0, 1)]
+        target = g.op("Concat", *lead, g.ints([width]), axis=0)
+    flat = g.op("Reshape", x, g.ints([-1, c_in]))
+    return g.op("Reshape", g.gemm(flat, width), target), target
+
+
+def test_conv1d_reshape_by_runtime_target():
+    """Issue 17 E: the channel axis is last before and after both Reshapes, so the MLP width
+    is one prunable group; the literal width in the Concat is rewritten (in a copy: the two
+    MLPs share their target Concat), exact at two batches x two lengths."""
+    g = G(14, ("S", 8))
+    h, shared = _conv1d(g, g.x, 8, 16)
+    h = g.op("Add", g.x, _conv1d(g, g.op("Relu", h), 16, 8)[0])
+    h2, _ = _conv1d(g, h, 8, 16, shared)
+    y = g.op("Add", h, _conv1d(g, g.op("Tanh", h2), 16, 8)[0])
+    analysis = check_masked_equals_pruned(g.model(y), dim_sets=DIMS)
+    assert sorted((p.units, p.unit_size) for p in analysis.prunable) == [(16, 1), (16, 1)]
+
+
+def test_heads_merged_by_flatten_to_width():
+    """dynamo merges heads [N, S, H, d] straight into [-1, H * d] before the projection."""
+    g = G(14, ("S", 8))
+    q, k, v = (_heads(g, g.matmul(g.x, 8)) for _ in range(3))
+    o = g.op("MatMul", g.op("Softmax", g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2])),
+                            axis=-1), v)
+    flat = g.op("Reshape", g.op("Transpose", o, perm=[0, 2, 1, 3]), g.ints([-1, 8]))
+    shape = g.op("Shape", g.x)
+    target = g.op("Concat", g.op("Slice", shape, g.ints([0]), g.ints([2])), g.ints([3]), axis=0)
+    y = g.op("Reshape", g.gemm(flat, 3), target)
+    analysis = check_masked_equals_pruned(g.model(y), dim_sets=DIMS)
+    assert [(p.units, p.unit_size) for p in analysis.prunable] == [(2, 4)]
