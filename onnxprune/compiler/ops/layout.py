@@ -123,9 +123,13 @@ class Concat(Handler):
             return ctx.pin_inputs(node, "Concat of tensors with channels on different axes")
         if tracked[0][1].axis == axis:
             return self._on_channels(node, ctx, axis)
-        if len(tracked) != len(node.inputs):
-            return ctx.pin_inputs(node, "Concat of channel tensors with untracked ones")
         first = tracked[0][1]
+        if len(tracked) != len(node.inputs):
+            behind = [_graph_inputs_behind(t, ctx) for t in node.inputs if ctx.map(t) is None]
+            if first.within is None or not all(behind):
+                return ctx.pin_inputs(node, "Concat of channel tensors with untracked ones")
+            # past keys/values: the heads stay one group, whole, with the reason that matters
+            ctx.pin_inputs(node, cache_reason(f"graph input '{behind[0][0]}'"))
         for _, cmap in tracked[1:]:
             ctx.union(first.ids, cmap.ids)
         ctx.set_map(node.outputs[0], first)
@@ -426,6 +430,31 @@ def _rewrite_last(node: gs.Node, rw, where: int | None, kept: int) -> None:
     rw.graph.nodes.append(gs.Node("Concat", name=name, attrs=dict(src.attrs),
                                   inputs=[*src.inputs[:where], piece], outputs=[target]))
     node.inputs[1] = target
+
+
+def _graph_inputs_behind(tensor: gs.Tensor, ctx, limit: int = 64) -> list[str]:
+    """The graph inputs a tensor is computed from, when it is computed from graph inputs and
+    constants only, without any channel tensor ([] otherwise, or past `limit` tensors)."""
+    found, seen, frontier = [], set(), [tensor]
+    while frontier:
+        t = frontier.pop()
+        if t.name in seen or isinstance(t, gs.Constant):
+            continue
+        seen.add(t.name)
+        if ctx.map(t) is not None or len(seen) > limit:
+            return []
+        if t in ctx.graph.inputs:
+            found.append(t.name)
+        elif not t.inputs:
+            return []
+        else:
+            frontier.extend(i for i in t.inputs[0].inputs if is_present(i))
+    return found
+
+
+def cache_reason(where: str) -> str:
+    return (f"attention heads reach the past/present key-value cache ({where}): pruning them "
+            "would change the model's cache interface")
 
 
 def _axes_ok(axes, rank: int | None, *, distinct: bool = False) -> bool:
