@@ -1,26 +1,28 @@
 """Attention heads in Hugging Face exports (issue 17): one prunable group per layer whose unit
 is a head (unit_size == head_dim), in every encoder and decoder of the zoo, from the legacy and
-the dynamo exporter. xfail(strict) marks what the analysis cannot do yet; DIAGNOSIS of issue 17
-names the barrier of each."""
+the dynamo exporter (with a past key/value cache: one group per layer, whole, saying why).
+xfail(strict) marks what the analysis cannot do yet; tiny graphs below pin each idiom."""
 import json
 
+import numpy as np
+import onnx
 import pytest
 
 from conftest import ROOT
+from exactness import check_masked_equals_pruned
+from graphs import G
 from onnxprune.api import analyze_model
 
 MANIFEST = json.loads((ROOT / "models/zoo/manifest.json").read_text())
 HF = sorted(e["file"] for e in MANIFEST if e.get("family") == "hf")
 HEADS, HEAD_DIM, LAYERS = 4, 8, 2
 
-MASK = "the additive mask (Expand + Where(mask, 0, finfo.min)) is not followed, so neither is Softmax"
-CONV1D = "GPT-2 Conv1D: Reshape back to Concat(Shape(x)[:2], [C]), a run-time target"
-TODAY = {
-    "hf_bert.onnx": MASK, "hf_bert_opset17.onnx": MASK, "hf_distilbert.onnx": MASK,
-    "hf_roberta.onnx": MASK, "hf_gpt2.onnx": CONV1D, "hf_gpt2_opset18.onnx": CONV1D,
-    "hf_gpt2_dynamo.onnx": CONV1D,
-    # heads also reach the past key/value inputs and the present outputs (the cache's width)
-    "hf_gpt2_past.onnx": CONV1D + "; cache inputs/outputs", "hf_gpt2_past_dynamo.onnx": CONV1D + "; cache",
+# with past key/values the heads reach the cache inputs and outputs: they stay whole, saying so
+# (issue 17 F: pruning them would change the model's cache interface)
+CACHE = {"hf_gpt2_past.onnx", "hf_gpt2_past_dynamo.onnx"}
+TODAY = {  # file -> what the analysis does not follow yet
+    "hf_gpt2_past_dynamo.onnx": "dynamo's head split Reshape(Concat(Shape(input_ids)[0], "
+                                "Shape(input_ids)[1], -1, 8)) is a run-time target",
 }
 
 
@@ -31,11 +33,122 @@ def _param(file: str):
 
 
 def test_every_hf_export_is_listed():
-    assert len(HF) == 14 and set(TODAY) <= set(HF)
+    assert len(HF) == 14 and set(TODAY) | CACHE <= set(HF)
 
 
-@pytest.mark.parametrize("file", [_param(f) for f in HF])
-def test_attention_heads_are_prunable(file):
+def _heads(file: str) -> tuple[list, list]:
     groups = analyze_model(ROOT / "models/zoo" / file).analysis.groups
-    heads = [g for g in groups if g.prunable and g.unit_size == HEAD_DIM and g.units == HEADS]
-    assert len(heads) == LAYERS, [(g.units, g.unit_size, g.reason) for g in groups]
+    heads = [g for g in groups if g.unit_size == HEAD_DIM and g.units == HEADS]
+    return heads, [(g.units, g.unit_size, g.reason) for g in groups]
+
+
+@pytest.mark.parametrize("file", [_param(f) for f in HF if f not in CACHE])
+def test_attention_heads_are_prunable(file):
+    heads, groups = _heads(file)
+    assert len([g for g in heads if g.prunable]) == LAYERS, groups
+
+
+@pytest.mark.parametrize("file", [_param(f) for f in sorted(CACHE)])
+def test_heads_that_reach_the_cache_stay_whole_and_say_why(file):
+    heads, groups = _heads(file)
+    assert len(heads) == LAYERS and all(g.reason.startswith("attention heads reach the past/present "
+                                                            "key-value cache") for g in heads), groups
+
+
+DIMS = [{"N": n, "S": s} for n in (1, 3) for s in (5, 11)]
+
+
+def _split(g, t, heads=2):
+    return g.op("Transpose", g.op("Reshape", t, g.ints([0, 0, heads, -1])), perm=[0, 2, 1, 3])
+
+
+def _attention(g, scores_fn):
+    """q, k, v [N, S, 8] as 2 heads of 4; softmax(scores_fn(q k^T)) v; out projection."""
+    q, k, v = (_split(g, g.matmul(g.x, 8)) for _ in range(3))
+    s = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))
+    o = g.op("MatMul", g.op("Softmax", scores_fn(s), axis=-1), v)
+    return g.matmul(g.op("Reshape", g.op("Transpose", o, perm=[0, 2, 1, 3]), g.ints([0, 0, 8])), 3)
+
+
+def _expand_mask(g, mask):
+    """transformers' legacy mask: Expand(mask[N, 1, 1, S], torch's expand(N, -1, S, S) target
+    Where(Equal(t, -1), 1, t)), then Where(mask, 0, finfo.min): the head axis is 1 only at
+    run time (shape inference leaves it unknown)."""
+    shape = g.op("Shape", mask)
+    n, s = (g.op("Gather", shape, g.ints([i])) for i in (0, 1))
+    t = g.op("Concat", n, g.ints([-1]), s, s, axis=0)
+    target = g.op("Where", g.op("Equal", t, g.ints([-1] * 4)), g.ints([1] * 4), t)
+    b = g.op("Unsqueeze", g.op("Cast", mask, to=onnx.TensorProto.BOOL), g.ints([1, 2]))
+    return g.op("Where", g.op("Expand", b, target), g.floats(0.0), g.floats(-3.4e38))
+
+
+def test_additive_mask_passes_heads():
+    """Issue 17 A/B: scores + a channel-free mask that broadcasts over the heads, then Softmax
+    over the keys: the heads stay one prunable group, exact at two batches x two lengths."""
+    g = G(14, ("S", 8))
+    mask = g.input("mask", ["N", "S"], np.int64)
+    y = _attention(g, lambda s: g.op("Add", g.op("Div", s, g.floats(2.0)), _expand_mask(g, mask)))
+    analysis = check_masked_equals_pruned(g.model(y), dim_sets=DIMS)
+    assert [(p.units, p.unit_size) for p in analysis.prunable] == [(2, 4)]
+
+
+def test_mask_with_heads_is_not_a_broadcast():
+    """A run-time operand whose head axis is not provably 1 still joins channels: a barrier."""
+    g = G(14, ("S", 8))
+    bias = g.input("bias", ["N", 2, "S", "S"])
+    y = _attention(g, lambda s: g.op("Add", s, g.op("Relu", bias)))
+    groups = analyze_model(g.model(y)).analysis.groups
+    assert not any(p.unit_size == 4 and p.prunable for p in groups)
+
+
+def _conv1d(g, x, c_in, width, target=None):
+    """transformers' Conv1D: view(-1, C_in) -> Gemm -> view(Concat(Shape(x)[:2], [C_out]));
+    `target` (a Concat output) may be shared with another Conv1D of the same width."""
+    if target is None:
+        shape = g.op("Shape", x)
+        lead = [g.op("Unsqueeze", g.op("Gather", shape, g.ints(i)), g.ints([0])) for i in (0, 1)]
+        target = g.op("Concat", *lead, g.ints([width]), axis=0)
+    flat = g.op("Reshape", x, g.ints([-1, c_in]))
+    return g.op("Reshape", g.gemm(flat, width), target), target
+
+
+def test_conv1d_reshape_by_runtime_target():
+    """Issue 17 E: the channel axis is last before and after both Reshapes, so the MLP width
+    is one prunable group; the literal width in the Concat is rewritten (in a copy: the two
+    MLPs share their target Concat), exact at two batches x two lengths."""
+    g = G(14, ("S", 8))
+    h, shared = _conv1d(g, g.x, 8, 16)
+    h = g.op("Add", g.x, _conv1d(g, g.op("Relu", h), 16, 8)[0])
+    h2, _ = _conv1d(g, h, 8, 16, shared)
+    y = g.op("Add", h, _conv1d(g, g.op("Tanh", h2), 16, 8)[0])
+    analysis = check_masked_equals_pruned(g.model(y), dim_sets=DIMS)
+    assert sorted((p.units, p.unit_size) for p in analysis.prunable) == [(16, 1), (16, 1)]
+
+
+def test_heads_merged_by_flatten_to_width():
+    """dynamo merges heads [N, S, H, d] straight into [-1, H * d] before the projection."""
+    g = G(14, ("S", 8))
+    q, k, v = (_split(g, g.matmul(g.x, 8)) for _ in range(3))
+    o = g.op("MatMul", g.op("Softmax", g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2])),
+                            axis=-1), v)
+    flat = g.op("Reshape", g.op("Transpose", o, perm=[0, 2, 1, 3]), g.ints([-1, 8]))
+    shape = g.op("Shape", g.x)
+    target = g.op("Concat", g.op("Slice", shape, g.ints([0]), g.ints([2])), g.ints([3]), axis=0)
+    y = g.op("Reshape", g.gemm(flat, 3), target)
+    analysis = check_masked_equals_pruned(g.model(y), dim_sets=DIMS)
+    assert [(p.units, p.unit_size) for p in analysis.prunable] == [(2, 4)]
+
+
+def test_heads_concatenated_with_a_past_cache_input_stay_whole():
+    """Issue 17 F: keys Concat-ed with a graph input along the sequence axis (past keys),
+    returned as a graph output (present keys): one group of heads, whole, with the reason."""
+    g = G(14, ("S", 8))
+    past = g.input("past_key", ["N", 2, "P", 4])
+    q, k, v = (_split(g, g.matmul(g.x, 8)) for _ in range(3))
+    k = g.op("Concat", past, k, axis=2)
+    s = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))
+    o = g.op("MatMul", g.op("Softmax", s, axis=-1), g.op("Concat", past, v, axis=2))
+    y = g.matmul(g.op("Reshape", g.op("Transpose", o, perm=[0, 2, 1, 3]), g.ints([0, 0, 8])), 3)
+    groups = analyze_model(g.model(y, k)).analysis.groups
+    assert [(h.units, h.unit_size, h.prunable) for h in groups] == [(2, 4, False), (3, 1, False)]
+    assert "key-value cache (graph input 'past_key')" in groups[0].reason

@@ -18,6 +18,7 @@ from .batchaxis import batch_mixing
 from .channels import UnionFind
 from .context import AnalysisContext
 from .ops import handler_for
+from .ops.layout import cache_reason
 
 
 def analyze(graph: gs.Graph) -> Analysis:
@@ -28,7 +29,8 @@ def analyze(graph: gs.Graph) -> Analysis:
         handler_for(node).analyze(node, ctx)
     for out in graph.outputs:
         if (cmap := ctx.map(out)) is not None:
-            ctx.pin(cmap.ids, f"reaches graph output '{out.name}'")
+            ctx.pin(cmap.ids, f"reaches graph output '{out.name}'" if cmap.within is None
+                    else cache_reason(f"graph output '{out.name}'"))
     return _assemble(ctx)
 
 

@@ -18,7 +18,7 @@ from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
 from ..errors import OnnxPruneError
 from ..load import all_nodes, check_inference_crashes, check_opset, is_large, split_weights
-from .shapes import fold_reshape_targets, probe_reshape_targets
+from .shapes import fill_expand_shapes, fold_reshape_targets, probe_reshape_targets
 
 
 try:  # loaded with the package, as the command's start-up (and its Ctrl-C handling) expects
@@ -90,7 +90,7 @@ def _normalize(model: onnx.ModelProto) -> gs.Graph:
     # Folding can reveal shapes (a Reshape whose target became a constant): infer again.
     graph = _reinfer(graph)
     # Targets whose dims only now have names (or whose names do not match): try again.
-    if fold_reshape_targets(graph) | probe_reshape_targets(graph):
+    if fold_reshape_targets(graph) | probe_reshape_targets(graph) | fill_expand_shapes(graph):
         graph.cleanup(remove_unused_graph_inputs=False)
         graph = _reinfer(graph)
     return graph

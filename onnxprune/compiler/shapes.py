@@ -62,6 +62,34 @@ def _set_target(node: gs.Node, fixed: list[int]) -> bool:
     return True
 
 
+def fill_expand_shapes(graph: gs.Graph) -> bool:
+    """Dims of Expand outputs that shape inference left unknown but that the evaluated target
+    makes numbers (torch's `expand(b, -1, s, s)` keeps the mask's head axis at 1): written
+    into the output's shape, for the next inference to carry on. Returns whether any was."""
+    changed = False
+    for node in graph.nodes:
+        out = node.outputs[0]
+        if node.op != "Expand" or out.shape is None or node.inputs[0].shape is None:
+            continue
+        target = evaluate(node.inputs[1])
+        if target is None or len(target) != len(out.shape):
+            continue
+        dims = _broadcast(list(node.inputs[0].shape), target)
+        shape = list(out.shape)
+        for i, d in enumerate(dims):
+            if isinstance(d, int) and d >= 0 and not isinstance(shape[i], int):
+                shape[i], changed = d, True
+        out.shape = shape
+    return changed
+
+
+def _broadcast(a: list, b: list) -> list:
+    """Numpy broadcasting of two dim lists where it is decidable (None elsewhere)."""
+    n = max(len(a), len(b))
+    a, b = [1] * (n - len(a)) + a, [1] * (n - len(b)) + b
+    return [y if x == 1 else x if y == 1 else x if x == y and x is not None else None
+            for x, y in zip(a, b)]
+
 
 PROBE_SIZES = ([2, 3, 5, 7, 11, 13], [3, 5, 7, 11, 13, 17])
 

@@ -134,7 +134,8 @@ _ARITH = {"Add": lambda x, y: x + y, "Sub": lambda x, y: x - y, "Mul": lambda x,
           "Div": lambda x, y: x // y if y else None}
 
 
-def _elementwise(fn, args: list) -> list | None:
+def _elementwise(fn, args: list, strings: bool = False) -> list | None:
+    """`fn` entry by entry (broadcasting a single entry); with `strings`, dim names reach `fn`."""
     a, b = args
     if a is None or b is None:
         return None
@@ -144,4 +145,46 @@ def _elementwise(fn, args: list) -> list | None:
         b = b * len(a)
     if len(a) != len(b):
         return None
+    if strings:
+        return [fn(x, y) for x, y in zip(a, b)]
     return [fn(x, y) if isinstance(x, int) and isinstance(y, int) else None for x, y in zip(a, b)]
+
+
+@register("Equal")
+class Equal(Handler):
+    """Only a shape fact: entries of a shape vector compared with constants. A dim is never
+    negative, so a named dim is known to differ from a negative constant (torch's
+    `expand(b, -1, s, s)` lowering: Where(Equal(t, -1), 1, t))."""
+
+    samplewise = True
+
+    def eval_shape(self, node, dims):
+        a, b = (dims(t) for t in node.inputs)
+        return _elementwise(_equal, [a, b], strings=True)
+
+
+@register("Where")
+class Where(Handler):
+    """Only a shape fact: Where(cond, x, y) over shape vectors picks per known condition."""
+
+    samplewise = True
+
+    def eval_shape(self, node, dims):
+        cond, x, y = (dims(t) for t in node.inputs)
+        if cond is None or x is None or y is None:
+            return None
+        n = max(len(cond), len(x), len(y))
+        if any(len(v) not in (1, n) for v in (cond, x, y)):
+            return None
+        cond, x, y = ([v[0]] * n if len(v) == 1 else v for v in (cond, x, y))
+        return [None if not isinstance(c, int) else (a if c else b) for c, a, b in zip(cond, x, y)]
+
+
+def _equal(x, y) -> int | None:
+    """1/0 where known: two numbers, or a dim name (>= 0) against a negative number."""
+    if isinstance(x, int) and isinstance(y, int):
+        return int(x == y)
+    if isinstance(x, str) and isinstance(y, int) and y < 0 or \
+            isinstance(y, str) and isinstance(x, int) and x < 0:
+        return 0
+    return None

@@ -123,9 +123,13 @@ class Concat(Handler):
             return ctx.pin_inputs(node, "Concat of tensors with channels on different axes")
         if tracked[0][1].axis == axis:
             return self._on_channels(node, ctx, axis)
-        if len(tracked) != len(node.inputs):
-            return ctx.pin_inputs(node, "Concat of channel tensors with untracked ones")
         first = tracked[0][1]
+        if len(tracked) != len(node.inputs):
+            behind = [_graph_inputs_behind(t, ctx) for t in node.inputs if ctx.map(t) is None]
+            if first.within is None or not all(behind):
+                return ctx.pin_inputs(node, "Concat of channel tensors with untracked ones")
+            # past keys/values: the heads stay one group, whole, with the reason that matters
+            ctx.pin_inputs(node, cache_reason(f"graph input '{behind[0][0]}'"))
         for _, cmap in tracked[1:]:
             ctx.union(first.ids, cmap.ids)
         ctx.set_map(node.outputs[0], first)
@@ -316,6 +320,13 @@ class Reshape(Handler):
     def mixes_batch(self, node, opset):
         return _reshape_moves_batch(node)
 
+    def eval_shape(self, node, dims):
+        """A shape vector reshaped to itself (`[-1]` or its own length)."""
+        data, target = dims(node.inputs[0]), const_value(node.inputs[1])
+        if data is None or target is None or target.shape != (1,):
+            return None
+        return data if int(target[0]) in (-1, len(data)) else None
+
     def analyze(self, node, ctx):
         cmap = ctx.map(node.inputs[0])
         if cmap is None:
@@ -323,6 +334,8 @@ class Reshape(Handler):
         target = const_value(node.inputs[1])
         in_shape = shape_of(node.inputs[0])
         if target is None or in_shape is None:
+            if self._last_axis(node, ctx, cmap, target):
+                return None
             return ctx.pin_inputs(node, "Reshape with a run-time target shape")
         if target.ndim != 1 or not np.issubdtype(target.dtype, np.integer):
             return ctx.pin_inputs(node, "Reshape whose target is not a 1-D integer tensor "
@@ -330,6 +343,8 @@ class Reshape(Handler):
         if int(node.attrs.get("allowzero", 0)) and 0 in target.tolist():
             return ctx.pin_inputs(node, "Reshape with allowzero and a zero in its target")
         plan = reshape_plan(ctx, list(in_shape), [int(t) for t in target], cmap)
+        if plan is None and self._last_axis(node, ctx, cmap, target):
+            return None
         if plan is None:
             return ctx.pin_inputs(node, "Reshape that mixes the channel axis with other axes "
                                   "(or moves the batch axis, or has unknown dims)")
@@ -339,10 +354,42 @@ class Reshape(Handler):
             ctx.member("shape", node, node.inputs[1], 0, cmap.ids)
             ctx.note(node, (kind, out.axis, int(target[out.axis]), units))
 
+    @staticmethod
+    def _last_axis(node, ctx, cmap: ChannelMap, target) -> bool:
+        """Channels last in and out, the target's last entry the literal width (transformers'
+        Conv1D: view(-1, C), then view(x.size()[:-1] + (C,)) by a run-time Concat whose last
+        piece is the constant C; dynamo's merge of heads [B, S, H, d] -> [-1, H * d]):
+        whatever the leading dims do, each run of that many elements stays one row, so the
+        channels map 1:1 (heads: head_dim positions each). The literal is the member."""
+        shape = shape_of(node.inputs[0])
+        rank = None if shape is None else len(shape)
+        if rank is None or cmap.axis != rank - (1 if cmap.within is None else 2):
+            return False
+        per = 1 if cmap.within is None else shape[-1]
+        if cmap.within is not None and (cmap.within != rank - 1 or not _static(per)):
+            return False
+        width = cmap.size * int(per)
+        if target is not None:
+            if target.ndim != 1 or target.size < 2 or int(target[-1]) != width:
+                return False
+            out_rank, where = int(target.size), None
+        else:
+            where = _concat_literal(node, width)
+            length = shape_of(node.inputs[1])
+            if where is None or not length or not _static(length[0]) or length[0] < 2:
+                return False
+            out_rank = int(length[0])
+        ctx.set_map(node.outputs[0], ChannelMap(out_rank - 1, np.repeat(cmap.ids, int(per))))
+        ctx.member("shape", node, node.inputs[1], 0, cmap.ids)
+        ctx.note(node, ("last", where, int(per)))
+        return True
+
     def rewrite(self, node, rw):
         note = rw.note(node)
         if note is None or (keep := rw.keep(node.inputs[0])) is None:
             return
+        if note[0] == "last":
+            return _rewrite_last(node, rw, note[1], note[2] * int(keep.sum()))
         kind, axis, old, units = note
         if old in (0, -1):
             return  # copied or inferred: follows the input by itself
@@ -352,6 +399,62 @@ class Reshape(Handler):
         else:
             target[axis] = int(rw.keep_ids(rw.analysis.maps[node.outputs[0].name].ids).sum())
         rw.set_input(node, 1, target)
+
+
+def _concat_literal(node: gs.Node, size: int) -> int | None:
+    """The input index of the Concat (axis 0) that computes the Reshape's target, when its
+    last input is a constant vector ending in `size`."""
+    src = node.inputs[1].inputs[0] if node.inputs[1].inputs else None
+    if src is None or src.op != "Concat" or int(src.attrs.get("axis", 0)) not in (0, -1):
+        return None
+    last = const_value(src.inputs[-1])
+    if last is None or last.ndim != 1 or not last.size or not int_vector(last) \
+            or int(last[-1]) != size:
+        return None
+    return len(src.inputs) - 1
+
+
+def _rewrite_last(node: gs.Node, rw, where: int | None, kept: int) -> None:
+    """The literal width, in the constant target, or in the last piece of a copy of its
+    Concat (the Concat may compute the targets of other Reshapes, of other groups, too)."""
+    if where is None:
+        values = const_value(node.inputs[1]).copy()
+        values[-1] = kept
+        return rw.set_input(node, 1, values)
+    src = node.inputs[1].inputs[0]
+    values = const_value(src.inputs[where]).copy()
+    values[-1] = kept
+    name = rw.fresh(f"{node.outputs[0].name}__target")
+    piece = gs.Constant(f"{name}_width", values)
+    target = gs.Variable(name, dtype=np.int64)
+    rw.graph.nodes.append(gs.Node("Concat", name=name, attrs=dict(src.attrs),
+                                  inputs=[*src.inputs[:where], piece], outputs=[target]))
+    node.inputs[1] = target
+
+
+def _graph_inputs_behind(tensor: gs.Tensor, ctx, limit: int = 64) -> list[str]:
+    """The graph inputs a tensor is computed from, when it is computed from graph inputs and
+    constants only, without any channel tensor ([] otherwise, or past `limit` tensors)."""
+    found, seen, frontier = [], set(), [tensor]
+    while frontier:
+        t = frontier.pop()
+        if t.name in seen or isinstance(t, gs.Constant):
+            continue
+        seen.add(t.name)
+        if ctx.map(t) is not None or len(seen) > limit:
+            return []
+        if t in ctx.graph.inputs:
+            found.append(t.name)
+        elif not t.inputs:
+            return []
+        else:
+            frontier.extend(i for i in t.inputs[0].inputs if is_present(i))
+    return found
+
+
+def cache_reason(where: str) -> str:
+    return (f"attention heads reach the past/present key-value cache ({where}): pruning them "
+            "would change the model's cache interface")
 
 
 def _axes_ok(axes, rank: int | None, *, distinct: bool = False) -> bool:
@@ -461,6 +564,9 @@ class Shape(Handler):
         if any(o is node.outputs[0] for o in ctx.graph.outputs):
             return ctx.pin_inputs(node, "Shape of a channel tensor is a graph output")
         start = norm_axis(int(node.attrs.get("start", 0)), rank)
+        end = node.attrs.get("end")
+        if end is not None and not start <= cmap.axis < norm_axis(int(end), rank):
+            return None  # Shape(start, end) does not read the channel dim
         for consumer in node.outputs[0].outputs:
             index = const_value(consumer.inputs[1]) if consumer.op == "Gather" else None
             if index is None or rank == 0 or ((np.asarray(index) + start) % rank == cmap.axis).any():

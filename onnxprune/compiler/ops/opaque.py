@@ -6,7 +6,7 @@ from ..graph import const_value, norm_axis, rank_of
 from .registry import Handler, axis_is_batch, register
 
 
-@register("Where", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or",
+@register("Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or",
           "Xor", "Size", "Constant", "ConstantOfShape", "Range", "Expand", "Tile",
           "DepthToSpace", "SpaceToDepth", "Trilu")
 class Samplewise(Handler):
