@@ -368,7 +368,7 @@ def channel_shuffle(split: gs.Node, cmap: ChannelMap) -> tuple[gs.Node, int] | N
         return None
     g, n = mid[c], mid[c + 1]
     if not (_static(g) and _static(n) and g > 1 and g * n == size) or \
-            list(mid[:c]) + list(mid[c + 2:]) != list(in_shape[:c]) + list(in_shape[c + 1:]):
+            not _same_dims(list(mid[:c]) + list(mid[c + 2:]), list(in_shape[:c]) + list(in_shape[c + 1:])):
         return None
     readers = split.outputs[0].outputs
     if len(readers) != 1 or readers[0].op != "Transpose":
@@ -381,11 +381,19 @@ def channel_shuffle(split: gs.Node, cmap: ChannelMap) -> tuple[gs.Node, int] | N
     merge = transpose.outputs[0].outputs[0]
     target = const_value(merge.inputs[1]) if merge.op == "Reshape" else None
     if target is None or target.ndim != 1 or len(target) != len(in_shape) or \
-            list(shape_of(merge.outputs[0]) or []) != list(in_shape):
+            not _same_dims(list(shape_of(merge.outputs[0]) or []), list(in_shape)):
         return None
     if int(target[c]) not in (-1, size):
         return None
     return merge, int(g)
+
+
+def _same_dims(a: list, b: list) -> bool:
+    """Equal dims; the batch (axis 0) may be named differently (a target of -1 there gives it a
+    fresh name) when every other dim is a number, which then pins it to the same size."""
+    if len(a) != len(b) or not a or a[1:] != b[1:]:
+        return False
+    return a[0] == b[0] or all(_static(d) for d in a[1:])
 
 
 def _couple_shuffle(split: gs.Node, ctx, cmap: ChannelMap, merge: gs.Node, groups: int) -> None:
