@@ -1,11 +1,13 @@
-"""Coverage of the onnx package's bundled "light" models: the share of Conv/Gemm/MatMul
+"""Coverage of the onnx package's bundled "light" models and of the issue-17 zoo models
+(real exporters' idioms, models/zoo/manifest.json): the share of Conv/Gemm/MatMul/Einsum
 weight parameters that lie in prunable groups (on either axis), and why the rest does not.
 
-    python bench/coverage.py            # prints the table; --write updates docs/coverage.md
+    python bench/coverage.py            # prints the tables; --write updates docs/coverage.md
 """
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -15,7 +17,41 @@ from onnxprune.compiler.cost import coverage
 from onnxprune.model import analyze_model
 
 LIGHT = Path(onnx.__file__).parent / "backend/test/data/light"
-DOC = Path(__file__).resolve().parent.parent / "docs/coverage.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs/coverage.md"
+ZOO_FAMILIES = ("hf", "exporter_idiom", "shuffle")
+
+
+def zoo_rows() -> list[list[str]]:
+    """Per issue-17 zoo model: the share, and every group that stays whole with its reason."""
+    manifest = json.loads((ROOT / "models/zoo/manifest.json").read_text())
+    out = []
+    for entry in manifest:
+        if entry.get("family") not in ZOO_FAMILIES:
+            continue
+        am = analyze_model(ROOT / "models/zoo" / entry["file"])
+        total, covered = coverage(am.analysis)
+        groups = am.analysis.groups
+        barriers = [f"g{g.id} ({g.units}x{g.unit_size}): {g.reason}" for g in groups if not g.prunable]
+        out.append([entry["file"].removesuffix(".onnx"), str(len(groups)),
+                    str(sum(g.prunable for g in groups)), str(total),
+                    f"{100 * covered / max(total, 1):.1f}%", "<br>".join(barriers) or "-"])
+    return out
+
+
+def zoo_table(data: list[list[str]]) -> str:
+    head = ["zoo model", "groups", "prunable", "mixing weights", "in prunable groups",
+            "every group left whole, and why"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in data]
+    return "\n".join(lines)
+
+
+def _put(body: str, name: str, text: str) -> str:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start in body:
+        return body[: body.index(start) + len(start)] + "\n" + text + "\n" + body[body.index(end):]
+    return body + f"\n{start}\n{text}\n{end}\n"
 
 
 def rows() -> list[list[str]]:
@@ -46,16 +82,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", action="store_true", help="rewrite docs/coverage.md")
     args = parser.parse_args()
-    text = table(rows())
-    print(text)
+    text, zoo = table(rows()), zoo_table(zoo_rows())
+    print(text + "\n\n" + zoo)
     if args.write:
         body = DOC.read_text() if DOC.exists() else ""
-        start, end = "<!-- coverage:start -->", "<!-- coverage:end -->"
-        if start in body:
-            body = body[: body.index(start) + len(start)] + "\n" + text + "\n" + body[body.index(end):]
-        else:
-            body += f"\n{start}\n{text}\n{end}\n"
-        DOC.write_text(body)
+        DOC.write_text(_put(_put(body, "coverage", text), "zoo-coverage", zoo))
 
 
 if __name__ == "__main__":

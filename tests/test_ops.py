@@ -505,6 +505,34 @@ def c_matmul_two_activations_is_barrier():
     return Spec(g.model(y), [], {q: "MatMul", k: "MatMul"}, exact=False)
 
 
+@case("Einsum")
+def c_einsum_as_matmul():
+    """tf2onnx/jax2tf dense layers: 'bld,df->blf' then 'blf,fd->bld' are X @ W cut points."""
+    g = G(13, (5, 8))
+    h = g.op("Relu", g.op("Einsum", g.x, g.const([8, 6]), equation="bld,df->blf"))
+    y = g.op("Einsum", h, g.const([6, 3]), equation="blf,fd->bld")
+    return Spec(g.model(y), [(6, 1)])
+
+
+@case("Einsum")
+def c_einsum_weight_first_rank2():
+    """The weight as first operand ('fk,bf->bk') and a rank-2 activation ('bd,dk->bk')."""
+    g = G(13, (8,))
+    h = g.op("Relu", g.op("Einsum", g.x, g.const([8, 6]), equation="bd,dk->bk"))
+    y = g.op("Einsum", g.const([6, 3]), h, equation="fk,bf->bk")
+    return Spec(g.model(y), [(6, 1)])
+
+
+@case("Einsum")
+def c_einsum_not_a_matmul_is_barrier():
+    """Attention scores as an Einsum of two activations: an exact reason, nothing prunable."""
+    g = G(13, (5, 8))
+    q, k = g.matmul(g.x, 6), g.matmul(g.x, 6)
+    s = g.op("Einsum", q, k, equation="bld,bmd->blm")
+    y = g.matmul(s, 3)
+    return Spec(g.model(y), [], {q: "'bld,bmd->blm' is not a MatMul pattern"}, exact=False)
+
+
 # ============================================================================ normalizations
 
 @case("BatchNormalization")
@@ -553,6 +581,46 @@ def c_layernorm_hidden_width_is_barrier():
     n = g.op("LayerNormalization", h, g.const([6], positive=True), g.const([6]), axis=-1)
     y = g.matmul(n, 3)
     return Spec(g.model(y), [], {h: "LayerNormalization"}, exact=False)
+
+
+def _decomposed_layernorm(g: G, h: str, jax: bool) -> str:
+    """LayerNorm over the last axis written out: ReduceMean/Sub/Pow/.../Div (torch legacy,
+    paddle) or ReduceSum * 1/C, Mul(d, d), Reciprocal (jax2tf); gamma broadcast by
+    Expand(gamma, Shape(normed)) (jax2tf's broadcast_in_dim)."""
+    width = g.shape(h)[-1]
+    if jax:
+        axes = g.ints([-1])
+        inv = g.floats(1.0 / width)
+        mean = g.op("Mul", g.op("ReduceSum", h, axes, keepdims=1), inv)
+        d = g.op("Sub", h, mean)
+        var = g.op("Mul", g.op("ReduceSum", g.op("Mul", d, d), axes, keepdims=1), inv)
+        normed = g.op("Mul", d, g.op("Reciprocal", g.op("Sqrt", g.op("Add", var, g.floats(1e-5)))))
+    else:
+        d = g.op("Sub", h, g.op("ReduceMean", h, axes=[-1], keepdims=1))
+        var = g.op("ReduceMean", g.op("Pow", d, g.floats(2.0)), axes=[-1], keepdims=1)
+        normed = g.op("Div", d, g.op("Sqrt", g.op("Add", var, g.floats(1e-5))))
+    gamma = g.op("Expand", g.const([width], positive=True), g.op("Shape", normed))
+    return g.op("Add", g.op("Mul", normed, gamma), g.const([width]))
+
+
+def _decomposed_ln_case(jax: bool) -> Spec:
+    """X @ W -> LayerNorm (decomposed) -> FFN: the hidden width is blocked as a LayerNorm
+    (and only as one), the FFN width stays prunable."""
+    g = G(13, (5, 8))
+    h = g.matmul(g.x, 6)
+    n = _decomposed_layernorm(g, h, jax)
+    y = g.matmul(g.op("Relu", g.matmul(n, 10)), 3)
+    return Spec(g.model(y), [(10, 1)], {h: "LayerNorm (decomposed) over the channel axis"})
+
+
+@case("ReduceMean", "Sub", "Pow", "Div")
+def c_decomposed_layernorm_reducemean():
+    return _decomposed_ln_case(jax=False)
+
+
+@case("ReduceSum", "Sub", "Mul", "Reciprocal")
+def c_decomposed_layernorm_reducesum_jax():
+    return _decomposed_ln_case(jax=True)
 
 
 @case("LRN")
@@ -1138,13 +1206,66 @@ def c_reshape_conv_channel_blocks():
 
 
 @case("Reshape", "Transpose")
-def c_channel_shuffle_is_barrier():
+def c_channel_shuffle_couples_groups():
+    """Reshape [0, 2, 4, ..] -> Transpose -> Reshape back (issue 17 N): channel i of each of
+    the 2 groups is one unit; both groups lose the same positions."""
     g = G(13)
     a = g.conv(g.x, 8)
     r = g.op("Reshape", a, g.ints([0, 2, 4, 6, 6]))
     t = g.op("Transpose", r, perm=[0, 2, 1, 3, 4])
     y = g.conv(g.op("Reshape", t, g.ints([0, 8, 6, 6])), 3)
-    return Spec(g.model(y), [], {a: "shuffle"}, exact=False)
+    return Spec(g.model(y), [(4, 2)])
+
+
+@case("Reshape", "Transpose", "Concat")
+def c_channel_shuffle_of_concat_dynamo_targets():
+    """ShuffleNet v2: two branches concatenated, shuffled (targets [-1, 2, 4, ..] and
+    [-1, 8, ..], as dynamo writes them), then a conv of 4 groups: position i of both branches
+    and of every conv group go together."""
+    g = G(13)
+    a, b = g.conv(g.x, 4), g.conv(g.x, 4)
+    r = g.op("Reshape", g.op("Concat", a, b, axis=1), g.ints([-1, 2, 4, 6, 6]))
+    t = g.op("Transpose", r, perm=[0, 2, 1, 3, 4])
+    h = g.conv(g.op("Relu", g.op("Reshape", t, g.ints([-1, 8, 6, 6]))), 4, group=2)
+    return Spec(g.model(g.conv(h, 3)), [(2, 2), (2, 2)])
+
+
+@case("Reshape", "Transpose")
+def c_channel_shuffle_read_midway_is_barrier():
+    """The transposed tensor is read by another op too: not a plain shuffle, fail closed."""
+    g = G(13)
+    a = g.conv(g.x, 8)
+    r = g.op("Reshape", a, g.ints([0, 2, 4, 6, 6]))
+    t = g.op("Transpose", r, perm=[0, 2, 1, 3, 4])
+    y = g.conv(g.op("Reshape", t, g.ints([0, 8, 6, 6])), 3)
+    z = g.op("ReduceSum", t, keepdims=0)
+    return Spec(g.model(y, z), [], {a: "shuffle"}, exact=False)
+
+
+@case("Slice")
+def c_slice_chunk_runtime_bounds_folded():
+    """torch chunk(2) on the legacy exporter: ends = (Shape(x)[1] + 1) / 2 * 1, computed at run
+    time from the static width; folded to constants, the halves are channel slices."""
+    def mid(g, h):
+        half = g.op("Mul", g.op("Div", g.op("Add", g.op("Gather", g.op("Shape", h), g.ints([1])),
+                                              g.ints([1])), g.ints([2])), g.ints([1]))
+        end = g.op("Mul", half, g.ints([2]))
+        lo = g.op("Slice", h, g.ints([0]), half, g.ints([1]))
+        hi = g.op("Slice", h, half, end, g.ints([1]))
+        return g.declare(g.op("Concat", g.conv(lo, 4, c_in=4), hi, axis=1), ["N", 8, 6, 6])
+    return simple(13, mid, prunable=((8, 1), (4, 1)))
+
+
+@case()
+def c_quickgelu_unknown_ranks_from_probe():
+    """com.microsoft QuickGelu has no onnx schema, so every rank after it is unknown: the shapes
+    come from a probe run and the op is element-wise (issue 17 M)."""
+    g = G(13, domains={"com.microsoft": 1})
+    a = g.conv(g.x, 8)
+    q = g.op("QuickGelu", a, domain="com.microsoft", alpha=1.702)
+    h = g.op("Relu", g.op("Mul", q, g.const([8, 1, 1])))
+    y = g.declare(g.conv(h, 3, c_in=8), ["N", 3, 6, 6])
+    return Spec(g.model(y), [(8, 1)])
 
 
 @case("Reshape")

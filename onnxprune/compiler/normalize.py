@@ -18,7 +18,8 @@ from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
 from ..errors import OnnxPruneError
 from ..load import all_nodes, check_inference_crashes, check_opset, is_large, split_weights
-from .shapes import fill_expand_shapes, fold_reshape_targets, probe_reshape_targets
+from .shapes import (fill_expand_shapes, fold_reshape_targets, fold_shape_expands,
+                     fold_slice_bounds, probe_reshape_targets, probe_unknown_shapes)
 
 
 try:  # loaded with the package, as the command's start-up (and its Ctrl-C handling) expects
@@ -86,13 +87,22 @@ def _normalize(model: onnx.ModelProto) -> gs.Graph:
         raise OnnxPruneError(f"cannot read the model's graph: {str(exc).splitlines()[0][:200]}") from None
     graph.fold_constants(error_ok=True)
     fold_reshape_targets(graph)
+    fold_slice_bounds(graph)
+    fold_shape_expands(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     # Folding can reveal shapes (a Reshape whose target became a constant): infer again.
     graph = _reinfer(graph)
     # Targets whose dims only now have names (or whose names do not match): try again.
-    if fold_reshape_targets(graph) | probe_reshape_targets(graph) | fill_expand_shapes(graph):
+    # Each fold can reveal shapes the next one needs (a Slice after a folded Reshape): a few rounds.
+    for _ in range(3):
+        if not (fold_reshape_targets(graph) | probe_reshape_targets(graph)
+                | fold_slice_bounds(graph) | fold_shape_expands(graph) | fill_expand_shapes(graph)):
+            break
         graph.cleanup(remove_unused_graph_inputs=False)
         graph = _reinfer(graph)
+    # Ranks inference could not give (after ops without a schema): from a probe run. Which
+    # shapes came from it is kept on the graph (`probed_shapes`).
+    graph.probed_shapes = probe_unknown_shapes(graph)
     return graph
 
 

@@ -125,8 +125,6 @@ def probe_reshape_targets(graph: gs.Graph) -> bool:
 
 
 def _probe(graph: gs.Graph, nodes: list[gs.Node], sizes: list[int]) -> list[tuple[list, list]]:
-    from .graph import ModelIdentity, to_proto
-    from ..runtime import make_session
     probe = graph.copy()
     by_key = {n.outputs[0].name: n for n in probe.nodes}
     outputs = []
@@ -138,10 +136,16 @@ def _probe(graph: gs.Graph, nodes: list[gs.Node], sizes: list[int]) -> list[tupl
         target.dtype = target.dtype or np.int64
         outputs += [target, shape]
     probe.outputs = outputs
-    probe.cleanup(remove_unused_graph_inputs=False)
+    values = _run(probe, sizes)
+    return [(values[2 * k].tolist(), values[2 * k + 1].tolist()) for k in range(len(nodes))]
+
+
+def _feeds(graph: gs.Graph, sizes: list[int]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Zeros for every graph input, each dynamic dim (by name) at its own size from `sizes`;
+    and the size given to each dim name."""
     names: dict[str, int] = {}
     feeds = {}
-    for inp in probe.inputs:
+    for inp in graph.inputs:
         dims = []
         for d in inp.shape or []:
             if isinstance(d, int) and d >= 0:
@@ -150,7 +154,115 @@ def _probe(graph: gs.Graph, nodes: list[gs.Node], sizes: list[int]) -> list[tupl
                 key = d if isinstance(d, str) and d else f"__anon{len(names)}"
                 dims.append(sizes[names.setdefault(key, len(names)) % len(sizes)])
         feeds[inp.name] = np.zeros(dims, dtype=np.dtype(inp.dtype))
-    model = to_proto(probe, ModelIdentity(ir_version=8, opset_import=[("", graph.opset)]))
+    return feeds, {name: sizes[i % len(sizes)] for name, i in names.items()}
+
+
+def _run(probe: gs.Graph, sizes: list[int]) -> list[np.ndarray]:
+    """Run a copy of the graph (its outputs set by the caller) on zeros at `sizes`."""
+    from .graph import ModelIdentity, to_proto
+    from ..runtime import make_session
+    probe.cleanup(remove_unused_graph_inputs=False)
+    feeds, _ = _feeds(probe, sizes)
+    opsets = [("", probe.opset)] + [(d.domain, d.version) for d in probe.import_domains or []
+                                    if d.domain not in ("", "ai.onnx")]
+    model = to_proto(probe, ModelIdentity(ir_version=8, opset_import=opsets))
     model.ir_version = max(model.ir_version, 7)
-    values = make_session(model, "cpu", threads=1).run(None, feeds)
-    return [(values[2 * k].tolist(), values[2 * k + 1].tolist()) for k in range(len(nodes))]
+    return make_session(model, "cpu", threads=1).run(None, feeds)
+
+
+_BINARY = ("Add", "Sub", "Mul", "Div")
+
+
+def fold_shape_expands(graph: gs.Graph) -> bool:
+    """Expand(c, Shape(y)) of a constant c, read only by element-wise Add/Sub/Mul/Div whose
+    other operand has y's (fully known) shape, is c itself: broadcasting c there gives the same
+    values and shape (jax2tf's broadcast_in_dim of a LayerNorm gamma). As a plain constant it is
+    a per-channel member that the rewrite slices; the Shape stays out of the channel analysis."""
+    changed = False
+    for node in list(graph.nodes):
+        if node.op != "Expand" or (c := const_value(node.inputs[0])) is None:
+            continue
+        src = node.inputs[1].inputs[0] if node.inputs[1].inputs else None
+        if src is None or src.op != "Shape" or src.attrs.get("start") or src.attrs.get("end"):
+            continue
+        shape = node.inputs[1].inputs[0].inputs[0].shape
+        out = node.outputs[0]
+        if not _fits(c.shape, shape) or out in graph.outputs or not out.outputs:
+            continue
+        if all(_same_shape_binary(consumer, out, shape) for consumer in out.outputs):
+            for consumer in out.outputs:
+                consumer.inputs[consumer.inputs.index(out)] = node.inputs[0]
+            changed = True
+    return changed
+
+
+def _fits(c_shape: tuple, shape) -> bool:
+    """c broadcasts into `shape` without changing it (right-aligned: 1 or the same number)."""
+    if shape is None or len(c_shape) > len(shape) or any(d is None or d == "" for d in shape):
+        return False
+    tail = list(shape)[len(shape) - len(c_shape):]
+    return all(a == 1 or (isinstance(b, int) and a == b) for a, b in zip(c_shape, tail))
+
+
+def _same_shape_binary(node: gs.Node, operand: gs.Tensor, shape) -> bool:
+    if node.op not in _BINARY or len(node.inputs) != 2:
+        return False
+    other = node.inputs[1] if node.inputs[0] is operand else node.inputs[0]
+    return other is not operand and other.shape is not None and list(other.shape) == list(shape)
+
+
+def fold_slice_bounds(graph: gs.Graph) -> bool:
+    """Slice starts/ends/axes/steps computed at run time from static dims (torch's chunk:
+    ends = (Shape(x)[1] + 1) / 2 * k) evaluate to numbers: make them constants, which the
+    analysis can read and the rewrite can edit."""
+    changed = False
+    for node in graph.nodes:
+        if node.op != "Slice":
+            continue
+        for i in range(1, min(len(node.inputs), 5)):
+            t = node.inputs[i]
+            if not t.name or const_value(t) is not None:
+                continue
+            value = evaluate(t)
+            if value is None or not value or not all(isinstance(v, int) for v in value):
+                continue
+            node.inputs[i] = gs.Constant(f"{t.name}__folded", np.array(value, np.int64))
+            changed = True
+    return changed
+
+
+def probe_unknown_shapes(graph: gs.Graph) -> list[str]:
+    """Fill the shapes onnx's inference leaves unknown (after an op without a schema: every
+    rank downstream is lost) from two runs on zeros at two sizes of the dynamic dims. A dim
+    equal in both runs is that number; one equal to an input dim's size in both runs is that
+    dim's name; any other dim stays symbolic. Returns the names of the tensors filled so
+    (the shapes that came from a probe); nothing when the graph cannot run."""
+    unknown = [t for t in graph.tensors().values() if isinstance(t, gs.Variable)
+               and t.shape is None and t.inputs and t not in graph.inputs]
+    if not unknown:
+        return []
+    try:
+        runs = []
+        for sizes in PROBE_SIZES:
+            probe = graph.copy()
+            tensors = probe.tensors()
+            probe.outputs = [tensors[t.name] for t in unknown]
+            runs.append((_run(probe, sizes), _feeds(graph, sizes)[1]))
+    except Exception:  # custom ops ORT lacks, data-dependent failures: nothing is filled
+        return []
+    (va, na), (vb, nb) = runs
+    for k, t in enumerate(unknown):
+        a, b = va[k], vb[k]
+        if a.ndim != b.ndim:
+            continue
+        t.shape = [_probed_dim(x, y, na, nb, f"{t.name}__probe{j}")
+                   for j, (x, y) in enumerate(zip(a.shape, b.shape))]
+        t.dtype = t.dtype or a.dtype
+    return [t.name for t in unknown if t.shape is not None]
+
+
+def _probed_dim(a: int, b: int, sizes_a: dict, sizes_b: dict, fresh: str) -> int | str:
+    if a == b and a != 0:  # zeros in, nothing out (NonZero) is no static 0
+        return int(a)
+    names = [n for n in sizes_a if sizes_a[n] == a and sizes_b.get(n) == b]
+    return names[0] if len(names) == 1 and not names[0].startswith("__anon") else fresh

@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 
 from ..channels import ChannelMap
 from ..graph import const_value, is_present, rank_of, shape_of
-from .registry import Handler, register
+from .registry import Handler, add, register
 
 UNARY = (
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish",
@@ -36,6 +36,20 @@ class Unary(Handler):
                 return ctx.pin_inputs(node, f"{node.op} with a channel tensor as parameter")
         if cmap is not None:
             ctx.set_map(node.outputs[0], cmap)
+
+
+# com.microsoft's fused activations (ORT's offline optimizer writes x * sigmoid(x) as
+# QuickGelu): one input, element-wise
+class FusedActivation(Unary):
+    """FastGelu's optional bias is a per-channel parameter this handler does not slice."""
+
+    def analyze(self, node, ctx):
+        if any(is_present(t) for t in node.inputs[1:]):
+            return ctx.pin_inputs(node, f"{node.op} with a bias input (not handled)")
+        super().analyze(node, ctx)
+
+
+add(FusedActivation(), "QuickGelu", "Gelu", "FastGelu", domain="com.microsoft")
 
 
 @register("Dropout")

@@ -342,6 +342,8 @@ class Reshape(Handler):
                                   "(a malformed model?)")
         if int(node.attrs.get("allowzero", 0)) and 0 in target.tolist():
             return ctx.pin_inputs(node, "Reshape with allowzero and a zero in its target")
+        if (shuffle := channel_shuffle(node, cmap)) is not None:
+            return _couple_shuffle(node, ctx, cmap, *shuffle)
         plan = reshape_plan(ctx, list(in_shape), [int(t) for t in target], cmap)
         if plan is None and self._last_axis(node, ctx, cmap, target):
             return None
@@ -386,6 +388,8 @@ class Reshape(Handler):
 
     def rewrite(self, node, rw):
         note = rw.note(node)
+        if note is not None and note[0] == "shuffle":
+            return _rewrite_shuffle(node, rw, *note[1:])
         if note is None or (keep := rw.keep(node.inputs[0])) is None:
             return
         if note[0] == "last":
@@ -455,6 +459,67 @@ def _graph_inputs_behind(tensor: gs.Tensor, ctx, limit: int = 64) -> list[str]:
 def cache_reason(where: str) -> str:
     return (f"attention heads reach the past/present key-value cache ({where}): pruning them "
             "would change the model's cache interface")
+
+
+def channel_shuffle(split: gs.Node, cmap: ChannelMap) -> tuple[gs.Node, int] | None:
+    """(the merging Reshape, groups g) when `split` starts a channel shuffle on the channel
+    axis c: Reshape C -> (g, C/g) on axes c, c+1 (other dims kept), a Transpose swapping just
+    those two axes, and a Reshape merging them back into C; each the only reader of the last."""
+    c, size = cmap.axis, cmap.size
+    mid, in_shape = shape_of(split.outputs[0]), shape_of(split.inputs[0])
+    if mid is None or in_shape is None or len(mid) != len(in_shape) + 1 or c + 1 >= len(mid):
+        return None
+    g, n = mid[c], mid[c + 1]
+    if not (_static(g) and _static(n) and g > 1 and g * n == size) or \
+            not _same_dims(list(mid[:c]) + list(mid[c + 2:]), list(in_shape[:c]) + list(in_shape[c + 1:])):
+        return None
+    readers = split.outputs[0].outputs
+    if len(readers) != 1 or readers[0].op != "Transpose":
+        return None
+    perm = list(range(len(mid)))
+    perm[c], perm[c + 1] = c + 1, c
+    transpose = readers[0]
+    if list(transpose.attrs.get("perm") or []) != perm or len(transpose.outputs[0].outputs) != 1:
+        return None
+    merge = transpose.outputs[0].outputs[0]
+    target = const_value(merge.inputs[1]) if merge.op == "Reshape" else None
+    if target is None or target.ndim != 1 or len(target) != len(in_shape) or \
+            not _same_dims(list(shape_of(merge.outputs[0]) or []), list(in_shape)):
+        return None
+    if int(target[c]) not in (-1, size):
+        return None
+    return merge, int(g)
+
+
+def _same_dims(a: list, b: list) -> bool:
+    """Equal dims; the batch (axis 0) may be named differently (a target of -1 there gives it a
+    fresh name) when every other dim is a number, which then pins it to the same size."""
+    if len(a) != len(b) or not a or a[1:] != b[1:]:
+        return False
+    return a[0] == b[0] or all(_static(d) for d in a[1:])
+
+
+def _couple_shuffle(split: gs.Node, ctx, cmap: ChannelMap, merge: gs.Node, groups: int) -> None:
+    """Channel i of every shuffle group lands next to the others (c' = i * g + k for c = k * n
+    + i): they are one unit, so every group loses the same positions and the shuffle stays a
+    shuffle of g equal groups (the unit spans g channels, as for grouped convs)."""
+    blocks = cmap.ids.reshape(groups, -1)
+    for k in range(1, groups):
+        ctx.union(blocks[0], blocks[k])
+    c = cmap.axis
+    ctx.set_map(merge.outputs[0], ChannelMap(c, blocks.T.reshape(-1).copy()))
+    ctx.member("shape", split, split.inputs[1], 0, cmap.ids)
+    ctx.member("shape", merge, merge.inputs[1], 0, cmap.ids)
+    ctx.note(split, ("shuffle", c + 1, blocks[0].copy()))   # per-group width n
+    ctx.note(merge, ("shuffle", c, cmap.ids.copy()))        # the whole width C
+
+
+def _rewrite_shuffle(node: gs.Node, rw, index: int, ids: np.ndarray) -> None:
+    target = const_value(node.inputs[1]).copy()
+    if int(target[index]) in (0, -1) or rw.keep_ids(ids).all():
+        return  # copied or inferred: follows the input by itself
+    target[index] = int(rw.keep_ids(ids).sum())
+    rw.set_input(node, 1, target)
 
 
 def _axes_ok(axes, rank: int | None, *, distinct: bool = False) -> bool:

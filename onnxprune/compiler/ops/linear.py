@@ -484,3 +484,91 @@ def _matmul_layout(site, node, keep_in) -> RefitLayout | None:
         return seq[:, positions(seq.shape[1])].reshape(-1, x.shape[-1])
 
     return RefitLayout(site, node, rows, w.astype(np.float64), keep_in, pack)
+
+
+# ---------------------------------------------------------------------------- Einsum (tf2onnx, jax2tf)
+
+
+def einsum_as_matmul(node: gs.Node) -> tuple[int, int] | None:
+    """(data index, weight index) when the Einsum is X @ W: two operands, one a constant 2-D
+    weight, the equation contracting the activation's last letter with the weight's first
+    and keeping every other letter in order ('bld,df->blf'); else None."""
+    eq = str(node.attrs.get("equation", "")).replace(" ", "")
+    if len(node.inputs) != 2 or "->" not in eq or "." in eq:
+        return None
+    terms, out = eq.split("->")
+    terms = terms.split(",")
+    for data, weight in ((0, 1), (1, 0)):
+        w = const_value(node.inputs[weight])
+        if w is None or w.ndim != 2 or const_value(node.inputs[data]) is not None:
+            continue
+        x, k = terms[data], terms[weight]
+        if len(k) != 2 or len(set(x)) != len(x) or not x or k[0] != x[-1] or k[1] in x:
+            continue
+        if out == x[:-1] + k[1] and rank_of(node.inputs[data]) in (None, len(x)) and len(x) >= 2:
+            return data, weight
+    return None
+
+
+@register("Einsum")
+class Einsum(Handler):
+    """An Einsum that is X @ W (einsum_as_matmul) is a MatMul cut point: the activation's last
+    axis is consumed, the output's last axis produced. Any other equation is a barrier."""
+
+    samplewise = True
+
+    def weight_input(self, node):
+        pattern = einsum_as_matmul(node)
+        return None if pattern is None else node.inputs[pattern[1]]
+
+    def macs(self, node):
+        w = const_value(self.weight_input(node))
+        out = shape_of(node.outputs[0]) or ()
+        return 0 if w is None else _static(out[1:-1]) * int(w.size)
+
+    def mixes_batch(self, node, opset):
+        return einsum_as_matmul(node) is None
+
+    def analyze(self, node, ctx):
+        pattern = einsum_as_matmul(node)
+        if pattern is None:
+            eq = node.attrs.get("equation", "")
+            return ctx.pin_inputs(node, f"Einsum '{eq}' is not a MatMul pattern")
+        data, weight = pattern
+        x, y, w = node.inputs[data], node.outputs[0], const_value(node.inputs[weight])
+        xmap, rank = ctx.map(x), rank_of(x)
+        if rank is None:
+            return ctx.pin_inputs(node, "Einsum with an input of unknown rank")
+        if xmap is not None and xmap.axis != rank - 1:
+            ctx.set_map(y, xmap)  # a kept letter: passes through
+            return ctx.note(node, ("passthrough", data, weight))
+        if xmap is not None and xmap.size != w.shape[0]:
+            return _opaque(node, ctx, None, -1, f"Einsum contracts {xmap.size} channels with a "
+                           f"weight of shape {list(w.shape)} (a malformed model?)")
+        if xmap is not None:
+            ctx.site(node, data, xmap)
+            ctx.member("consumer", node, node.inputs[weight], 0, xmap.ids)
+        out = ctx.new_source(node, y, w.shape[1], rank - 1)
+        ctx.member("producer", node, node.inputs[weight], 1, out.ids)
+        ctx.note(node, ("cut", data, weight))
+
+    def compensation(self, node, mean):
+        _, weight = einsum_as_matmul(node)
+        return mean[:, None] * const_value(node.inputs[weight]), rank_of(node.outputs[0]) - 1
+
+    def refit_layout(self, site, node, keep_in):
+        _, weight = einsum_as_matmul(node)
+        # RewriteContext.apply_refit swaps in the weight at input 1
+        return _matmul_layout(site, node, keep_in) if weight == 1 else None
+
+    def rewrite(self, node, rw):
+        note = rw.note(node)
+        if note is None or note[0] != "cut":
+            return
+        _, data, weight = note
+        if (keep_in := rw.keep(node.inputs[data])) is not None:
+            rw.fold_compensation(node, self, keep_in, bias_index=None,
+                                 out_axis=rank_of(node.inputs[data]) - 1)
+            rw.slice_input(node, weight, 0, keep_in)
+        if (keep_out := rw.keep(node.outputs[0])) is not None:
+            rw.slice_input(node, weight, 1, keep_out)

@@ -35,13 +35,53 @@ REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "Re
           "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
 
 
+DECOMPOSED_LAYERNORM = "LayerNorm (decomposed) over the channel axis"
+
+
+def _layernorm_mean(node) -> bool:
+    """The mean of a LayerNorm written out by hand: x - ReduceMean(x), or x - ReduceSum(x) * 1/C
+    (jax2tf), the reduction's input being the Sub's first operand."""
+    if node.op not in ("ReduceMean", "ReduceSum"):
+        return False
+    mean = node.outputs[0]
+    if node.op == "ReduceSum":
+        scaled = [c for c in mean.outputs if c.op in ("Mul", "Div") and any(
+            const_value(t) is not None and const_value(t).size == 1 for t in c.inputs)]
+        if not scaled:
+            return False
+        mean = scaled[0].outputs[0]
+    return any(c.op == "Sub" and c.inputs[0] is node.inputs[0] and c.inputs[1] is mean
+               for c in mean.outputs)
+
+
+def _layernorm_variance(node) -> bool:
+    """The variance of a hand-written LayerNorm: a reduction of (x - mean)^2 (Pow 2, or Mul of
+    the centred tensor by itself) where the mean is _layernorm_mean's."""
+    if node.op not in ("ReduceMean", "ReduceSum") or not node.inputs[0].inputs:
+        return False
+    square = node.inputs[0].inputs[0]
+    if square.op == "Pow" and len(square.inputs) == 2:
+        exponent = const_value(square.inputs[1])
+        ok = exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 2.0
+    else:
+        ok = square.op == "Mul" and len(square.inputs) == 2 and square.inputs[0] is square.inputs[1]
+    centred = square.inputs[0]
+    sub = centred.inputs[0] if ok and centred.inputs else None
+    if sub is None or sub.op != "Sub":
+        return False
+    mean = sub.inputs[1].inputs[0] if sub.inputs[1].inputs else None
+    if mean is not None and mean.op in ("Mul", "Div") and mean.inputs[0].inputs:
+        mean = mean.inputs[0].inputs[0]
+    return mean is not None and _layernorm_mean(mean)
+
+
 @register(*REDUCE)
 class Reduce(Handler):
     def explain(self, node):
         """ReduceMean feeding a Sub: the mean of a LayerNorm that an exporter spelled out."""
         if node.op == "ReduceMean" and any(c.op == "Sub" for c in node.outputs[0].outputs):
             return LAYERNORM
-        return None
+        return LAYERNORM if _layernorm_mean(node) else None
 
     def mixes_batch(self, node, opset):
         rank = rank_of(node.inputs[0])
@@ -71,6 +111,8 @@ class Reduce(Handler):
         if any(not -rank <= int(a) < rank for a in np.atleast_1d(axes)):
             return ctx.pin_inputs(node, f"{node.op} with axes out of range (a malformed model?)")
         axes = sorted(set(norm_axis(int(a), rank) for a in np.atleast_1d(axes)))
+        if cmap.axis in axes and (_layernorm_mean(node) or _layernorm_variance(node)):
+            return ctx.pin_inputs(node, DECOMPOSED_LAYERNORM)
         if cmap.axis in axes or 0 in axes:
             return ctx.pin_inputs(node, f"{node.op} over the channel (or batch) axis")
         keepdims = int(node.attrs.get("keepdims", 1))
