@@ -371,8 +371,10 @@ def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, run: _Run,
     """One round: (scores, kept units, the deployed choice, its plan); adds what it took to
     `rounds` (seconds, per-stage seconds, evaluations)."""
     t0 = time.perf_counter()
-    if reused is not None:
-        scores, plan, took = _reused(am, reused, _round_groups(am, opts)), None, {}
+    if reused is not None:  # no scoring, but compensation still needs the means
+        scores, plan = _reused(am, reused, _round_groups(am, opts)), None
+        means = _means(am, opts, run, progress)
+        took = {"means": time.perf_counter() - t0}
     else:
         scores, plan, means = _round_plan(am, opts, run, step, progress)
         took = {k: v for k, v in plan.measured_s.items() if k in ("means", "engine", "plan")}
@@ -382,13 +384,21 @@ def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, run: _Run,
     keep = select(am.analysis, {g: s.values for g, s in scores.items()}, opts.step_ratio(),
                   round_to=opts.round_multiple(), target=opts.target, global_=opts.global_)
     emit(progress, "rewrite", 0, 1)
-    choice = deploy(am.analysis, am.ident, keep, means=None if reused is not None else means, guard=guard,
+    choice = deploy(am.analysis, am.ident, keep, means=means, guard=guard,
                     refit_data=run.scoring if opts.refit else None, progress=progress)
     took["rewrite"] = time.perf_counter() - t1
     for k, v in took.items():
         rounds.stage_s[k] = rounds.stage_s.get(k, 0.0) + v
     rounds.seconds.update({f"score{step + 1}": t1 - t0, f"rewrite{step + 1}": took["rewrite"]})
     return scores, keep, choice, plan
+
+
+def _means(am: AnalyzedModel, opts: PruneOptions, run: _Run,
+           progress: ProgressFn | None) -> dict[str, np.ndarray] | None:
+    if not opts.compensate or run.scoring is None:
+        return None
+    emit(progress, "means", 0, 1)
+    return site_means(am.analysis, am.ident, run.scoring.inputs, device="cpu")
 
 
 def _round_groups(am: AnalyzedModel, opts: PruneOptions) -> list[int]:
@@ -404,10 +414,7 @@ def _round_plan(am: AnalyzedModel, opts: PruneOptions, run: _Run, step: int,
     """Means, the engine, the plan (emitted), then, unless `dry_run`, the scores."""
     gids = _round_groups(am, opts)
     t0 = time.perf_counter()
-    means = None
-    if opts.compensate and run.scoring is not None:
-        emit(progress, "means", 0, 1)
-        means = site_means(am.analysis, am.ident, run.scoring.inputs, device="cpu")
+    means = _means(am, opts, run, progress)
     spent = {**(run.spent if step == 0 else {}), "means": time.perf_counter() - t0}
     # later rounds: what the command took before this round (the plan's measured_s has the rest)
     elapsed = t0 - run.t0 + sum(v for k, v in run.spent.items() if k != "check") if step else 0.0
