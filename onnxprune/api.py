@@ -7,11 +7,12 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -27,7 +28,9 @@ from .model import AnalyzedModel, analyze_model
 from .options import PruneOptions, ScoreOptions
 from .progress import ProgressFn, emit
 from .report import build_report, verify_pruned
-from .scoring.metrics import METRICS, ScoreContext
+from .scoring.metrics import METRICS, Metric, ScoreContext
+from .scoring.plan import (Forward, ScorePlan, fit_time, flops_per_second, measure_forward,
+                           plan_scoring, refit_flops, stage_estimates)
 from .scoring.shapley import GroupScores
 from .scoring.site_stats import site_means, site_stats
 
@@ -94,22 +97,103 @@ def score_model(am: AnalyzedModel, calib: Calibration | None, options: ScoreOpti
                 groups: Sequence[int] | None = None, progress: ProgressFn | None = None,
                 **keywords: Any) -> dict[int, GroupScores]:
     """A score per unit of each group (default: every prunable group). Keywords (metric=,
-    seed=, estimator=, ...) amend `options`; `ratio` steers the adaptive estimator only."""
+    seed=, estimator=, ...) amend `options`; `ratio` steers the adaptive estimator only.
+    With `time_budget_s` the evaluations are planned to fit it (scoring/plan.py)."""
     opts = (options or ScoreOptions()).updated(**keywords).validate()
+    return score_planned(am, calib, opts, means=means, ratio=ratio, groups=groups,
+                         progress=progress, allowance=_scoring_allowance(opts))[0]
+
+
+Allowance = Callable[[ScorePlan], "float | None"]
+
+
+def _scoring_allowance(opts: ScoreOptions, spent: float = 0.0, steps: int = 1) -> Allowance:
+    """Seconds a round's scoring may take: the time budget less what is spent and what the
+    plan expects of the other stages (rounds still to come included), shared by the rounds."""
+    def allowance(plan: ScorePlan) -> float | None:
+        if opts.time_budget_s is None:
+            return None
+        others = sum(v for k, v in plan.expected().items() if k != "scoring")
+        return (opts.time_budget_s - spent - others) / steps
+    return allowance
+
+
+def score_planned(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptions, *,
+                  means: Mapping[str, np.ndarray] | None = None, ratio: float = 0.5,
+                  groups: Sequence[int] | None = None, progress: ProgressFn | None = None,
+                  forward: Forward | None = None, stages: Mapping[str, float] | None = None,
+                  spent: Mapping[str, float] | None = None, steps: int = 1,
+                  allowance: Allowance | None = None, dry_run: bool = False,
+                  step: int = 1, of: int = 1) -> tuple[dict[int, GroupScores], ScorePlan]:
+    """Plan (emitted as a `plan` event before scoring), then score unless `dry_run`.
+    `stages` and `spent`: the other stages' expected and already measured seconds."""
     metric = METRICS[opts.metric]
     gids = list(groups) if groups is not None else [g.id for g in am.analysis.prunable]
     if metric.needs_data and calib is None:
         raise OnnxPruneError(f"metric '{opts.metric}' needs calibration data (--calib)")
-    ctx = _score_context(am, calib, opts, means, ratio)
-    out: dict[int, GroupScores] = {}
     t0 = time.perf_counter()
-    for i, gid in enumerate(gids):
-        out[gid] = metric.score(ctx, gid)
-        if ctx.engine is not None:
-            emit(progress, "score", i + 1, len(gids), evaluations=ctx.engine.evaluations,
-                 elapsed=time.perf_counter() - t0)
-    if ctx.engine is not None:
-        info = ctx.engine.info()
+    ctx = _score_context(am, calib, opts, means, ratio)
+    t1 = time.perf_counter()
+    plan = plan_scoring(ctx.engine, am.analysis, gids, metric=opts.metric,
+                        estimator=opts.estimator, budget=opts.budget, aggregate=opts.aggregate,
+                        forward=forward)
+    plan.measured_s = {**(spent or {}), "engine": t1 - t0, "plan": time.perf_counter() - t1}
+    plan.stages, plan.steps, plan.time_budget_s = dict(stages or {}), steps, opts.time_budget_s
+    if allowance is not None and (seconds := allowance(plan)) is not None:
+        fit_time(plan, seconds)
+    emit(progress, "plan", 0, 0, plan=plan.to_json())
+    if dry_run:
+        return {}, plan
+    emit(progress, "score", 0, len(gids), metric=opts.metric, step=step, steps=of)
+    if ctx.engine is None:
+        return _score_groups(ctx, metric, gids, plan, progress), plan
+    before = ctx.engine.evaluations
+    ctx = dataclasses.replace(ctx, budgets=plan.budgets())
+    out = _score_groups(ctx, metric, gids, plan, progress)
+    plan.spent_evaluations = ctx.engine.evaluations - before
+    return out, plan
+
+
+_PROGRESS_S = 2.0  # a score event at least this often within a long group
+
+
+def _score_groups(ctx: ScoreContext, metric: Metric, gids: list[int], plan: ScorePlan,
+                  progress: ProgressFn | None) -> dict[int, GroupScores]:
+    out: dict[int, GroupScores] = {}
+    t0 = last = time.perf_counter()
+    engine, by_gid = ctx.engine, {g.gid: g for g in plan.groups}
+    start = engine.evaluations if engine is not None else 0
+    finished = [0.0, start]  # planned seconds of the finished groups, evaluations at the last
+
+    def report(done: int, evaluations: int) -> None:
+        current = by_gid.get(gids[done]) if done < len(gids) else None
+        expected = finished[0] + (min(current.seconds, current.setup_s + (evaluations - finished[1])
+                                      * current.seconds_per_evaluation) if current else 0.0)
+        emit(progress, "score", done, len(gids), evaluations=evaluations - start,
+             evaluations_planned=plan.evaluations, expected_s=plan.scoring_s,
+             expected_done_s=expected, elapsed=time.perf_counter() - t0)
+
+    def within(evaluations: int) -> None:
+        nonlocal last
+        if time.perf_counter() - last >= _PROGRESS_S:
+            last = time.perf_counter()
+            report(len(out), evaluations)
+
+    if engine is not None:
+        engine.on_values = within
+    try:
+        for gid in gids:
+            out[gid] = metric.score(ctx, gid)
+            if engine is not None:
+                finished[:] = [finished[0] + (by_gid[gid].seconds if gid in by_gid else 0.0),
+                               engine.evaluations]
+                last = time.perf_counter()
+                report(len(out), engine.evaluations)
+    finally:
+        if engine is not None:
+            engine.on_values = None
+    if engine is not None:
+        info = engine.info()
         for g in out.values():
             g.extra["engine"] = {k: info.get(k) for k in ("device", "path", "k_per_run")}
     return out
@@ -156,34 +240,100 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
     PruneOptions and ScoreOptions) amend `options`. `ratio` is the fraction of units removed
     per group (or of the model's parameters/MACs with `target`). Compensation and `refit` are
     guarded: each is kept only if it beats plain removal on held-out samples (deploy.py).
-    `scores` reuses per-group unit scores instead of scoring."""
-    opts = (options or PruneOptions()).updated(**keywords).validate()
-    if scores is not None and opts.steps > 1:
-        raise OnnxPruneError("--scores cannot be combined with --steps (rounds re-score)")
-    am = model if isinstance(model, AnalyzedModel) else analyze_model(model)
-    data = as_calibration(calib, am.proto)
-    if not am.analysis.prunable:
-        raise OnnxPruneError("no prunable channel group in this model (see 'onnxprune analyze')")
-    _check_runs(am, opts.score.device, data)
-    scoring, held_out, held_note = _split(data, opts.holdout, opts.score.seed)
-    guard = (_guard(am, held_out or scoring, held_note, opts.score.value)
+    `scores` reuses per-group unit scores instead of scoring. Before scoring, the plan
+    (scoring/plan.py) is emitted as a `plan` progress event; the report's `plan` holds it with
+    what each stage actually took."""
+    opts, am, data, run = _prepare(model, calib, options, scores, keywords)
+    guard = (_guard(am, run.held_out or run.scoring, run.held_note, opts.score.value)
              if opts.compensate or opts.refit else None)
-    rounds = _prune_rounds(am, opts, scoring, guard, scores, progress)
+    run.spent["check"] = time.perf_counter() - run.t0
+    rounds = _prune_rounds(am, opts, run, guard, scores, progress)
     seconds = {**am.seconds, **rounds.seconds}
     verification = None
     if data is not None:
         t0 = time.perf_counter()
         emit(progress, "verify", 0, 1)
-        verification = verify_pruned(am.proto, rounds.model, held_out or scoring, held_note,
-                                     opts.latency)
-        seconds["verify"] = time.perf_counter() - t0
+        verification = verify_pruned(am.proto, rounds.model, run.held_out or run.scoring,
+                                     run.held_note, opts.latency)
+        seconds["verify"] = rounds.stage_s["verify"] = time.perf_counter() - t0
     report = build_report(am, rounds.model, rounds.keep, rounds.scores, opts,
                           verification=verification,
                           n_samples=None if data is None else data.n_samples, seconds=seconds,
                           deploy=rounds.deploy if opts.steps > 1 else rounds.deploy[0],
                           reused_scores=scores is not None)
+    if rounds.plan is not None:
+        report["plan"] = _plan_report(rounds.plan, {**run.spent, **rounds.stage_s}, rounds.evaluations)
     return PruneResult(rounds.model, report, {g: s.values for g, s in rounds.scores.items()},
                        rounds.keep, am.analysis)
+
+
+def plan_prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
+               calib: str | os.PathLike | Mapping[str, np.ndarray] | Calibration | None = None,
+               options: PruneOptions | None = None, *, progress: ProgressFn | None = None,
+               **keywords: Any) -> ScorePlan:
+    """What `prune` with these arguments would do and cost (`--dry-run`): the first round's
+    plan, measured on the engine as `prune` measures it, with nothing scored or written."""
+    opts, am, data, run = _prepare(model, calib, options, None, keywords)
+    if opts.compensate or opts.refit:
+        _guard(am, run.held_out or run.scoring, run.held_note, opts.score.value)
+    run.spent["check"] = time.perf_counter() - run.t0
+    return _round_plan(am, opts, run, 0, progress, dry_run=True)[1]
+
+
+@dataclass
+class _Run:
+    """What every round reads: the samples, the measured forward pass, the time spent so far."""
+
+    scoring: Calibration | None
+    held_out: Calibration | None
+    held_note: str | None
+    forward: Forward | None
+    t0: float  # when the checks began (they count as the stage `check`)
+    spent: dict[str, float]  # measured seconds of the stages before the rounds
+
+
+def _prepare(model: Any, calib: Any, options: PruneOptions | None,
+             scores: Mapping[int, np.ndarray] | None, keywords: Mapping[str, Any]):
+    """Options, analysed model, calibration, checks, the split and one timed forward pass."""
+    opts = (options or PruneOptions()).updated(**keywords).validate()
+    if scores is not None and opts.steps > 1:
+        raise OnnxPruneError("--scores cannot be combined with --steps (rounds re-score)")
+    am = model if isinstance(model, AnalyzedModel) else analyze_model(model)
+    t0 = time.perf_counter()
+    data = as_calibration(calib, am.proto)
+    if not am.analysis.prunable:
+        raise OnnxPruneError("no prunable channel group in this model (see 'onnxprune analyze')")
+    _check_runs(am, opts.score.device, data)
+    scoring, held_out, held_note = _split(data, opts.holdout, opts.score.seed)
+    forward = measure_forward(am.proto, data.inputs) if data is not None else None
+    return opts, am, data, _Run(scoring, held_out, held_note, forward, t0, dict(am.seconds))
+
+
+def _round_stages(am: AnalyzedModel, gids: list[int], opts: PruneOptions, run: _Run, step: int,
+                  means_done: bool) -> dict[str, float]:
+    """Expected seconds of the stages after this round's scoring, to the end of the command."""
+    if run.forward is None:
+        return {}
+    refit_s = (refit_flops(am.analysis, gids, opts.step_ratio(), run.scoring.n_samples)
+               / flops_per_second() if opts.refit else 0.0)
+    est = stage_estimates(run.forward, scoring=run.scoring.n_samples,
+                          held=(run.held_out or run.scoring).n_samples,
+                          compensate=opts.compensate, refit=opts.refit, latency=opts.latency,
+                          refit_s=refit_s)
+    left = opts.steps - step
+    out = {"rewrite": est["rewrite"] * left, "verify": est["verify"]}
+    if "means" in est:
+        out["means"] = est["means"] * (left - 1 if means_done else left)
+    return out
+
+
+def _plan_report(plan: ScorePlan, actual: Mapping[str, float], evaluations: int) -> dict[str, Any]:
+    """The plan of the first round, with what each stage and the whole run actually took."""
+    doc = plan.to_json()
+    doc["actual_s"] = {k: round(v, 4) for k, v in actual.items()}
+    doc["actual_total_s"] = round(sum(actual.values()), 4)
+    doc["actual_evaluations"] = evaluations
+    return doc
 
 
 @dataclass
@@ -195,48 +345,87 @@ class _Rounds:
     scores: dict[int, GroupScores]  # scores of the one round ({} after several)
     deploy: list[dict[str, Any]]  # what shipped, per round
     seconds: dict[str, float]  # score<i>, rewrite<i>
+    plan: ScorePlan | None = None  # the first round's
+    stage_s: dict[str, float] = field(default_factory=dict)  # per plan stage, rounds summed
+    evaluations: int = 0
 
 
-def _prune_rounds(am: AnalyzedModel, opts: PruneOptions, scoring: Calibration | None,
-                  guard: Guard | None, reused: Mapping[int, np.ndarray] | None, progress: ProgressFn | None) -> _Rounds:
+def _prune_rounds(am: AnalyzedModel, opts: PruneOptions, run: _Run, guard: Guard | None,
+                  reused: Mapping[int, np.ndarray] | None, progress: ProgressFn | None) -> _Rounds:
     """`steps` rounds of score -> select -> rewrite, each on the model the last one shipped."""
-    deployed: list[dict[str, Any]] = []
-    seconds: dict[str, float] = {}
+    out = _Rounds(None, {}, {}, [], {})  # type: ignore[arg-type]
     for step in range(opts.steps):
-        scores, keep, choice, took = _prune_round(am, opts, step, scoring, guard, reused, progress)
-        deployed.append(choice.to_json(guard))
-        seconds.update(took)
+        scores, keep, choice, plan = _prune_round(am, opts, step, run, guard, reused, progress, out)
+        out.deploy.append(choice.to_json(guard))
+        out.model, out.plan = choice.model, out.plan or plan
         if opts.steps == 1:
-            return _Rounds(choice.model, keep, scores, deployed, seconds)
+            out.keep, out.scores = keep, scores
+            return out
         am = analyze_model(choice.model)
-    return _Rounds(choice.model, {}, {}, deployed, seconds)
+    return out
 
 
-def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, scoring: Calibration | None,
+def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, run: _Run,
                  guard: Guard | None, reused: Mapping[int, np.ndarray] | None,
-                 progress: ProgressFn | None
-                 ) -> tuple[dict[int, GroupScores], dict[int, np.ndarray], Choice, dict[str, float]]:
-    """One round: (scores, kept units, the deployed choice, seconds it took)."""
-    gids = scored_groups(am, opts.exclude)
-    if not gids:
-        raise OnnxPruneError("every prunable group is excluded")
+                 progress: ProgressFn | None, rounds: _Rounds,
+                 ) -> tuple[dict[int, GroupScores], dict[int, np.ndarray], Choice, ScorePlan | None]:
+    """One round: (scores, kept units, the deployed choice, its plan); adds what it took to
+    `rounds` (seconds, per-stage seconds, evaluations)."""
     t0 = time.perf_counter()
-    means = None
-    if opts.compensate and scoring is not None:
-        emit(progress, "means", 0, 1)
-        means = site_means(am.analysis, am.ident, scoring.inputs, device="cpu")
-    emit(progress, "score", 0, len(gids), metric=opts.score.metric, step=step + 1, steps=opts.steps)
-    scores = (_reused(am, reused, gids) if reused is not None else
-              score_model(am, scoring, opts.score, means=means, ratio=opts.step_ratio(),
-                          groups=gids, progress=progress))
+    if reused is not None:  # no scoring, but compensation still needs the means
+        scores, plan = _reused(am, reused, _round_groups(am, opts)), None
+        means = _means(am, opts, run, progress)
+        took = {"means": time.perf_counter() - t0}
+    else:
+        scores, plan, means = _round_plan(am, opts, run, step, progress)
+        took = {k: v for k, v in plan.measured_s.items() if k in ("means", "engine", "plan")}
+        took["scoring"] = time.perf_counter() - t0 - sum(took.values())
+        rounds.evaluations += plan.spent_evaluations or 0
     t1 = time.perf_counter()
     keep = select(am.analysis, {g: s.values for g, s in scores.items()}, opts.step_ratio(),
                   round_to=opts.round_multiple(), target=opts.target, global_=opts.global_)
     emit(progress, "rewrite", 0, 1)
     choice = deploy(am.analysis, am.ident, keep, means=means, guard=guard,
-                    refit_data=scoring if opts.refit else None, progress=progress)
-    took = {f"score{step + 1}": t1 - t0, f"rewrite{step + 1}": time.perf_counter() - t1}
-    return scores, keep, choice, took
+                    refit_data=run.scoring if opts.refit else None, progress=progress)
+    took["rewrite"] = time.perf_counter() - t1
+    for k, v in took.items():
+        rounds.stage_s[k] = rounds.stage_s.get(k, 0.0) + v
+    rounds.seconds.update({f"score{step + 1}": t1 - t0, f"rewrite{step + 1}": took["rewrite"]})
+    return scores, keep, choice, plan
+
+
+def _means(am: AnalyzedModel, opts: PruneOptions, run: _Run,
+           progress: ProgressFn | None) -> dict[str, np.ndarray] | None:
+    if not opts.compensate or run.scoring is None:
+        return None
+    emit(progress, "means", 0, 1)
+    return site_means(am.analysis, am.ident, run.scoring.inputs, device="cpu")
+
+
+def _round_groups(am: AnalyzedModel, opts: PruneOptions) -> list[int]:
+    gids = scored_groups(am, opts.exclude)
+    if not gids:
+        raise OnnxPruneError("every prunable group is excluded")
+    return gids
+
+
+def _round_plan(am: AnalyzedModel, opts: PruneOptions, run: _Run, step: int,
+                progress: ProgressFn | None, dry_run: bool = False,
+                ) -> tuple[dict[int, GroupScores], ScorePlan, dict[str, np.ndarray] | None]:
+    """Means, the engine, the plan (emitted), then, unless `dry_run`, the scores."""
+    gids = _round_groups(am, opts)
+    t0 = time.perf_counter()
+    means = _means(am, opts, run, progress)
+    spent = {**(run.spent if step == 0 else {}), "means": time.perf_counter() - t0}
+    # later rounds: what the command took before this round (the plan's measured_s has the rest)
+    elapsed = t0 - run.t0 + sum(v for k, v in run.spent.items() if k != "check") if step else 0.0
+    scores, plan = score_planned(
+        am, run.scoring, opts.score, means=means, ratio=opts.step_ratio(), groups=gids,
+        progress=progress, forward=run.forward, spent=spent,
+        stages=_round_stages(am, gids, opts, run, step, means_done=True), steps=opts.steps - step,
+        allowance=_scoring_allowance(opts.score, elapsed, opts.steps - step), dry_run=dry_run,
+        step=step + 1, of=opts.steps)
+    return scores, plan, means
 
 
 def _guard(am: AnalyzedModel, data: Calibration | None, note: str | None,

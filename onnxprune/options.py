@@ -49,6 +49,7 @@ class ScoreOptions:
     aggregate: Aggregate = "mean"
     device: Device = "auto"
     max_memory_mb: float | None = None
+    time_budget_s: float | None = None  # wall time the run is planned to fit (scoring scales)
 
     @classmethod
     def from_keywords(cls, **keywords: Any) -> ScoreOptions:
@@ -79,6 +80,9 @@ class ScoreOptions:
                                  f"{', '.join(sorted(VALUE_FUNCTIONS))}")
         if self.device not in DEVICES:
             raise OnnxPruneError(f"--device must be one of {', '.join(DEVICES)}, got {self.device}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise OnnxPruneError("--time-budget must be a positive number of minutes, got "
+                                 f"{self.time_budget_s / 60:g}")
         return self
 
 
@@ -159,7 +163,8 @@ class PruneOptions:
                 "estimator": s.estimator, "budget": s.budget, "value": s.value,
                 "aggregate": s.aggregate, "refit": self.refit, "ratio": self.ratio,
                 "metric": s.metric, "seed": s.seed, "device": s.device,
-                "max_memory_mb": s.max_memory_mb, "holdout": self.holdout,
+                "max_memory_mb": s.max_memory_mb, "time_budget_s": s.time_budget_s,
+                "holdout": self.holdout,
                 "latency": self.latency}
 
 
@@ -175,12 +180,15 @@ def _value_key(name: str) -> str:
 # the CLI's spellings of options whose click parameter names differ from the fields
 _CLI_NEGATED = {"no_compensate": "compensate", "no_latency": "latency"}
 _CLI_RENAMED = {"max_memory": "max_memory_mb"}
+_CLI_MINUTES = {"time_budget": "time_budget_s"}  # given in minutes, kept in seconds
 
 
 def _from_cli(params: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in params.items():
-        if name in _CLI_NEGATED:
+        if name in _CLI_MINUTES:
+            out[_CLI_MINUTES[name]] = None if value is None else 60.0 * value
+        elif name in _CLI_NEGATED:
             out[_CLI_NEGATED[name]] = not value
         else:
             out[_CLI_RENAMED.get(name, name)] = value

@@ -5,7 +5,7 @@ from typing import Callable, TypedDict
 
 
 class _Position(TypedDict):
-    stage: str  # means, score, rewrite, refit, deploy, verify
+    stage: str  # means, plan, score, rewrite, refit, deploy, verify
     done: int  # 0 announces the stage
     total: int  # 0 when the stage has no count
 
@@ -15,6 +15,10 @@ class ProgressEvent(_Position, total=False):
     step: int  # score: the round (1-based) ...
     steps: int  # ... of this many
     evaluations: int  # score: coalition evaluations so far
+    evaluations_planned: int  # score: evaluations the plan gives all groups
+    expected_s: float  # score: the plan's seconds for all groups
+    expected_done_s: float  # score: the plan's seconds for the evaluations done so far
+    plan: dict  # plan: ScorePlan.to_json, emitted before scoring
     elapsed: float  # score: seconds since scoring began
     unit: str  # what `done` counts when not groups ("layers")
 

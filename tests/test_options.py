@@ -103,17 +103,17 @@ def test_to_json_keeps_every_key_of_the_old_report_options():
 def test_step_ratio_is_the_same_for_scoring_and_selection(monkeypatch, target, steps):
     """Each round scores and selects with one ratio: `steps` of them remove `ratio` in all."""
     seen: dict[str, list[float]] = {"score": [], "select": []}
-    score_model, select = api.score_model, api.select
+    score_planned, select = api.score_planned, api.select  # what prune's rounds call
 
     def spy_score(*args, ratio, **kw):
         seen["score"].append(ratio)
-        return score_model(*args, ratio=ratio, **kw)
+        return score_planned(*args, ratio=ratio, **kw)
 
     def spy_select(analysis, scores, ratio, **kw):
         seen["select"].append(ratio)
         return select(analysis, scores, ratio, **kw)
 
-    monkeypatch.setattr(api, "score_model", spy_score)
+    monkeypatch.setattr(api, "score_planned", spy_score)
     monkeypatch.setattr(api, "select", spy_select)
     opts = PruneOptions(ratio=0.5, target=target, steps=steps, compensate=False, refit=False,
                         latency=False, score=ScoreOptions(metric="l1"))
@@ -149,7 +149,7 @@ def test_progress_events_carry_stage_done_total():
     onnxprune.prune(EXAMPLE, CALIB, ratio=0.5, metric="shapley", budget=64, latency=False,
                     refit=False, progress=events.append)
     assert events and all({"stage", "done", "total"} <= set(e) for e in events)
-    assert [e["stage"] for e in events if e["done"] == 0][:3] == ["means", "score", "rewrite"]
+    assert [e["stage"] for e in events if e["done"] == 0][:4] == ["means", "plan", "score", "rewrite"]
 
 
 def test_exclude_matches_a_producer_by_its_node_name():

@@ -19,7 +19,7 @@ from onnxprune.options import (AGGREGATES, DEVICES, ESTIMATOR_NAMES, METRIC_NAME
 from onnxprune.scoring.shapley import DEFAULT_ESTIMATOR
 
 from .progress import ProgressPrinter
-from .render import analysis_table, prune_table
+from .render import analysis_table, plan_text, prune_table
 
 EXIT_USER_ERROR = 2
 
@@ -101,6 +101,9 @@ def scoring_options(fn):
                      type=click.Choice(DEVICES)),
         click.option("--max-memory", "max_memory", type=float, default=None,
                      help="Memory bound for scoring, in MB."),
+        click.option("--time-budget", "time_budget", type=float, default=None,
+                     help="Minutes the run should take: the evaluations per group are planned "
+                          "from their measured cost to fit (never above --budget)."),
         click.option("--no-compensate", "no_compensate", is_flag=True,
                      help="Remove units outright (default: also try replacing them by their mean, kept "
                           "only when that helps on held-out samples)."),
@@ -138,14 +141,21 @@ def scoring_options(fn):
               "it ships only if it beats the alternatives on held-out samples.")
 @click.option("--no-latency", "no_latency", is_flag=True, help="Skip the latency measurement.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON report on stdout.")
+@click.option("--dry-run", "dry_run", is_flag=True,
+              help="Print the plan (groups, evaluations, measured cost, expected time) and exit "
+                   "without scoring or writing anything.")
 @scoring_options
 @guarded
 def prune_cmd(model: str, calib: str, **params: Any) -> None:
     """Prune MODEL and write the smaller model."""
     import onnxprune
     output, report_path, scores_path = (params.pop(k) for k in ("output", "report_path", "scores_path"))
-    as_json, quiet = params.pop("as_json"), params.pop("quiet")
+    as_json, quiet, dry_run = params.pop("as_json"), params.pop("quiet"), params.pop("dry_run")
     options = PruneOptions.from_cli(params)
+    if dry_run:
+        plan = onnxprune.api.plan_prune(model, calib, options, progress=ProgressPrinter(True))
+        click.echo(json.dumps(plan.to_json(), indent=1) if as_json else plan_text(plan.to_json()))
+        return
     out = Path(output) if output else default_output(Path(model))
     check_output(Path(model), out)
     if report_path:

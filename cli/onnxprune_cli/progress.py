@@ -8,7 +8,8 @@ import click
 
 from onnxprune.progress import ProgressEvent
 
-LABELS = {"means": "calibration means", "score": "scoring", "rewrite": "rewriting",
+LABELS = {"means": "calibration means", "plan": "planning (timing the first evaluations)",
+          "score": "scoring", "rewrite": "rewriting",
           "refit": "refitting the layers after pruned channels",
           "deploy": "choosing what ships on held-out samples", "verify": "verifying and timing"}
 
@@ -26,6 +27,11 @@ class ProgressPrinter:
     def __call__(self, event: ProgressEvent) -> None:
         if self.quiet:
             return
+        if event["stage"] == "plan" and "plan" in event:
+            from .render import plan_text
+            click.echo("\n".join(f"[onnxprune] {line}" for line in
+                                  plan_text(event["plan"]).splitlines()), err=True)
+            return
         stage, done, total = event["stage"], event.get("done", 0), event.get("total", 0)
         if stage != self.stage:
             if self.tty and self.stage is not None:
@@ -36,20 +42,37 @@ class ProgressPrinter:
             if not self.tty or not total or done == 0:
                 click.echo(f"[onnxprune] {LABELS.get(stage, stage)}{metric}{step}"
                            + (f": {total} groups" if stage == "score" and total else ""), err=True)
-        if not total or not done:
+        if not total or (not done and "evaluations" not in event):
             return
         now = time.perf_counter()
         elapsed = now - self.start
-        eta = elapsed / done * (total - done)
+        eta = eta_seconds(event, elapsed)
         text = (f"  {LABELS.get(stage, stage)} {done}/{total} {event.get('unit', 'groups')}"
-                + (f", {event['evaluations']} evaluations" if "evaluations" in event else "")
+                + (f", {event['evaluations']}" + (f"/{event['evaluations_planned']}" if
+                   "evaluations_planned" in event else "") + " evaluations" if "evaluations" in event else "")
                 + f", {elapsed:.0f}s elapsed, ETA {eta:.0f}s")
         if self.tty:
             width = 24
-            bar = "#" * int(width * done / total)
+            planned = event.get("evaluations_planned")
+            share = min(1.0, event["evaluations"] / planned) if planned and "evaluations" in event \
+                else done / total
+            bar = "#" * int(width * share)
             click.echo(f"\r[{bar:<{width}}] {text}", err=True, nl=False)
             if done == total:
                 click.echo("", err=True)
         elif now - self.last > 10 or done == total:
             self.last = now
             click.echo(f"[onnxprune]{text}", err=True)
+
+
+def eta_seconds(event: ProgressEvent, elapsed: float) -> float:
+    """Seconds left. With the plan's figures (score events): the plan's seconds still to go,
+    scaled by how the run compares with the plan so far (actual / planned seconds of the
+    evaluations done), so a slow machine or a slow group updates the ETA as it shows; else
+    the time per item so far times the items left."""
+    planned, done_s = event.get("expected_s"), event.get("expected_done_s")
+    if planned is not None and done_s is not None and planned > 0:
+        pace = elapsed / done_s if done_s > 0 else 1.0
+        return max(0.0, planned - done_s) * pace
+    done, total = event.get("done", 0), event.get("total", 0)
+    return elapsed / done * (total - done) if done else 0.0

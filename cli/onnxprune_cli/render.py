@@ -92,3 +92,34 @@ def prune_table(report: Report) -> str:
     if skipped:
         out.append(f"{skipped} groups left whole (see 'onnxprune analyze' for reasons)")
     return "\n".join(out)
+
+
+def duration(seconds: float) -> str:
+    """`0.8 s`, `42 s`, `~4.2 min`, `~1.5 h`."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"~{seconds / 60:.1f} min" if seconds < 7200 else f"~{seconds / 3600:.1f} h"
+
+
+def plan_text(plan: dict) -> str:
+    """The plan (onnxprune.scoring.plan.ScorePlan.to_json) as a few lines."""
+    rows = [[f"g{g['group']}", str(g["units"]), g["estimator"], str(g["evaluations"]),
+             f"{1e3 * g['seconds_per_evaluation']:.2f}" + ("" if g["measured"] else "*"),
+             duration(g["seconds"])] for g in plan["groups"]]
+    lines = [f"plan: {len(plan['groups'])} groups to score with {plan['metric']}, "
+             f"{sum(g['units'] for g in plan['groups'])} units, {plan['evaluations']} evaluations"
+             + (f" ({1e3 * plan['seconds_per_evaluation']:.2f} ms each)" if plan["groups"] else "")]
+    if rows:
+        lines += [_table(["group", "units", "estimator", "evaluations", "ms/eval", "time"], rows),
+                  "(* interpolated from the measured groups by suffix MACs)"]
+    fwd = plan.get("forward_equivalents")
+    lines.append(f"expected wall time {duration(plan['total_s'])} (scoring "
+                 f"{duration(plan['expected_s'].get('scoring', 0.0))})"
+                 + (f", {fwd:.0f} forward passes over the calibration set" if fwd else ""))
+    if plan.get("time_budget_s") is not None:
+        lines.append(f"time budget {duration(plan['time_budget_s'])}: scoring planned for "
+                     f"{duration(max(0.0, plan['scoring_budget_s'] or 0.0))}")
+    lines += [f"warning: {w}" for w in plan.get("warnings", [])]
+    return "\n".join(lines)

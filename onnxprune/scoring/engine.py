@@ -43,7 +43,7 @@ import dataclasses
 import os
 import time
 from collections import OrderedDict
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import onnx
@@ -110,6 +110,7 @@ class Engine:
         self.max_coalitions = max_coalitions
         self.budget = int((max_memory_mb if max_memory_mb is not None else default_memory_mb()) * 2**20)
         self.evaluations = 0
+        self.on_values: Callable[[int], None] | None = None  # told the evaluations after each call
         self.path = "not run yet"
         self._plans: OrderedDict[tuple[int, ...], Plan] = OrderedDict()
         self._probed: dict[str, bool] = {}  # tensor -> carries the samples on axis 0
@@ -165,14 +166,19 @@ class Engine:
             return out
         if self.mixing:
             out[:] = self._values_mixing(gids, masks)
-            self.evaluations += coalitions.shape[0]
+            self._count(coalitions.shape[0])
             return out
         plan = self._activate(gids)
         for start in range(0, coalitions.shape[0], plan.k_value):
             block = slice(start, min(coalitions.shape[0], start + plan.k_value))
             out[block] = self.value_fn(self._outputs(plan, [m[block] for m in masks]))
-        self.evaluations += coalitions.shape[0]
+        self._count(coalitions.shape[0])
         return out
+
+    def _count(self, k: int) -> None:
+        self.evaluations += k
+        if self.on_values is not None:  # progress within a group (api.score_model)
+            self.on_values(self.evaluations)
 
     def info(self) -> dict[str, Any]:
         plan = next(reversed(self._plans.values()), None)

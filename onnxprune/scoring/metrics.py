@@ -33,6 +33,7 @@ class ScoreContext:
     ratio: float = 0.5  # fraction of units the run removes (steers the adaptive estimator)
     engine: Any = None  # the masking engine, for metrics with needs_engine
     site_stat: Mapping[str, np.ndarray] | None = None  # per site tensor: the metric's statistic
+    budgets: Mapping[int, int] | None = None  # per group, the plan's (scoring/plan.py) budget
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,8 @@ def taylor(engine, gid: int, eps: float = 0.05) -> GroupScores:
 
 def _shapley(ctx: ScoreContext, gid: int) -> GroupScores:
     n = ctx.analysis.group(gid).units
-    return shapley_group(ctx.engine, gid, estimator=ctx.estimator, budget=ctx.budget,
+    budget = ctx.budgets.get(gid, ctx.budget) if ctx.budgets else ctx.budget
+    return shapley_group(ctx.engine, gid, estimator=ctx.estimator, budget=budget,
                          seed=ctx.seed + gid, k=n_removed(n, ctx.ratio), aggregate=ctx.aggregate)
 
 

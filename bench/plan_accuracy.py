@@ -1,0 +1,55 @@
+"""Predicted vs actual wall time of the default prune command (issue 14: the cost preview).
+
+    python bench/plan_accuracy.py [--repeats 2]
+
+Per model: the plan's expected seconds (printed before scoring) against the seconds the run
+took (the report's `plan.actual_s`, summed; load to verification), scoring alone too, and the
+forward-pass equivalents. Zoo models get 32 seeded random samples (normal floats; BERT: ids in
+[0, 100), all-ones mask, seq 16); digits_cnn its own calibration file.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+import onnxprune
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def calibration(name: str):
+    if name == "digits_cnn":
+        return ROOT / "models/digits_calib.npz"
+    rng = np.random.default_rng(0)
+    if name == "bert_tiny":
+        return {"input_ids": rng.integers(0, 100, (32, 16)).astype(np.int64),
+                "attention_mask": np.ones((32, 16), np.int64)}
+    return {"input": rng.standard_normal((32, 3, 32, 32)).astype(np.float32)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    models = {"digits_cnn": ROOT / "models/digits_cnn.onnx",
+              "mobilenetv2": ROOT / "models/zoo/mobilenetv2.onnx",
+              "bert_tiny": ROOT / "models/zoo/bert_tiny.onnx"}
+    print("model        expected_s  actual_s  wall_s  scoring exp/act  evals plan/spent  fwd-pass eq. exp/act")
+    for name, path in models.items():
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            r = onnxprune.prune(path, calibration(name), ratio=0.5)
+            wall = time.perf_counter() - t0
+            p = r.report["plan"]
+            fwd = p["forward_s"]
+            print(f"{name:<12} {p['total_s']:10.2f} {p['actual_total_s']:9.2f} {wall:7.2f}"
+                  f"  {p['expected_s']['scoring']:6.2f}/{p['actual_s']['scoring']:<6.2f}"
+                  f"  {p['evaluations']:6d}/{p['actual_evaluations']:<6d}"
+                  f"  {p['total_s'] / fwd:8.0f}/{p['actual_total_s'] / fwd:<8.0f}")
+
+
+if __name__ == "__main__":
+    main()

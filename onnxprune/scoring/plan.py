@@ -1,0 +1,355 @@
+"""Stage `plan`: what a run is about to cost, measured before scoring starts (issues 14, 16).
+
+    forward = measure_forward(proto, inputs)             # one session + one pass, timed
+    plan = plan_scoring(engine, analysis, gids, metric="shapley", forward=forward)
+    fit_time(plan, seconds=60)                           # optional: scoring within 60 s
+    plan.budgets()                                       # per group: the estimator's budget
+
+Per group: units, the estimator, the coalition evaluations planned (the budget the
+estimator receives) and what one evaluation costs. The cost is measured on the engine
+itself: the first evaluation of a group pays its setup (cut, sessions, K tuning, prefix
+run), the next ones are timed. Two groups are measured (the first scored, whose setup
+scoring reuses, and the one with the smallest suffix); the others are interpolated
+linearly in their suffix MACs (the MACs downstream of the group's mask sites), since a
+coalition runs only the suffix. The stages around scoring (means, rewrite with refit and
+the guarded choice, verification with latency) are a few sessions and forward passes
+each, estimated from one measured session build and one forward pass over the
+calibration set.
+
+With a time budget the evaluations are scaled so that the planned scoring time fits:
+never below what the estimator needs (then the plan says so), never above `--budget`
+when given (else at most _MAX_STRETCH x the default).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..compiler.analysis import Analysis
+from ..compiler.cost import node_macs
+from .estimators import CAPABILITIES, default_budget
+
+_PROBE_S = 0.2          # seconds of timed evaluations per measured group (after the first)
+_PROBE_MAX = 128        # ... at most this many coalitions in one call (estimators send <= 256)
+_MAX_STRETCH = 10       # a time budget raises a group's evaluations at most this x the default
+_LATENCY_S = 4.0        # deploy/latency.py: max_seconds, at least 5 and at most 50 rounds
+_LATENCY_ROUNDS = (5, 50)
+_REFIT_OVERHEAD = 3.0   # refit: im2col rows and column copies around its Gram products
+                        # (digits_cnn, mobilenetv2: measured 2-4x the products alone)
+_ENGINE_METRICS_FIXED = {"loo", "taylor"}  # n + 1 evaluations per group, no budget
+
+__all__ = ["Forward", "GroupPlan", "ScorePlan", "measure_forward", "min_evaluations",
+           "fit_time", "plan_scoring", "stage_estimates", "suffix_macs"]
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One session build of the original and one forward pass over the calibration set."""
+
+    session_s: float
+    forward_s: float
+    samples: int
+
+    def pass_s(self, samples: int) -> float:
+        return self.forward_s * samples / max(1, self.samples)
+
+
+@dataclass
+class GroupPlan:
+    gid: int
+    units: int
+    estimator: str
+    evaluations: int  # planned: the budget the estimator receives (2^n when exhaustive)
+    minimum: int  # the fewest the estimator can run with
+    seconds_per_evaluation: float
+    setup_s: float  # cut, sessions, tuning and prefix run of the group's first evaluation
+    suffix_macs: int
+    measured: bool
+
+    @property
+    def seconds(self) -> float:
+        return self.setup_s + self.evaluations * self.seconds_per_evaluation
+
+    def to_json(self) -> dict[str, Any]:
+        return {"group": self.gid, "units": self.units, "estimator": self.estimator,
+                "evaluations": self.evaluations, "minimum": self.minimum,
+                "seconds_per_evaluation": self.seconds_per_evaluation, "setup_s": self.setup_s,
+                "seconds": self.seconds, "suffix_macs": self.suffix_macs, "measured": self.measured}
+
+
+@dataclass
+class ScorePlan:
+    """The plan of one run: per-group scoring and the expected seconds of every stage."""
+
+    metric: str
+    groups: list[GroupPlan]
+    forward: Forward | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # expected seconds, scoring excluded
+    measured_s: dict[str, float] = field(default_factory=dict)  # already spent (load, engine, plan)
+    time_budget_s: float | None = None  # the user's, for the whole command
+    scoring_budget_s: float | None = None  # the share of it this round's scoring was fitted to
+    steps: int = 1  # rounds left, this one included
+    warnings: list[str] = field(default_factory=list)
+    spent_evaluations: int | None = None  # after scoring: what the estimators spent
+    options: tuple[str, int | None, bool] = ("auto", None, False)  # estimator, --budget, per-sample
+
+    def budgets(self) -> dict[int, int]:
+        return {g.gid: g.evaluations for g in self.groups}
+
+    @property
+    def evaluations(self) -> int:
+        return sum(g.evaluations for g in self.groups)
+
+    @property
+    def scoring_s(self) -> float:
+        return sum(g.seconds for g in self.groups)
+
+    @property
+    def seconds_per_evaluation(self) -> float:
+        evals = sum(g.evaluations for g in self.groups)
+        return sum(g.evaluations * g.seconds_per_evaluation for g in self.groups) / max(1, evals)
+
+    def expected(self) -> dict[str, float]:
+        """Seconds per stage of the whole command: measured so far, scoring for the rounds
+        left (later rounds score smaller models: an upper bound) and the other stages'
+        estimates (`stages`, rounds included)."""
+        out = dict(self.measured_s)
+        out["scoring"] = self.scoring_s * self.steps
+        for k, v in self.stages.items():
+            out[k] = out.get(k, 0.0) + v
+        return out
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.expected().values())
+
+    @property
+    def forward_equivalents(self) -> float | None:
+        if self.forward is None or self.forward.forward_s <= 0:
+            return None
+        return self.total_s / self.forward.forward_s
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.metric, "groups": [g.to_json() for g in self.groups],
+                "evaluations": self.evaluations, "scoring_s": self.scoring_s,
+                "seconds_per_evaluation": self.seconds_per_evaluation,
+                "forward_s": self.forward.forward_s if self.forward else None,
+                "session_s": self.forward.session_s if self.forward else None,
+                "expected_s": self.expected(), "total_s": self.total_s,
+                "forward_equivalents": self.forward_equivalents, "steps": self.steps,
+                "time_budget_s": self.time_budget_s, "scoring_budget_s": self.scoring_budget_s,
+                "warnings": list(self.warnings)}
+
+
+def measure_forward(proto: Any, inputs: Mapping[str, np.ndarray], device: str = "cpu",
+                    batch: int = 64) -> Forward:
+    """A session of the original built and run over all samples: the best of two passes
+    after a warm-up (load only adds)."""
+    from ..runtime import make_session, run_chunks
+    t0 = time.perf_counter()
+    sess = make_session(proto, device)
+    session_s = time.perf_counter() - t0
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in run_chunks(sess, inputs, batch):
+            pass
+        times.append(time.perf_counter() - t0)
+    return Forward(session_s, min(times[1:]), len(next(iter(inputs.values()))))
+
+
+def suffix_macs(analysis: Analysis, gid: int) -> int:
+    """MACs per sample of the nodes downstream of the group's mask sites (their consumers
+    included): what a coalition of this group runs."""
+    starts = {s.node for s in analysis.sites if (analysis.ch_group[s.ids] == gid).any()}
+    nodes = [analysis.node(k) for k in starts]
+    tainted = {o.name for n in nodes for o in n.outputs}
+    seen = {id(n) for n in nodes}
+    changed = True
+    while changed:  # fixed point: works on any node order
+        changed = False
+        for node in analysis.graph.nodes:
+            if id(node) not in seen and any(t.name in tainted for t in node.inputs):
+                seen.add(id(node))
+                tainted.update(o.name for o in node.outputs)
+                changed = True
+    return sum(node_macs(n) for n in analysis.graph.nodes if id(n) in seen)
+
+
+def min_evaluations(estimator: str, n: int) -> int:
+    """The fewest evaluations `estimator` runs with on n units (the estimators' `require`)."""
+    if n <= 1:
+        return 2 * n
+    return {"exact": 2 ** n, "permutation": n + 1, "antithetic": 2 * n, "persample": 2 * n,
+            "adaptive": 2 + 4 * (n - 1), "kernelshap": 4, "joint": 2}.get(estimator, 2)
+
+
+def _budgeted(metric: str, n: int, budget: int | None, estimator: str,
+              per_sample: bool) -> tuple[str, int, int]:
+    """(estimator, planned evaluations, minimum) of one group, as shapley_group decides."""
+    from .shapley import pick_estimator
+    if metric in _ENGINE_METRICS_FIXED:
+        return metric, n + 1, n + 1
+    budget = budget or default_budget(n)
+    name = pick_estimator(n, budget, estimator, per_sample)
+    if CAPABILITIES[name].exhaustive:
+        budget = max(budget, 2 ** n)
+    return name, int(budget), min_evaluations(name, n)
+
+
+def plan_scoring(engine: Any, analysis: Analysis, gids: Sequence[int], *, metric: str,
+                 estimator: str = "auto", budget: int | None = None, aggregate: str = "mean",
+                 forward: Forward | None = None, probe: bool = True) -> ScorePlan:
+    """The scoring plan of `gids` (scored in this order); measures the engine unless there
+    is none (metrics without forward passes) or `probe` is off. The first group's setup is
+    paid here (its data stays live for scoring), so its plan counts none."""
+    per_sample = bool(getattr(engine, "per_sample_masks", False)) and aggregate == "mean"
+    if engine is None or not gids:
+        return ScorePlan(metric, [], forward, options=(estimator, budget, per_sample))
+    macs = {g: suffix_macs(analysis, g) for g in gids}
+    points = _measure(engine, analysis, list(gids), macs) if probe else {}
+    groups = []
+    for g in gids:
+        n = analysis.group(g).units
+        name, evals, minimum = _budgeted(metric, n, budget, estimator, per_sample)
+        setup, per_eval = points[g] if g in points else (
+            _interpolate(points, macs, macs[g]) if points else (0.0, 0.0))
+        setup = 0.0 if g == gids[0] and g in points else setup
+        groups.append(GroupPlan(g, n, name, evals, minimum, per_eval, setup, macs[g], g in points))
+    return ScorePlan(metric, groups, forward, options=(estimator, budget, per_sample))
+
+
+def _measure(engine: Any, analysis: Analysis, gids: list[int],
+             macs: Mapping[int, int]) -> dict[int, tuple[float, float]]:
+    """(setup seconds, seconds per evaluation) of the smallest suffix's group and of the first
+    group, measured in that order so that the first group's data stays live for scoring.
+    The probe's evaluations are not counted in `engine.evaluations`."""
+    first, smallest = gids[0], min(gids, key=lambda g: macs[g])
+    order = [smallest, first] if macs[smallest] < macs[first] else [first]
+    before = engine.evaluations
+    try:
+        return {g: _probe(engine, g, analysis.group(g).units) for g in order}
+    finally:
+        engine.evaluations = before
+
+
+def _probe(engine: Any, gid: int, n: int) -> tuple[float, float]:
+    rng = np.random.default_rng(gid)
+
+    def timed(k: int) -> float:
+        coalitions = rng.random((k, n)) < 0.5
+        t0 = time.perf_counter()
+        engine.values(gid, coalitions)
+        return time.perf_counter() - t0
+
+    first = timed(1)  # pays the group's setup
+    spent, count = timed(8), 8
+    k = int(min(_PROBE_MAX, _PROBE_S / max(spent / count, 1e-9)))
+    if k > 2 * count:
+        spent, count = spent + timed(k), count + k
+    per_eval = spent / count
+    return max(0.0, first - per_eval), per_eval
+
+
+def _interpolate(points: Mapping[int, tuple[float, float]], macs: Mapping[int, int],
+                 at: int) -> tuple[float, float]:
+    """Setup and per-evaluation seconds at `at` suffix MACs, linear between the measured
+    groups (clamped at their range: beyond it the fit is a guess either way)."""
+    (m0, p0), *rest = sorted((macs[g], v) for g, v in points.items())
+    if not rest:
+        return p0
+    m1, p1 = rest[-1]
+    t = min(1.0, max(0.0, (at - m0) / (m1 - m0))) if m1 > m0 else 1.0
+    return tuple(a + t * (b - a) for a, b in zip(p0, p1))  # type: ignore[return-value]
+
+
+def fit_time(plan: ScorePlan, seconds: float) -> None:
+    """Scale the sampling groups' evaluations so that the plan's scoring takes `seconds`
+    (sets `plan.scoring_budget_s`); says so in `plan.warnings` when the estimators' minimum
+    does not fit. loo and taylor have a fixed count: nothing to scale."""
+    plan.scoring_budget_s = seconds
+    if plan.metric in _ENGINE_METRICS_FIXED or not plan.groups:
+        return
+    estimator, cap, per_sample = plan.options
+    fixed = [g for g in plan.groups if g.estimator == "exact" and g.units <= 8]
+    flexible = [g for g in plan.groups if g not in fixed]
+    left = seconds - sum(g.seconds for g in fixed) - sum(g.setup_s for g in flexible)
+    cost = sum(g.evaluations * g.seconds_per_evaluation for g in flexible)
+    scale = left / cost if cost > 0 else 1.0
+    short = False
+    for g in flexible:
+        ceiling = cap if cap is not None else _MAX_STRETCH * default_budget(g.units)
+        want = min(ceiling, int(math.floor(g.evaluations * scale)))
+        name, evals, minimum = _budgeted(plan.metric, g.units, max(2, want), estimator, per_sample)
+        if want < minimum:
+            short = True
+            name, evals, minimum = _budgeted(plan.metric, g.units, minimum, estimator, per_sample)
+        g.estimator, g.evaluations, g.minimum = name, evals, minimum
+    if short or plan.scoring_s > seconds * 1.001:
+        plan.warnings.append(
+            f"the time budget ({seconds:.1f} s for scoring) cannot cover the minimum the "
+            f"estimators need: scoring with at least that ({plan.evaluations} evaluations, "
+            f"~{plan.scoring_s:.1f} s)")
+
+
+def refit_flops(analysis: Analysis, gids: Sequence[int], ratio: float, samples: int) -> float:
+    """Floating-point operations of the least-squares refit (deploy/refit.py) when `ratio` of
+    every scored group's units goes: per consumer site, the Gram sums over its rows
+    (samples x at most 256 positions; kept columns k, removed m, outputs o: 2 rows (k^2 +
+    k o + m o)) and two eigendecompositions of k x k (about 10 k^3 each)."""
+    from ..compiler.cost import weight_of
+    from ..deploy.refit import POSITIONS
+    scored, total = set(gids), 0.0
+    for site in analysis.sites:
+        if not any(int(g) in scored for g in np.unique(analysis.ch_group[site.ids])):
+            continue
+        w = weight_of(analysis.node(site.node))
+        if w is None or w.ndim < 2:
+            continue
+        kernel, cols = int(np.prod(w.shape[2:])) if w.ndim > 2 else 1, len(site.ids)
+        k, m = (1 - ratio) * cols * kernel, ratio * cols * kernel
+        o = w.shape[0] if w.ndim > 2 else w.size // max(1, cols)
+        rows = samples * min(POSITIONS, _positions(analysis, site))
+        total += 2 * rows * (k * k + k * o + m * o) + 20 * k ** 3
+    return total
+
+
+def _positions(analysis: Analysis, site: Any) -> int:
+    shape = getattr(analysis.graph.tensors().get(site.tensor), "shape", None) or ()
+    dims = [d for i, d in enumerate(shape) if i not in (0, site.axis % max(1, len(shape)))]
+    return int(np.prod(dims)) if all(isinstance(d, int) and d > 0 for d in dims) else 1
+
+
+def flops_per_second() -> float:
+    """float64 operations per second the refit achieves here: matrix products measured, less
+    its overhead around them."""
+    a = np.random.default_rng(0).standard_normal((1024, 192))
+    a.T @ a
+    t0 = time.perf_counter()
+    for _ in range(3):
+        a.T @ a
+    return 3 * 2 * 1024 * 192 * 192 / max(time.perf_counter() - t0, 1e-9) / _REFIT_OVERHEAD
+
+
+def stage_estimates(forward: Forward, *, scoring: int, held: int, compensate: bool,
+                    refit: bool, latency: bool, refit_s: float = 0.0) -> dict[str, float]:
+    """Expected seconds of the stages around scoring, each a few session builds and passes:
+    means (an instrumented session, one pass over the scoring samples); rewrite (the guard's
+    original and each candidate: a session and a pass over the held-out samples; the refit's
+    site session and pass, and `refit_s` of solving); verify (both models
+    on the held-out samples, then latency: both on up to 32 samples, interleaved)."""
+    s, held_pass = forward.session_s, forward.pass_s(held)
+    candidates = 1 + int(compensate) + int(refit)
+    out = {"means": s + forward.pass_s(scoring)} if compensate else {}
+    out["rewrite"] = (2 * (1 + candidates) * s + (1 + candidates) * held_pass
+                      + (s + forward.pass_s(scoring) + refit_s if refit else 0.0))
+    out["verify"] = 2 * (s + held_pass)
+    if latency:
+        run = forward.pass_s(min(32, held))
+        rounds = min(_LATENCY_ROUNDS[1], max(_LATENCY_ROUNDS[0], _LATENCY_S / max(2 * run, 1e-9)))
+        out["verify"] += 2 * s + (rounds + 2) * 2 * run
+    return out
