@@ -100,6 +100,10 @@ def score_model(am: AnalyzedModel, calib: Calibration | None, options: ScoreOpti
     gids = list(groups) if groups is not None else [g.id for g in am.analysis.prunable]
     if metric.needs_data and calib is None:
         raise OnnxPruneError(f"metric '{opts.metric}' needs calibration data (--calib)")
+    if (opts.workers or opts.ray_address) and metric.needs_engine:
+        from .scoring.distributed import score_distributed  # the only way Ray gets imported
+        return score_distributed(am, calib, opts, gids, context=_score_context, means=means,
+                                 ratio=ratio, progress=progress)
     ctx = _score_context(am, calib, opts, means, ratio)
     out: dict[int, GroupScores] = {}
     t0 = time.perf_counter()
@@ -116,11 +120,14 @@ def score_model(am: AnalyzedModel, calib: Calibration | None, options: ScoreOpti
 
 
 def _score_context(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptions,
-                   means: Mapping[str, np.ndarray] | None, ratio: float) -> ScoreContext:
-    """Exactly what the metric's entry says it reads: the engine, a site statistic."""
+                   means: Mapping[str, np.ndarray] | None, ratio: float,
+                   threads: int | None = None) -> ScoreContext:
+    """Exactly what the metric's entry says it reads: the engine, a site statistic.
+    `threads`: ONNX Runtime threads (a Ray worker gets its share of the node's cores)."""
     metric = METRICS[opts.metric]
     engine = (make_engine(am, calib, value=opts.value, device=opts.device, means=means,
-                          max_memory_mb=opts.max_memory_mb) if metric.needs_engine else None)
+                          max_memory_mb=opts.max_memory_mb, threads=threads)
+              if metric.needs_engine else None)
     stat = None
     if metric.statistic is not None:
         stats = site_stats(am.analysis, am.ident, calib.inputs, device="cpu")
@@ -141,10 +148,11 @@ def value_function(am: AnalyzedModel, calib: Calibration, value: str | None = No
 
 
 def make_engine(am: AnalyzedModel, calib: Calibration, *, value: str | None = None,
-                device: str = "auto", means=None, max_memory_mb: float | None = None):
+                device: str = "auto", means=None, max_memory_mb: float | None = None,
+                threads: int | None = None):
     from .scoring.engine import Engine
     return Engine(am, calib, value_function(am, calib, value), device=device,
-                  max_memory_mb=max_memory_mb, means=means)
+                  max_memory_mb=max_memory_mb, means=means, threads=threads)
 
 
 def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,

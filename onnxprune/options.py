@@ -8,6 +8,7 @@ tuples the CLI offers are taken from the registries themselves.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, get_args
 
@@ -48,7 +49,9 @@ class ScoreOptions:
     value: ValueName | None = None  # None: by output shape and labels; '-' and case forgiven
     aggregate: Aggregate = "mean"
     device: Device = "auto"
-    max_memory_mb: float | None = None
+    max_memory_mb: float | None = None  # per worker with `workers`
+    workers: int = 0  # Ray workers scoring groups in parallel (0: in this process, no Ray)
+    ray_address: str | None = None  # join this Ray cluster (None: start a local one)
 
     @classmethod
     def from_keywords(cls, **keywords: Any) -> ScoreOptions:
@@ -79,6 +82,10 @@ class ScoreOptions:
                                  f"{', '.join(sorted(VALUE_FUNCTIONS))}")
         if self.device not in DEVICES:
             raise OnnxPruneError(f"--device must be one of {', '.join(DEVICES)}, got {self.device}")
+        if self.workers < 0:
+            raise OnnxPruneError(f"--workers must be 0 (no Ray) or more, got {self.workers}")
+        if (self.workers or self.ray_address) and importlib.util.find_spec("ray") is None:
+            raise OnnxPruneError("--workers/--ray-address need Ray: pip install 'onnxprune[distributed]'")
         return self
 
 
@@ -160,7 +167,7 @@ class PruneOptions:
                 "aggregate": s.aggregate, "refit": self.refit, "ratio": self.ratio,
                 "metric": s.metric, "seed": s.seed, "device": s.device,
                 "max_memory_mb": s.max_memory_mb, "holdout": self.holdout,
-                "latency": self.latency}
+                "latency": self.latency, "workers": s.workers, "ray_address": s.ray_address}
 
 
 def _names(cls: type) -> set[str]:

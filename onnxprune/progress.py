@@ -16,6 +16,7 @@ class ProgressEvent(_Position, total=False):
     steps: int  # ... of this many
     evaluations: int  # score: coalition evaluations so far
     elapsed: float  # score: seconds since scoring began
+    workers: int  # score: Ray workers alive (distributed scoring only)
     unit: str  # what `done` counts when not groups ("layers")
 
 

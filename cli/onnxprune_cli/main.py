@@ -101,6 +101,11 @@ def scoring_options(fn):
                      type=click.Choice(DEVICES)),
         click.option("--max-memory", "max_memory", type=float, default=None,
                      help="Memory bound for scoring, in MB."),
+        click.option("--workers", default=0, show_default=True, type=int,
+                     help="Score groups on N Ray workers (one GPU each with CUDA); "
+                          "needs 'onnxprune[distributed]'. 0: in this process."),
+        click.option("--ray-address", "ray_address", default=None,
+                     help="Join this Ray cluster (default with --workers: a local one)."),
         click.option("--no-compensate", "no_compensate", is_flag=True,
                      help="Remove units outright (default: also try replacing them by their mean, kept "
                           "only when that helps on held-out samples)."),
