@@ -126,3 +126,11 @@ def test_cli_workers_without_ray_is_one_line(monkeypatch, tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: --workers/--ray-address need Ray: pip install 'onnxprune[distributed]'"]
     assert not (tmp_path / "s.json").exists()
+
+
+def test_unreachable_address_is_a_quick_user_error():
+    """Ray itself retries a dead address for minutes; a HOST:PORT that refuses is one line."""
+    from onnxprune.scoring.distributed import _check_reachable
+    with pytest.raises(OnnxPruneError, match="--ray-address 127.0.0.1:1: nothing answers"):
+        _check_reachable("127.0.0.1:1")
+    _check_reachable("auto")  # left to Ray
