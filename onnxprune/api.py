@@ -124,13 +124,17 @@ def score_planned(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptio
                   forward: Forward | None = None, stages: Mapping[str, float] | None = None,
                   spent: Mapping[str, float] | None = None, steps: int = 1,
                   allowance: Allowance | None = None, dry_run: bool = False,
-                  step: int = 1, of: int = 1) -> tuple[dict[int, GroupScores], ScorePlan]:
+                  step: int = 1, of: int = 1) -> tuple[dict[int, GroupScores], ScorePlan | None]:
     """Plan (emitted as a `plan` event before scoring), then score unless `dry_run`.
     `stages` and `spent`: the other stages' expected and already measured seconds."""
     metric = METRICS[opts.metric]
     gids = list(groups) if groups is not None else [g.id for g in am.analysis.prunable]
     if metric.needs_data and calib is None:
         raise OnnxPruneError(f"metric '{opts.metric}' needs calibration data (--calib)")
+    if (opts.workers or opts.ray_address) and metric.needs_engine and not dry_run:
+        from .scoring.distributed import score_distributed  # the only way Ray gets imported
+        return score_distributed(am, calib, opts, gids, context=_score_context, means=means,
+                                 ratio=ratio, progress=progress), None
     t0 = time.perf_counter()
     ctx = _score_context(am, calib, opts, means, ratio)
     t1 = time.perf_counter()
@@ -200,11 +204,14 @@ def _score_groups(ctx: ScoreContext, metric: Metric, gids: list[int], plan: Scor
 
 
 def _score_context(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptions,
-                   means: Mapping[str, np.ndarray] | None, ratio: float) -> ScoreContext:
-    """Exactly what the metric's entry says it reads: the engine, a site statistic."""
+                   means: Mapping[str, np.ndarray] | None, ratio: float,
+                   threads: int | None = None) -> ScoreContext:
+    """Exactly what the metric's entry says it reads: the engine, a site statistic.
+    `threads`: ONNX Runtime threads (a Ray worker gets its share of the node's cores)."""
     metric = METRICS[opts.metric]
     engine = (make_engine(am, calib, value=opts.value, device=opts.device, means=means,
-                          max_memory_mb=opts.max_memory_mb) if metric.needs_engine else None)
+                          max_memory_mb=opts.max_memory_mb, threads=threads)
+              if metric.needs_engine else None)
     stat = None
     if metric.statistic is not None:
         stats = site_stats(am.analysis, am.ident, calib.inputs, device="cpu")
@@ -226,10 +233,11 @@ def value_function(am: AnalyzedModel, calib: Calibration, value: str | None = No
 
 
 def make_engine(am: AnalyzedModel, calib: Calibration, *, value: str | None = None,
-                device: str = "auto", means=None, max_memory_mb: float | None = None):
+                device: str = "auto", means=None, max_memory_mb: float | None = None,
+                threads: int | None = None):
     from .scoring.engine import Engine
     return Engine(am, calib, value_function(am, calib, value), device=device,
-                  max_memory_mb=max_memory_mb, means=means)
+                  max_memory_mb=max_memory_mb, means=means, threads=threads)
 
 
 def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
@@ -411,7 +419,7 @@ def _round_groups(am: AnalyzedModel, opts: PruneOptions) -> list[int]:
 
 def _round_plan(am: AnalyzedModel, opts: PruneOptions, run: _Run, step: int,
                 progress: ProgressFn | None, dry_run: bool = False,
-                ) -> tuple[dict[int, GroupScores], ScorePlan, dict[str, np.ndarray] | None]:
+                ) -> tuple[dict[int, GroupScores], ScorePlan | None, dict[str, np.ndarray] | None]:
     """Means, the engine, the plan (emitted), then, unless `dry_run`, the scores."""
     gids = _round_groups(am, opts)
     t0 = time.perf_counter()

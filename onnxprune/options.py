@@ -8,6 +8,7 @@ tuples the CLI offers are taken from the registries themselves.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, get_args
 
@@ -50,6 +51,9 @@ class ScoreOptions:
     device: Device = "auto"
     max_memory_mb: float | None = None
     time_budget_s: float | None = None  # wall time the run is planned to fit (scoring scales)
+    max_memory_mb: float | None = None  # per worker with `workers`
+    workers: int = 0  # Ray workers scoring groups in parallel (0: in this process, no Ray)
+    ray_address: str | None = None  # join this Ray cluster (None: start a local one)
 
     @classmethod
     def from_keywords(cls, **keywords: Any) -> ScoreOptions:
@@ -83,6 +87,10 @@ class ScoreOptions:
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise OnnxPruneError("--time-budget must be a positive number of minutes, got "
                                  f"{self.time_budget_s / 60:g}")
+        if self.workers < 0:
+            raise OnnxPruneError(f"--workers must be 0 (no Ray) or more, got {self.workers}")
+        if (self.workers or self.ray_address) and importlib.util.find_spec("ray") is None:
+            raise OnnxPruneError("--workers/--ray-address need Ray: pip install 'onnxprune[distributed]'")
         return self
 
 
@@ -164,8 +172,8 @@ class PruneOptions:
                 "aggregate": s.aggregate, "refit": self.refit, "ratio": self.ratio,
                 "metric": s.metric, "seed": s.seed, "device": s.device,
                 "max_memory_mb": s.max_memory_mb, "time_budget_s": s.time_budget_s,
-                "holdout": self.holdout,
-                "latency": self.latency}
+                "holdout": self.holdout, "latency": self.latency, "workers": s.workers,
+                "ray_address": s.ray_address}
 
 
 def _names(cls: type) -> set[str]:

@@ -20,6 +20,7 @@ class ProgressEvent(_Position, total=False):
     expected_done_s: float  # score: the plan's seconds for the evaluations done so far
     plan: dict  # plan: ScorePlan.to_json, emitted before scoring
     elapsed: float  # score: seconds since scoring began
+    workers: int  # score: Ray workers alive (distributed scoring only)
     unit: str  # what `done` counts when not groups ("layers")
 
 

@@ -104,6 +104,11 @@ def scoring_options(fn):
         click.option("--time-budget", "time_budget", type=float, default=None,
                      help="Minutes the run should take: the evaluations per group are planned "
                           "from their measured cost to fit (never above --budget)."),
+        click.option("--workers", default=0, show_default=True, type=int,
+                     help="Score groups on N Ray workers (one GPU each with CUDA); "
+                          "needs 'onnxprune[distributed]'. 0: in this process."),
+        click.option("--ray-address", "ray_address", default=None,
+                     help="Join this Ray cluster (default with --workers: a local one)."),
         click.option("--no-compensate", "no_compensate", is_flag=True,
                      help="Remove units outright (default: also try replacing them by their mean, kept "
                           "only when that helps on held-out samples)."),
