@@ -386,9 +386,10 @@ def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, run: _Run,
         took = {"means": time.perf_counter() - t0}
     else:
         scores, plan, means = _round_plan(am, opts, run, step, progress)
-        took = {k: v for k, v in plan.measured_s.items() if k in ("means", "engine", "plan")}
+        measured = plan.measured_s if plan is not None else {}  # None: scored on Ray workers
+        took = {k: v for k, v in measured.items() if k in ("means", "engine", "plan")}
         took["scoring"] = time.perf_counter() - t0 - sum(took.values())
-        rounds.evaluations += plan.spent_evaluations or 0
+        rounds.evaluations += (plan.spent_evaluations or 0) if plan is not None else 0
     t1 = time.perf_counter()
     keep = select(am.analysis, {g: s.values for g, s in scores.items()}, opts.step_ratio(),
                   round_to=opts.round_multiple(), target=opts.target, global_=opts.global_)

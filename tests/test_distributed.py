@@ -56,6 +56,17 @@ def test_same_scores_with_0_1_and_2_workers(ray_local, lenet):
 
 
 @needs_ray
+def test_prune_with_workers_keeps_the_same_units(ray_local, lenet):
+    """The main command's path (prune) through Ray: the units kept are those kept locally."""
+    import onnxprune
+    am, data = lenet
+    local = onnxprune.prune(am, data.inputs, ratio=0.5, seed=5, latency=False, refit=False)
+    spread = onnxprune.prune(am, data.inputs, ratio=0.5, seed=5, latency=False, refit=False,
+                             workers=2)
+    assert {g: list(k) for g, k in spread.keep.items()} == {g: list(k) for g, k in local.keep.items()}
+
+
+@needs_ray
 @pytest.mark.parametrize("workers", [1, 2])
 def test_dead_worker_has_its_groups_redone(ray_local, lenet, workers):
     """Worker 0 exits at the start of its second group: the group (and any other it held) is
