@@ -48,6 +48,28 @@ def group_table(am: AnalyzedModel) -> list[dict[str, Any]]:
     return rows
 
 
+QUANTIZED_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm")
+SUBGRAPH_OPS = ("If", "Loop", "Scan")
+
+
+def no_groups_reason(am: AnalyzedModel) -> str | None:
+    """Why the analysis found no channel group at all (None when it found some)."""
+    if am.analysis.groups:
+        return None
+    from .compiler.cost import MIXING
+    ops = [n.op for n in am.graph.nodes]
+    quantized = sorted({op for op in ops if op in QUANTIZED_OPS})
+    if quantized:
+        return (f"no channel groups: the model is quantized ({', '.join(quantized)}), and "
+                "quantized layers are not pruned; prune the float model, then quantize")
+    wrapped = [f"{n.op} '{n.name}'" for n in am.graph.nodes if n.op in SUBGRAPH_OPS]
+    if wrapped and not any(op in MIXING for op in ops):
+        return (f"no channel groups: the layers are inside the subgraphs of {', '.join(wrapped[:3])}, "
+                "which the analysis does not enter; export the model without the control flow")
+    return ("no channel groups: no layer with a constant weight (Conv, Gemm, MatMul, ...) "
+            "in the main graph")
+
+
 def _mixing_weights(am: AnalyzedModel):
     from .compiler.cost import MIXING, weight_of
     for node in am.graph.nodes:
@@ -162,7 +184,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
     am = model if isinstance(model, AnalyzedModel) else analyze_model(model)
     data = as_calibration(calib, am.proto)
     if not am.analysis.prunable:
-        raise OnnxPruneError("no prunable channel group in this model (see 'onnxprune analyze')")
+        raise OnnxPruneError(no_groups_reason(am) or
+                             "no prunable channel group in this model (see 'onnxprune analyze')")
     _check_runs(am, opts.score.device, data)
     scoring, held_out, held_note = _split(data, opts.holdout, opts.score.seed)
     guard = (_guard(am, held_out or scoring, held_note, opts.score.value)
@@ -174,13 +197,15 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
         t0 = time.perf_counter()
         emit(progress, "verify", 0, 1)
         verification = verify_pruned(am.proto, rounds.model, held_out or scoring, held_note,
-                                     opts.latency)
+                                     opts.latency, opts.min_fidelity)
         seconds["verify"] = time.perf_counter() - t0
     report = build_report(am, rounds.model, rounds.keep, rounds.scores, opts,
                           verification=verification,
                           n_samples=None if data is None else data.n_samples, seconds=seconds,
                           deploy=rounds.deploy if opts.steps > 1 else rounds.deploy[0],
                           reused_scores=scores is not None)
+    report["warnings"] = [*(data.warnings if data is not None else []),
+                          *_fallback_warnings(am, opts, rounds.scores)]
     return PruneResult(rounds.model, report, {g: s.values for g, s in rounds.scores.items()},
                        rounds.keep, am.analysis)
 
@@ -220,6 +245,9 @@ def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, scoring: Cali
     if not gids:
         raise OnnxPruneError("every prunable group is excluded")
     t0 = time.perf_counter()
+    if opts.ratio == 0:  # nothing to remove: no scoring either
+        keep = {g: np.arange(am.analysis.group(g).units) for g in gids}
+        return {}, keep, Choice(am.proto, "original"), {}
     means = None
     if opts.compensate and scoring is not None:
         emit(progress, "means", 0, 1)
@@ -232,10 +260,30 @@ def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, scoring: Cali
     keep = select(am.analysis, {g: s.values for g, s in scores.items()}, opts.step_ratio(),
                   round_to=opts.round_multiple(), target=opts.target, global_=opts.global_)
     emit(progress, "rewrite", 0, 1)
+    if all(len(keep[g]) == am.analysis.group(g).units for g in keep):
+        # nothing removed (ratio 0, or rounding kept every unit): the original ships as it is,
+        # not a re-exported copy with a no-op compensation
+        return scores, keep, Choice(am.proto, "original"), {f"score{step + 1}": t1 - t0}
     choice = deploy(am.analysis, am.ident, keep, means=means, guard=guard,
                     refit_data=scoring if opts.refit else None, progress=progress)
     took = {f"score{step + 1}": t1 - t0, f"rewrite{step + 1}": time.perf_counter() - t1}
     return scores, keep, choice, took
+
+
+def _fallback_warnings(am: AnalyzedModel, opts: PruneOptions,
+                       scores: Mapping[int, GroupScores]) -> list[str]:
+    """`--estimator auto` scores with the fallback sampler where per-sample coalitions cannot
+    be evaluated: say so, with the reason (README, Limits)."""
+    from .scoring.shapley import DEFAULT_ESTIMATOR, FALLBACK_ESTIMATOR
+    fell = [g for g, s in scores.items() if s.method == f"shapley/{FALLBACK_ESTIMATOR}"]
+    if opts.score.estimator != "auto" or not fell:
+        return []
+    why = (f"--aggregate {opts.score.aggregate}" if opts.score.aggregate != "mean" else
+           "the model mixes samples (" + ", ".join(am.analysis.batch_mixing[:3]) + ")"
+           if am.analysis.batch_mixing else "the engine cannot evaluate per-sample coalitions")
+    return [f"{len(fell)} group(s) scored with the {FALLBACK_ESTIMATOR} estimator instead of "
+            f"{DEFAULT_ESTIMATOR}: {why}; its rankings are noisier at the same budget, "
+            "raise --budget"]
 
 
 def _guard(am: AnalyzedModel, data: Calibration | None, note: str | None,
