@@ -184,8 +184,10 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
     am = model if isinstance(model, AnalyzedModel) else analyze_model(model)
     data = as_calibration(calib, am.proto)
     if not am.analysis.prunable:
-        raise OnnxPruneError(no_groups_reason(am) or
-                             "no prunable channel group in this model (see 'onnxprune analyze')")
+        why = no_groups_reason(am)
+        raise OnnxPruneError("no prunable channel group in this model" +
+                             (why.replace("no channel groups", "") if why else
+                              " (see 'onnxprune analyze')"))
     _check_runs(am, opts.score.device, data)
     scoring, held_out, held_note = _split(data, opts.holdout, opts.score.seed)
     guard = (_guard(am, held_out or scoring, held_note, opts.score.value)

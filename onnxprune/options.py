@@ -96,7 +96,7 @@ class PruneOptions:
     refit: bool = True  # also try a least-squares refit (guarded)
     holdout: float = 0.25  # fraction of calibration samples held out to guard and verify
     latency: bool = True  # measure latency before and after
-    min_fidelity: float = 0.9  # quality gate: the worst output's held-out agreement (verify.py)
+    min_fidelity: float = 0.8  # quality gate: the worst output's held-out agreement (verify.py)
     score: ScoreOptions = field(default_factory=ScoreOptions)
 
     def __post_init__(self) -> None:

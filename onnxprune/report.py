@@ -52,6 +52,7 @@ class Verification(TypedDict, total=False):
     min_fidelity: float
     worst_output: str | None
     measure: str | None  # how the worst output's agreement is measured
+    reason: str | None  # why the worst output's agreement is 0 (shape, non-finite values)
     accuracy_output: str  # with labels: the class output accuracy is measured on
     accuracy_before: float  # with labels
     accuracy_after: float
@@ -93,7 +94,9 @@ def build_report(am: AnalyzedModel, pruned: onnx.ModelProto, keep: Mapping[int, 
         "calibration_samples": n_samples,
         "versions": _versions(__version__),
         "before": _sizes(am.graph, am.proto),
-        "after": _sizes(gs.import_onnx(pruned), pruned),
+        # the original shipped unchanged (nothing removed) is measured as it was analyzed
+        "after": _sizes(am.graph, am.proto) if pruned is am.proto else
+                 _sizes(gs.import_onnx(pruned), pruned),
         "groups": _group_rows(am, keep, scores),
         "verification": verification,
         "seconds": {k: round(v, 4) for k, v in seconds.items()},
@@ -153,7 +156,7 @@ FEW_SAMPLES = 32
 
 
 def verify_pruned(original: onnx.ModelProto, pruned: onnx.ModelProto, data: Calibration,
-                  note: str, latency: bool, min_fidelity: float = 0.9) -> Verification:
+                  note: str, latency: bool, min_fidelity: float) -> Verification:
     """Fidelity of the pruned model's outputs to the original's on `data` (each output by its
     kind, deploy/verify.py), the quality gate's verdict, accuracy with labels and, with
     `latency`, both models' latency on a fixed batch."""

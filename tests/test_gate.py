@@ -143,7 +143,7 @@ def test_garbage_prune_exits_3_and_is_written(tmp_path):
     assert "failed:" in result.stderr and str(out) in result.stderr
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     ver = json.loads(rep.read_text())["verification"]
-    assert ver["verdict"] == "failed" and ver["fidelity"] < ver["min_fidelity"] == 0.9
+    assert ver["verdict"] == "failed" and ver["fidelity"] < ver["min_fidelity"] == 0.8
     assert ver["samples"] == 16 and any("16 samples" in w for w in ver["warnings"])
 
 
@@ -151,7 +151,7 @@ def test_good_prune_passes(tmp_path):
     result, out, rep = _run(tmp_path, "--ratio", 0.25, "--metric", "l1")
     assert result.exit_code == 0, result.output
     ver = json.loads(rep.read_text())["verification"]
-    assert ver["verdict"] == "passed" and ver["fidelity"] >= 0.9
+    assert ver["verdict"] == "passed" and ver["fidelity"] >= 0.8
     assert ver["outputs"][0]["kind"] == "class_scores"
     assert "verdict: passed" in result.stdout
 

@@ -82,7 +82,7 @@ def main() -> None:
       onnxprune analyze MODEL [--json]
 
     \b
-    Exit status: 0 success; 2 bad input (one 'error:' line); 3 the pruned
+    Exit status: 0 success; 2 bad input (one line on stderr); 3 the pruned
     model was written but failed the quality gate (--min-fidelity).
     """
 

@@ -108,7 +108,7 @@ def verdict_line(ver: dict) -> str:
     cmp = ">=" if ver["verdict"] == "passed" else "<"
     return (f"verdict: {word}: worst output '{ver['worst_output']}' {ver['measure']} "
             f"{_pct(ver['fidelity'])} {cmp} --min-fidelity {_pct(ver['min_fidelity'])}, "
-            f"on {ver['samples']} samples")
+            f"on {ver['samples']} samples" + (f" ({ver['reason']})" if ver.get("reason") else ""))
 
 
 def _group_lines(groups: list[dict]) -> list[str]:

@@ -185,4 +185,5 @@ def verdict(fidelities: Sequence[OutputFidelity], min_fidelity: float) -> dict:
     return {"verdict": "passed" if figure >= min_fidelity else "failed",
             "fidelity": figure, "min_fidelity": min_fidelity,
             "worst_output": worst.name if worst else None,
-            "measure": worst.measure if worst else None}
+            "measure": worst.measure if worst else None,
+            "reason": worst.note if worst else None}
