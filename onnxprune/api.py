@@ -51,6 +51,28 @@ def group_table(am: AnalyzedModel) -> list[dict[str, Any]]:
     return rows
 
 
+QUANTIZED_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm")
+SUBGRAPH_OPS = ("If", "Loop", "Scan")
+
+
+def no_groups_reason(am: AnalyzedModel) -> str | None:
+    """Why the analysis found no channel group at all (None when it found some)."""
+    if am.analysis.groups:
+        return None
+    from .compiler.cost import MIXING
+    ops = [n.op for n in am.graph.nodes]
+    quantized = sorted({op for op in ops if op in QUANTIZED_OPS})
+    if quantized:
+        return (f"no channel groups: the model is quantized ({', '.join(quantized)}), and "
+                "quantized layers are not pruned; prune the float model, then quantize")
+    wrapped = [f"{n.op} '{n.name}'" for n in am.graph.nodes if n.op in SUBGRAPH_OPS]
+    if wrapped and not any(op in MIXING for op in ops):
+        return (f"no channel groups: the layers are inside the subgraphs of {', '.join(wrapped[:3])}, "
+                "which the analysis does not enter; export the model without the control flow")
+    return ("no channel groups: no layer with a constant weight (Conv, Gemm, MatMul, ...) "
+            "in the main graph")
+
+
 def _mixing_weights(am: AnalyzedModel):
     from .compiler.cost import MIXING, weight_of
     for node in am.graph.nodes:
@@ -262,7 +284,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
         t0 = time.perf_counter()
         emit(progress, "verify", 0, 1)
         verification = verify_pruned(am.proto, rounds.model, run.held_out or run.scoring,
-                                     run.held_note, opts.latency)
+                                     run.held_note, opts.latency, opts.min_fidelity)
         seconds["verify"] = rounds.stage_s["verify"] = time.perf_counter() - t0
     report = build_report(am, rounds.model, rounds.keep, rounds.scores, opts,
                           verification=verification,
@@ -271,6 +293,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
                           reused_scores=scores is not None)
     if rounds.plan is not None:
         report["plan"] = _plan_report(rounds.plan, {**run.spent, **rounds.stage_s}, rounds.evaluations)
+    report["warnings"] = [*(data.warnings if data is not None else []),
+                          *_fallback_warnings(am, opts, rounds.scores)]
     return PruneResult(rounds.model, report, {g: s.values for g, s in rounds.scores.items()},
                        rounds.keep, am.analysis)
 
@@ -310,7 +334,10 @@ def _prepare(model: Any, calib: Any, options: PruneOptions | None,
     t0 = time.perf_counter()
     data = as_calibration(calib, am.proto)
     if not am.analysis.prunable:
-        raise OnnxPruneError("no prunable channel group in this model (see 'onnxprune analyze')")
+        why = no_groups_reason(am)
+        raise OnnxPruneError("no prunable channel group in this model" +
+                             (why.replace("no channel groups", "") if why else
+                              " (see 'onnxprune analyze')"))
     _check_runs(am, opts.score.device, data)
     scoring, held_out, held_note = _split(data, opts.holdout, opts.score.seed)
     forward = measure_forward(am.proto, data.inputs) if data is not None else None
@@ -380,6 +407,9 @@ def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, run: _Run,
     """One round: (scores, kept units, the deployed choice, its plan); adds what it took to
     `rounds` (seconds, per-stage seconds, evaluations)."""
     t0 = time.perf_counter()
+    if opts.ratio == 0:  # nothing to remove: no scoring either, the original ships
+        keep = {g: np.arange(am.analysis.group(g).units) for g in _round_groups(am, opts)}
+        return {}, keep, Choice(am.proto, "original"), None
     if reused is not None:  # no scoring, but compensation still needs the means
         scores, plan = _reused(am, reused, _round_groups(am, opts)), None
         means = _means(am, opts, run, progress)
@@ -394,6 +424,11 @@ def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, run: _Run,
     keep = select(am.analysis, {g: s.values for g, s in scores.items()}, opts.step_ratio(),
                   round_to=opts.round_multiple(), target=opts.target, global_=opts.global_)
     emit(progress, "rewrite", 0, 1)
+    if all(len(keep[g]) == am.analysis.group(g).units for g in keep):
+        # nothing removed (ratio 0, or rounding kept every unit): the original ships as it is,
+        # not a re-exported copy with a no-op compensation
+        rounds.seconds[f"score{step + 1}"] = t1 - t0
+        return scores, keep, Choice(am.proto, "original"), plan
     choice = deploy(am.analysis, am.ident, keep, means=means, guard=guard,
                     refit_data=run.scoring if opts.refit else None, progress=progress)
     took["rewrite"] = time.perf_counter() - t1
@@ -435,6 +470,22 @@ def _round_plan(am: AnalyzedModel, opts: PruneOptions, run: _Run, step: int,
         allowance=_scoring_allowance(opts.score, elapsed, opts.steps - step), dry_run=dry_run,
         step=step + 1, of=opts.steps)
     return scores, plan, means
+
+
+def _fallback_warnings(am: AnalyzedModel, opts: PruneOptions,
+                       scores: Mapping[int, GroupScores]) -> list[str]:
+    """`--estimator auto` scores with the fallback sampler where per-sample coalitions cannot
+    be evaluated: say so, with the reason (README, Limits)."""
+    from .scoring.shapley import DEFAULT_ESTIMATOR, FALLBACK_ESTIMATOR
+    fell = [g for g, s in scores.items() if s.method == f"shapley/{FALLBACK_ESTIMATOR}"]
+    if opts.score.estimator != "auto" or not fell:
+        return []
+    why = (f"--aggregate {opts.score.aggregate}" if opts.score.aggregate != "mean" else
+           "the model mixes samples (" + ", ".join(am.analysis.batch_mixing[:3]) + ")"
+           if am.analysis.batch_mixing else "the engine cannot evaluate per-sample coalitions")
+    return [f"{len(fell)} group(s) scored with the {FALLBACK_ESTIMATOR} estimator instead of "
+            f"{DEFAULT_ESTIMATOR}: {why}; its rankings are noisier at the same budget, "
+            "raise --budget"]
 
 
 def _guard(am: AnalyzedModel, data: Calibration | None, note: str | None,

@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -78,6 +78,7 @@ class Calibration:
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)  # suspicious data, said but accepted
 
     @property
     def n_samples(self) -> int:
@@ -279,7 +280,26 @@ def _validate(
     keep = _cap(n, max_samples)
     inputs = {s.name: _convert(arrays[s.name][:keep], s, source) for s in specs}
     labels = None if raw_labels is None else _convert_labels(raw_labels[:keep], source)
-    return Calibration(inputs, labels)
+    notes = [w for s in specs if (w := _dtype_warning(arrays[s.name], s, source))]
+    if keep < MIN_HOLDOUT_SAMPLES:
+        notes.append(f"{source} holds only {keep} sample{'s' if keep > 1 else ''}: scores rest on "
+                     f"{'it' if keep == 1 else 'them'} and none can be held out to verify the "
+                     f"result (at least {MIN_HOLDOUT_SAMPLES} are needed to hold some out)")
+    return Calibration(inputs, labels, notes)
+
+
+MIN_HOLDOUT_SAMPLES = 8  # below this nothing is held out (api._split)
+
+
+def _dtype_warning(arr: np.ndarray, spec: InputSpec, source: str) -> str | None:
+    """Integer data for a float input is converted as is; 0-255 images for a model that
+    expects [0, 1] (or normalized) floats are the usual mistake, so say so."""
+    if not (_is_int_like(arr.dtype) and _is_float_like(spec.dtype)) or arr.size == 0:
+        return None
+    lo, hi = int(arr.min()), int(arr.max())
+    hint = " (0-255 pixels? most float models expect them scaled, e.g. / 255)" if hi > 1 else ""
+    return (f"{source}: '{spec.name}' is {arr.dtype} (values {lo} to {hi}) but the model input "
+            f"is {spec.dtype}: converted without scaling{hint}")
 
 
 def _check_keys(

@@ -193,6 +193,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
             write_external(model, Path(tmp), tmp_data, data_name, threshold=1024)
         else:
             onnx.save_model(model, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename
         if on_commit is not None:
             on_commit()
         if external_data:
@@ -202,6 +203,13 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
         for leftover in (Path(tmp), path.parent / (Path(tmp).name + ".data")):
             leftover.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def split_weights(model: onnx.ModelProto, threshold: int = 1 << 20,

@@ -108,6 +108,7 @@ class PruneOptions:
     refit: bool = True  # also try a least-squares refit (guarded)
     holdout: float = 0.25  # fraction of calibration samples held out to guard and verify
     latency: bool = True  # measure latency before and after
+    min_fidelity: float = 0.8  # quality gate: the worst output's held-out agreement (verify.py)
     score: ScoreOptions = field(default_factory=ScoreOptions)
 
     def __post_init__(self) -> None:
@@ -140,6 +141,8 @@ class PruneOptions:
             raise OnnxPruneError(f"--round-to must be at least 1, got {round_to}")
         if self.target not in TARGETS:
             raise OnnxPruneError(f"--target must be one of {', '.join(TARGETS)}")
+        if not 0 <= self.min_fidelity <= 1:
+            raise OnnxPruneError(f"--min-fidelity must be in [0, 1], got {self.min_fidelity}")
         self.score.validate()
         return self
 
@@ -173,7 +176,7 @@ class PruneOptions:
                 "metric": s.metric, "seed": s.seed, "device": s.device,
                 "max_memory_mb": s.max_memory_mb, "time_budget_s": s.time_budget_s,
                 "holdout": self.holdout, "latency": self.latency, "workers": s.workers,
-                "ray_address": s.ray_address}
+                "ray_address": s.ray_address, "min_fidelity": self.min_fidelity}
 
 
 def _names(cls: type) -> set[str]:

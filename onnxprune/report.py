@@ -47,6 +47,13 @@ class Verification(TypedDict, total=False):
     samples: int
     note: str
     outputs: list[dict[str, Any]]  # verify.Fidelity.to_json per output
+    verdict: str  # the quality gate: "passed" or "failed" (verify.verdict)
+    fidelity: float  # the worst output's agreement
+    min_fidelity: float
+    worst_output: str | None
+    measure: str | None  # how the worst output's agreement is measured
+    reason: str | None  # why the worst output's agreement is 0 (shape, non-finite values)
+    accuracy_output: str  # with labels: the class output accuracy is measured on
     accuracy_before: float  # with labels
     accuracy_after: float
     latency: dict[str, Any]  # latency.compare_latency
@@ -88,7 +95,9 @@ def build_report(am: AnalyzedModel, pruned: onnx.ModelProto, keep: Mapping[int, 
         "calibration_samples": n_samples,
         "versions": _versions(__version__),
         "before": _sizes(am.graph, am.proto),
-        "after": _sizes(gs.import_onnx(pruned), pruned),
+        # the original shipped unchanged (nothing removed) is measured as it was analyzed
+        "after": _sizes(am.graph, am.proto) if pruned is am.proto else
+                 _sizes(gs.import_onnx(pruned), pruned),
         "groups": _group_rows(am, keep, scores),
         "verification": verification,
         "seconds": {k: round(v, 4) for k, v in seconds.items()},
@@ -144,24 +153,39 @@ SLOWER_WARNING = ("the pruned model measured slower than the original: ONNX Runt
                   "(docs/benchmarks.md, End to end)")
 
 
+FEW_SAMPLES = 32
+
+
 def verify_pruned(original: onnx.ModelProto, pruned: onnx.ModelProto, data: Calibration,
-                  note: str, latency: bool) -> Verification:
-    """Fidelity of the pruned model's outputs to the original's on `data`, accuracy with
-    labels and, with `latency`, both models' latency on a fixed batch."""
+                  note: str, latency: bool, min_fidelity: float) -> Verification:
+    """Fidelity of the pruned model's outputs to the original's on `data` (each output by its
+    kind, deploy/verify.py), the quality gate's verdict, accuracy with labels and, with
+    `latency`, both models' latency on a fixed batch."""
     from .deploy.latency import compare_latency
-    from .deploy.verify import accuracy, compare, run_model, tensor_output_names
+    from .deploy.verify import (accuracy, class_output, compare, run_model, tensor_output_names,
+                                verdict)
     names = tensor_output_names(original)
     want, got = run_model(original, data.inputs), run_model(pruned, data.inputs)
+    fidelities = compare(names, want, got)
     result: Verification = {"samples": data.n_samples, "note": note,
-                            "outputs": [f.to_json() for f in compare(names, want, got)]}
+                            "outputs": [f.to_json() for f in fidelities],
+                            **verdict(fidelities, min_fidelity)}  # type: ignore[typeddict-item]
     if skipped := [o.name for o in original.graph.output if o.name not in names]:
         result["skipped_outputs"] = skipped  # not tensors: neither scored nor compared
-    if data.labels is not None:
-        result["accuracy_before"] = accuracy(want, data.labels)
-        result["accuracy_after"] = accuracy(got, data.labels)
+    warnings = []
+    if data.n_samples < FEW_SAMPLES:
+        warnings.append(f"the verdict rests on {data.n_samples} samples only (fewer than "
+                        f"{FEW_SAMPLES}): its figures are coarse; give --calib more samples")
+    index = class_output(want)
+    if data.labels is not None and index is not None:
+        result["accuracy_output"] = names[index]
+        result["accuracy_before"] = accuracy(want, data.labels, index)
+        result["accuracy_after"] = accuracy(got, data.labels, index)
     if latency:
         feeds = {k: v[:32] for k, v in data.inputs.items()}  # a fixed batch: its own size
         result["latency"] = compare_latency(original, pruned, feeds)
         if result["latency"]["speedup"]["median"] < 1:
-            result["warnings"] = [SLOWER_WARNING]
+            warnings.append(SLOWER_WARNING)
+    if warnings:
+        result["warnings"] = warnings
     return result

@@ -31,7 +31,10 @@ from onnxprune_cli.main import main
 
 DIGITS = ROOT / "models/digits_cnn.onnx"
 DIGITS_CALIB = ROOT / "models/digits_calib.npz"
-FAST = ("--metric", "l1", "--no-latency")
+# the quality gate (tests/test_gate.py) is off here: these tests are about other behaviour,
+# and an l1 prune of a toy model at 0.5 may well fall below the default --min-fidelity
+FAST = ("--metric", "l1", "--no-latency", "--min-fidelity", "0")
+EXIT_GATE = 3  # the model was written but failed the quality gate (README)
 
 
 def issue(item: str):
@@ -61,20 +64,22 @@ def prune_cli(tmp: Path, name: str, built, *extra, ratio: float = 0.5):
 
 
 def assert_no_traceback(result) -> None:
-    """Success, or exit 2 with exactly one `error:` line (the CLI contract)."""
+    """Success, exit 2 with exactly one `error:` line, or exit 3 (written, below the quality
+    gate): the CLI contract."""
     exc = result.exception
     if exc is not None and not isinstance(exc, SystemExit):
         pytest.fail("".join(traceback.format_exception(exc))[-3000:])
-    assert result.exit_code in (0, 2), result.output
+    assert result.exit_code in (0, 2, EXIT_GATE), result.output
     if result.exit_code == 2:
         errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
         assert len(errors) == 1, result.stderr
 
 
 def assert_pruned(result, out: Path) -> None:
-    """Exit 0 and a checker-valid output that ONNX Runtime loads."""
+    """Exit 0 (or 3: the gate's verdict on a toy model is not the point here) and a
+    checker-valid output that ONNX Runtime loads."""
     assert_no_traceback(result)
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code in (0, EXIT_GATE), result.stderr
     model = onnx.load(str(out))
     onnx.checker.check_model(model, full_check=True)
     ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -187,7 +192,6 @@ def test_f_render_none_candidate_value(tmp_path):
 
 # =========================================================================== misleading reports
 
-@issue("g. accuracy computed on the int64 'label' output, not on 'probabilities'")
 def test_g_accuracy_on_probabilities(tmp_path):
     """The labels are the model's own predictions, so the original's accuracy is 100%.
     Today: accuracy_before 0.0 (the first output, the int64 label, is argmax-ed)."""
@@ -203,7 +207,6 @@ def _misleading_cosine(outputs: list[dict]) -> list[dict]:
             and not (isinstance(f["max_abs_diff"], float) and f["max_abs_diff"] == 0.0)]
 
 
-@issue("h. cosine 1.0000 on an int64 label output")
 def test_h_cosine_on_label_output(tmp_path):
     """Today: label output max |diff| 2, cosine 1.0."""
     model, calib = E.skl2onnx_mlp()
@@ -214,7 +217,6 @@ def test_h_cosine_on_label_output(tmp_path):
     assert not _misleading_cosine(outputs), outputs
 
 
-@issue("h. cosine 1.0000 on NaN outputs")
 def test_h_cosine_on_nan_output(tmp_path):
     """Today: logits max |diff| nan, cosine 1.0."""
     model, calib = E.nan_weight_model()
@@ -223,7 +225,6 @@ def test_h_cosine_on_nan_output(tmp_path):
     assert not _misleading_cosine(result.report["verification"]["outputs"])
 
 
-@issue("i. --scores with --metric l1 reports metric l1 although Shapley scores were used")
 def test_i_scores_file_metric(tmp_path):
     """Today: header '(metric l1, ...)' and report metric 'l1'; the groups say 'reused'.
     A clean refusal of the combination is correct too."""
@@ -239,7 +240,6 @@ def test_i_scores_file_metric(tmp_path):
         assert json.loads((tmp_path / "r.json").read_text())["metric"] == "shapley"
 
 
-@issue("j. 'N groups pruned' counts a group that lost nothing")
 def test_j_pruned_group_count(tmp_path):
     """Today (digits, --round-to 16): '2 groups pruned (units kept/total): g0 16/16, g1 16/32'."""
     result = cli(DIGITS, "--calib", DIGITS_CALIB, "--ratio", 0.5, "--round-to", 16, *FAST, "-q",
@@ -251,7 +251,6 @@ def test_j_pruned_group_count(tmp_path):
     assert int(line.split()[0]) == len(listed), line
 
 
-@issue("k. --ratio 0 grows the file and ships mean compensation")
 def test_k_ratio_zero_ships_the_original(tmp_path):
     """Today: file size 60.83k -> 61.55k, 'shipped: mean compensation (... mean
     compensation -0.04056, plain removal -0.04056)'."""
@@ -264,31 +263,28 @@ def test_k_ratio_zero_ships_the_original(tmp_path):
                                                 if l.startswith("shipped"))
 
 
-@issue("l. ArrayFeatureExtractor on the label branch counts as batch-mixing")
 def test_l_label_branch_is_not_batch_mixing(tmp_path):
     """Today: every group of the skl2onnx MLP is scored 'shapley/antithetic' (auto picks
     persample only when per-sample coalitions can be evaluated)."""
     result, _ = prune_cli(tmp_path, "mlp", E.skl2onnx_mlp(), "--no-latency", "--no-compensate",
-                          "--no-refit")
+                          "--no-refit", "--min-fidelity", 0)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "mlp.json").read_text())
     methods = {g["method"] for g in report["groups"] if g.get("method")}
     assert methods == {"shapley/persample"}, methods
 
 
-@issue("l. the persample -> antithetic fallback is said only in the JSON")
 def test_l_estimator_fallback_is_said(tmp_path):
     """A head with Softmax over the batch axis is batch-mixing: the fallback happens (the
     JSON says 'shapley/antithetic'), but today nothing on the terminal mentions it."""
     result, _ = prune_cli(tmp_path, "bsm", E.batch_softmax_mlp(), "--no-latency",
-                          "--no-compensate", "--no-refit")
+                          "--no-compensate", "--no-refit", "--min-fidelity", 0)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "bsm.json").read_text())
     assert "shapley/antithetic" in {g.get("method") for g in report["groups"]}
     assert any("antithetic" in l for l in terminal_notes(result)), terminal_notes(result)
 
 
-@issue("m. analyze prints an empty table with no reason")
 @pytest.mark.parametrize("name,word", [("qoperator", "quantiz"), ("if_wrapped", "If")])
 def test_m_analyze_says_why_nothing(tmp_path, name, word):
     """Today: '<model>: 0 channel groups, 0 prunable' and an empty table, no reason
@@ -302,7 +298,6 @@ def test_m_analyze_says_why_nothing(tmp_path, name, word):
     assert not am.analysis.prunable
 
 
-@issue("n. pruned files are written with mode 0600")
 def test_n_output_follows_umask(tmp_path):
     """Today: 0o600 whatever the umask (the temporary file's mode survives the rename)."""
     old = os.umask(0o022)
@@ -315,7 +310,6 @@ def test_n_output_follows_umask(tmp_path):
     assert (tmp_path / "out.onnx").stat().st_mode & 0o777 == 0o644
 
 
-@issue("o. -o replaces an existing file without a word")
 def test_o_existing_output_needs_force(tmp_path):
     """Decision: refuse with one error line unless --force. Today: overwritten, exit 0."""
     out = tmp_path / "out.onnx"
@@ -331,7 +325,6 @@ def test_o_existing_output_needs_force(tmp_path):
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
 
 
-@issue("p. onnxprune with no arguments prints 'error: Usage: ...'")
 def test_p_no_arguments_prints_help():
     """Decision: the help text and exit 0 (as click groups do). Today: exit 2 and
     'error: Usage: main [OPTIONS] COMMAND [ARGS]...' on stderr."""
@@ -348,7 +341,6 @@ def _digits_calib(kind: str) -> dict[str, np.ndarray]:
     return {"input": cal["input"][:1]}
 
 
-@issue("q. suspicious calibration data passes without a warning")
 @pytest.mark.parametrize("kind,word", [("uint8", "uint8"), ("int64", "int64"), ("one", "sample")])
 def test_q_suspicious_calibration_warns(tmp_path, kind, word):
     """uint8 0-255 images for a float model, int64 data for a float model, a one-sample
@@ -392,7 +384,7 @@ def test_idiom_prune(tmp_path, name):
     or one clean error line (a model with nothing to prune)."""
     result, out = prune_cli(tmp_path, name, E.BUILDERS[name](), "--no-latency")
     assert_no_traceback(result)
-    if result.exit_code == 0:
+    if result.exit_code in (0, EXIT_GATE):
         assert_pruned(result, out)
     else:
         assert not out.exists()

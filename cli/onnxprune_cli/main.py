@@ -19,15 +19,19 @@ from onnxprune.options import (AGGREGATES, DEVICES, ESTIMATOR_NAMES, METRIC_NAME
 from onnxprune.scoring.shapley import DEFAULT_ESTIMATOR
 
 from .progress import ProgressPrinter
-from .render import analysis_table, plan_text, prune_table
+from .render import analysis_table, plan_text, prune_table, verdict_line
 
 EXIT_USER_ERROR = 2
+EXIT_FAILED_GATE = 3  # the pruned model was written but fell below --min-fidelity
 
 
 class DefaultToPrune(click.Group):
     """`onnxprune MODEL ...` runs the prune command; known words run subcommands."""
 
     def parse_args(self, ctx, args):
+        if not args:  # the bare command: its help, not a usage error
+            click.echo(ctx.get_help())
+            ctx.exit(0)
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["prune", *args]
         return super().parse_args(ctx, args)
@@ -76,6 +80,10 @@ def main() -> None:
     \b
       onnxprune MODEL --calib NPZ --ratio R [-o OUT] [--metric NAME] [--seed N] [--report JSON]
       onnxprune analyze MODEL [--json]
+
+    \b
+    Exit status: 0 success; 2 bad input (one line on stderr); 3 the pruned
+    model was written but failed the quality gate (--min-fidelity).
     """
 
 
@@ -145,6 +153,11 @@ def scoring_options(fn):
               help="Also try a least-squares refit of the layers that read pruned channels; "
               "it ships only if it beats the alternatives on held-out samples.")
 @click.option("--no-latency", "no_latency", is_flag=True, help="Skip the latency measurement.")
+@click.option("--min-fidelity", default=PruneOptions.min_fidelity, show_default=True, type=float,
+              help="Quality gate: the worst output's agreement with the original on held-out "
+              "samples (top-1 for class scores, ...; README, The quality gate). Below it the "
+              "model is still written, reported FAILED, and the command exits 3. 0: no gate.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON report on stdout.")
 @click.option("--dry-run", "dry_run", is_flag=True,
               help="Print the plan (groups, evaluations, measured cost, expected time) and exit "
@@ -155,7 +168,8 @@ def prune_cmd(model: str, calib: str, **params: Any) -> None:
     """Prune MODEL and write the smaller model."""
     import onnxprune
     output, report_path, scores_path = (params.pop(k) for k in ("output", "report_path", "scores_path"))
-    as_json, quiet, dry_run = params.pop("as_json"), params.pop("quiet"), params.pop("dry_run")
+    as_json, quiet = params.pop("as_json"), params.pop("quiet")
+    dry_run, force = params.pop("dry_run"), params.pop("force")
     options = PruneOptions.from_cli(params)
     if dry_run:
         plan = onnxprune.api.plan_prune(model, calib, options, progress=ProgressPrinter(True))
@@ -163,9 +177,14 @@ def prune_cmd(model: str, calib: str, **params: Any) -> None:
         return
     out = Path(output) if output else default_output(Path(model))
     check_output(Path(model), out)
+    if out.exists() and not force:
+        raise OnnxPruneError(f"{out} exists; pass --force to replace it (or choose -o)")
     if report_path:
         check_output(Path(model), Path(report_path), what="--report")
-    scores = read_scores(scores_path, model) if scores_path else None
+    scores = None
+    if scores_path:
+        scores, metric = read_scores(scores_path, model)
+        options = _scores_metric(options, metric, scores_path)
     result = onnxprune.prune(model, calib, options, scores=scores,
                              progress=ProgressPrinter(quiet or as_json))
     from onnxprune.load import save_model
@@ -176,7 +195,25 @@ def prune_cmd(model: str, calib: str, **params: Any) -> None:
     result.report["command"] = " ".join(["onnxprune", *sys.argv[1:]])
     if report_path:
         _write_json(Path(report_path), result.report)
+    for warning in result.report.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
     click.echo(json.dumps(result.report, indent=1) if as_json else prune_table(result.report))
+    ver = result.report.get("verification") or {}
+    if ver.get("verdict") == "failed":
+        click.echo(f"failed: {out} was written, but {verdict_line(ver)[len('verdict: FAILED: '):]}",
+                   err=True)
+        sys.exit(EXIT_FAILED_GATE)
+
+
+def _scores_metric(options: PruneOptions, metric: str | None, path: str) -> PruneOptions:
+    """The report names the metric that ranked the units: the scores file's, not --metric."""
+    if metric is None or metric == options.score.metric:
+        return options
+    if metric not in METRIC_NAMES:
+        raise OnnxPruneError(f"--scores {path}: unknown metric '{metric}'")
+    click.echo(f"warning: --scores {path} holds {metric} scores; --metric "
+               f"{options.score.metric} is ignored", err=True)
+    return options.updated(metric=metric)
 
 
 @main.command("score")
@@ -210,15 +247,17 @@ def score_cmd(model: str, calib: str, **params: Any) -> None:
     click.echo(f"wrote scores of {len(scores)} groups to {output}")
 
 
-def read_scores(path: str, model: str) -> dict[int, list[float]]:
+def read_scores(path: str, model: str) -> tuple[dict[int, list[float]], str | None]:
+    """(scores per group, the metric that made them)."""
     try:
         doc = json.loads(Path(path).read_text())
         scores = {int(g["group"]): g["scores"] for g in doc["groups"]}
+        metric = doc.get("metric")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise OnnxPruneError(f"--scores {path}: not a scores file from 'onnxprune score' ({exc})") from None
     if doc.get("model_sha256") not in (None, _sha256(Path(model))):
         raise OnnxPruneError(f"--scores {path} was computed for a different model")
-    return scores
+    return scores, metric if isinstance(metric, str) else None
 
 
 def _sha256(path: Path) -> str:
@@ -241,13 +280,14 @@ def _data_size(out: Path) -> int:
 @guarded
 def analyze_cmd(model, as_json):
     """List MODEL's channel groups: units, unit size, cost share, prunable or why not."""
-    from onnxprune.api import analyze_model, group_table
+    from onnxprune.api import analyze_model, group_table, no_groups_reason
     am = analyze_model(model)
-    rows = group_table(am)
+    rows, reason = group_table(am), no_groups_reason(am)
     if as_json:
-        click.echo(json.dumps({"model": model, "groups": rows}, indent=1))
+        doc = {"model": model, "groups": rows, **({"reason": reason} if reason else {})}
+        click.echo(json.dumps(doc, indent=1))
     else:
-        click.echo(analysis_table(model, rows))
+        click.echo(analysis_table(model, rows) if rows else f"{model}: {reason}")
 
 
 def default_output(model: Path) -> Path:

@@ -27,7 +27,8 @@ def _fmt(n: float) -> str:
 
 
 _DEPLOY_NAMES = {"plain": "plain removal", "compensated": "mean compensation",
-                 "refit": "least-squares refit"}
+                 "refit": "least-squares refit",
+                 "original": "the original model, unchanged (no unit was removed)"}
 
 
 def _deploy_line(deploy) -> str | None:
@@ -62,8 +63,10 @@ def prune_table(report: Report) -> str:
         rows.append(["accuracy (held-out labels)" if "held-out" in ver["note"] else "accuracy",
                      f"{100 * ver['accuracy_before']:.1f}%", f"{100 * ver['accuracy_after']:.1f}%", ""])
     opts = report.get("options", {})
-    head = (f"pruned {report['model']} -> {report.get('output')}  (metric {report['metric']}, "
-            f"ratio {report['ratio']}" + (f" of {opts['target']}" if opts.get("target", "units") != "units" else "")
+    failed = ver.get("verdict") == "failed"
+    head = (("FAILED (below --min-fidelity): " if failed else "")
+            + f"pruned {report['model']} -> {report.get('output')}  (metric {report['metric']}, "
+              f"ratio {report['ratio']}" + (f" of {opts['target']}" if opts.get("target", "units") != "units" else "")
             + f", seed {report['seed']})")
     out = [head, "", _table(["", "before", "after", "after/before"], rows)]
     if line := _deploy_line(report.get("deploy")):
@@ -76,22 +79,60 @@ def prune_table(report: Report) -> str:
     for hint in report.get("hints", []):
         out.append(f"hint: {hint}")
     if ver.get("outputs"):
-        out += ["", f"fidelity: {ver['note']}"]
-        out.append(_table(["output", "max |diff|", "cosine", "top-1 agree"],
-                          [[f["name"], f"{f['max_abs_diff']:.4g}", f"{f['cosine']:.4f}",
-                            "-" if f["top1_agreement"] is None else f"{100 * f['top1_agreement']:.1f}%"]
-                           for f in ver["outputs"]]))
-    if ver.get("skipped_outputs"):
+        out += ["", f"fidelity: {ver['note']}", _fidelity_table(ver["outputs"])]
+        if "verdict" in ver:
+            out.append(verdict_line(ver))
+    if ver and ver.get("skipped_outputs"):
         out.append(f"not scored or compared (not tensors): {', '.join(ver['skipped_outputs'])}")
-    pruned = [g for g in report["groups"] if g["prunable"]]
+    out += _group_lines(report["groups"])
+    return "\n".join(out)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _fidelity_table(outputs: list[dict]) -> str:
+    """Per output: its kind, the kind's agreement figure (what the gate reads), and the raw
+    differences."""
+    return _table(["output", "kind", "agreement", "measure", "max |diff|", "cosine"],
+                  [[f["name"], f.get("kind", "-"), _pct(f.get("agreement")), f.get("measure", "-")
+                    + (f" ({f['note']})" if f.get("note") else ""),
+                    _num(f["max_abs_diff"], ".4g"), _num(f["cosine"], ".4f")] for f in outputs])
+
+
+def verdict_line(ver: dict) -> str:
+    """The quality gate, in one line: verdict, worst output, threshold, sample count."""
+    word = "passed" if ver["verdict"] == "passed" else "FAILED"
+    cmp = ">=" if ver["verdict"] == "passed" else "<"
+    return (f"verdict: {word}: worst output '{ver['worst_output']}' {ver['measure']} "
+            f"{_pct(ver['fidelity'])} {cmp} --min-fidelity {_pct(ver['min_fidelity'])}, "
+            f"on {ver['samples']} samples" + (f" ({ver['reason']})" if ver.get("reason") else ""))
+
+
+def _group_lines(groups: list[dict]) -> list[str]:
+    """Groups that lost units; prunable groups that kept every unit; groups left whole."""
+    out = []
+    pruned = [g for g in groups if g["prunable"] and g["kept"] < g["units"]]
+    whole = [g for g in groups if g["prunable"] and g["kept"] >= g["units"]]
     if pruned:
         out += ["", f"{len(pruned)} groups pruned (units kept/total): " +
                 ", ".join(f"g{g['id']} {g['kept']}/{g['units']}" for g in pruned[:12]) +
                 (" ..." if len(pruned) > 12 else "")]
-    skipped = len(report["groups"]) - len(pruned)
+    elif groups:
+        out += ["", "no unit was removed"]
+    if whole:
+        out.append(f"{len(whole)} prunable groups kept every unit (ratio or rounding): " +
+                   ", ".join(f"g{g['id']} {g['units']}" for g in whole[:12]) +
+                   (" ..." if len(whole) > 12 else ""))
+    skipped = sum(not g["prunable"] for g in groups)
     if skipped:
         out.append(f"{skipped} groups left whole (see 'onnxprune analyze' for reasons)")
-    return "\n".join(out)
+    return out
 
 
 def duration(seconds: float) -> str:

@@ -39,6 +39,16 @@ class Gather(Handler):
         return [data[i] for i in idx]
 
 
+@register("ArrayFeatureExtractor", domain="ai.onnx.ml")
+class ArrayFeatureExtractor(Handler):
+    """ai.onnx.ml: picks X's entries along its last axis at indices Y."""
+
+    def mixes_batch(self, node, opset):
+        # a lookup in a constant table (skl2onnx's label branch: classes[argmax]): each output
+        # entry follows its own sample's index, whatever axis ORT lays the result out on
+        return const_value(node.inputs[0]) is None
+
+
 @register("ArgMax", "ArgMin")
 class ArgReduce(Handler):
     def mixes_batch(self, node, opset):

@@ -1,0 +1,163 @@
+"""Issue 14 part B: the quality gate. Each output kind's agreement on tiny synthetic outputs,
+and the gate end to end: a prune to garbage exits 3, says FAILED and still writes the file;
+a good prune passes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import onnxprune
+from conftest import ROOT
+from onnxprune.deploy.verify import accuracy, class_output, compare_one, output_kind, verdict
+from onnxprune_cli.main import main
+
+DIGITS = ROOT / "models/digits_cnn.onnx"
+DIGITS_CALIB = ROOT / "models/digits_calib.npz"
+rng = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("shape,dtype,kind", [
+    ((4, 3), np.float32, "class_scores"), ((4, 1), np.float32, "regression"),
+    ((4, 6, 5), np.float32, "sequence"), ((6, 4, 5), np.float32, "sequence"),
+    ((2, 400, 9), np.float32, "detection"), ((2, 9, 400), np.float32, "detection"),
+    ((2, 1, 8, 8), np.float32, "score_map"), ((2, 4, 8, 8), np.float32, "regression"),
+    ((4,), np.int64, "integer"), ((4, 2), np.int32, "integer"), ((4,), np.float32, "regression")])
+def test_output_kind(shape, dtype, kind):
+    assert output_kind(np.zeros(shape, dtype)) == kind
+
+
+def test_class_scores_top1_agreement():
+    want = np.eye(4, dtype=np.float32)  # argmax 0, 1, 2, 3
+    got = want.copy()
+    got[3] = [1, 0, 0, 0.5]  # last sample flips to class 0
+    f = compare_one("p", want, got)
+    assert (f.kind, f.agreement, f.top1_agreement) == ("class_scores", 0.75, 0.75)
+
+
+@pytest.mark.parametrize("seq_first", [False, True])
+def test_sequence_agreement_at_every_position(seq_first):
+    """Not just the first position: one flipped step of 2 x 5 positions is 0.9."""
+    want = rng.standard_normal((2, 5, 7)).astype(np.float32)
+    got = want.copy()
+    got[1, 3] = -got[1, 3]  # flips the argmax of one position (not the first)
+    if seq_first:
+        want, got = want.transpose(1, 0, 2), got.transpose(1, 0, 2)
+    f = compare_one("seq", want, got)
+    assert f.kind == "sequence" and f.agreement == pytest.approx(0.9)
+
+
+def test_detection_overlap_of_top_boxes():
+    """[N, boxes, x y w h obj classes]: top-k boxes by obj x best class. Objectness wiped
+    out (0 boxes found) is no agreement at all, although the raw cosine stays high."""
+    want = rng.uniform(0, 1, (2, 800, 8)).astype(np.float32)
+    want[..., :4] *= 600  # box coordinates dominate the raw values, as in YOLO outputs
+    f = compare_one("det", want, want.copy())
+    assert (f.kind, f.agreement) == ("detection", 1.0)
+    collapsed = want.copy()
+    collapsed[..., 4] = rng.uniform(0, 1e-6, (2, 800))
+    f = compare_one("det", want, collapsed)
+    assert f.agreement < 0.2 and f.cosine > 0.9
+
+
+def test_score_map_overlap():
+    want = rng.uniform(0, 1, (2, 1, 20, 20)).astype(np.float32)
+    noisy = want + rng.normal(0, 1e-4, want.shape).astype(np.float32)
+    assert compare_one("map", want, noisy).agreement == 1.0
+    shifted = np.roll(want, 7, axis=3)
+    assert compare_one("map", want, shifted).agreement < 0.5
+
+
+def test_regression_cosine_and_relative_error():
+    want = rng.standard_normal((3, 1)).astype(np.float32)
+    f = compare_one("r", want, want * 1.1)
+    assert f.kind == "regression" and f.agreement == pytest.approx(1.0)
+    assert f.relative_error == pytest.approx(0.1, rel=1e-5)
+    assert compare_one("r", want, -want).agreement == 0.0  # clipped at 0
+
+
+def test_integer_exact_agreement_and_no_cosine():
+    want = np.array([0, 1, 2, 2], np.int64)
+    f = compare_one("label", want, np.array([0, 1, 2, 0], np.int64))
+    assert (f.kind, f.agreement, f.cosine, f.max_abs_diff) == ("integer", 0.75, None, 2.0)
+
+
+@pytest.mark.parametrize("where", ["original", "pruned"])
+def test_non_finite_is_failure(where):
+    want = np.ones((2, 3), np.float32)
+    got = want.copy()
+    (want if where == "original" else got)[0, 1] = np.nan
+    f = compare_one("y", want, got)
+    assert f.agreement == 0.0 and f.cosine is None and f.max_abs_diff is None
+    assert where in f.note
+    assert verdict([f], 0.5)["verdict"] == "failed"
+
+
+def test_shape_mismatch_is_failure():
+    f = compare_one("y", np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32))
+    assert not f.shape_ok and f.agreement == 0.0
+
+
+def test_verdict_reads_the_worst_output():
+    good = compare_one("a", np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32))
+    bad = compare_one("b", np.array([0, 1], np.int64), np.array([1, 1], np.int64))
+    v = verdict([good, bad], 0.9)
+    assert (v["verdict"], v["worst_output"], v["fidelity"]) == ("failed", "b", 0.5)
+    assert verdict([good, bad], 0.5)["verdict"] == "passed"
+    assert verdict([good, bad], 0.0)["verdict"] == "passed"  # 0: no gate
+
+
+def test_accuracy_on_the_class_output_not_the_label_output():
+    label = np.array([2, 2, 2], np.int64)  # a label output that disagrees with the scores
+    probs = np.eye(3, dtype=np.float32)
+    assert class_output([label, probs]) == 1
+    assert accuracy([label, probs], np.array([0, 1, 2])) == 1.0
+    assert accuracy([label], np.array([0, 1, 2])) == pytest.approx(1 / 3)  # labels only: exact
+
+
+def test_min_fidelity_is_validated():
+    with pytest.raises(onnxprune.OnnxPruneError, match="min-fidelity"):
+        onnxprune.PruneOptions(min_fidelity=1.5).validate()
+
+
+# --------------------------------------------------------------------------- end to end
+
+def _run(tmp_path, *args):
+    out, rep = tmp_path / "out.onnx", tmp_path / "r.json"
+    result = CliRunner().invoke(main, [str(a) for a in (DIGITS, "--calib", DIGITS_CALIB, "-q",
+                                                        "--no-latency", "-o", out, "--report",
+                                                        rep, *args)])
+    return result, out, rep
+
+
+def test_garbage_prune_exits_3_and_is_written(tmp_path):
+    """Random units at ratio 0.9 without compensation or refit: near chance."""
+    result, out, rep = _run(tmp_path, "--ratio", 0.9, "--metric", "random", "--no-compensate",
+                            "--no-refit")
+    assert result.exit_code == 3, result.output
+    assert result.stdout.startswith("FAILED")
+    assert "verdict: FAILED" in result.stdout
+    assert "failed:" in result.stderr and str(out) in result.stderr
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    ver = json.loads(rep.read_text())["verification"]
+    assert ver["verdict"] == "failed" and ver["fidelity"] < ver["min_fidelity"] == 0.8
+    assert ver["samples"] == 16 and any("16 samples" in w for w in ver["warnings"])
+
+
+def test_good_prune_passes(tmp_path):
+    result, out, rep = _run(tmp_path, "--ratio", 0.25, "--metric", "l1")
+    assert result.exit_code == 0, result.output
+    ver = json.loads(rep.read_text())["verification"]
+    assert ver["verdict"] == "passed" and ver["fidelity"] >= 0.8
+    assert ver["outputs"][0]["kind"] == "class_scores"
+    assert "verdict: passed" in result.stdout
+
+
+def test_min_fidelity_zero_turns_the_gate_off(tmp_path):
+    result, _, rep = _run(tmp_path, "--ratio", 0.9, "--metric", "random", "--no-compensate",
+                          "--no-refit", "--min-fidelity", 0)
+    assert result.exit_code == 0, result.output
+    assert json.loads(rep.read_text())["options"]["min_fidelity"] == 0
