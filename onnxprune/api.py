@@ -19,8 +19,8 @@ import onnx
 from .calib import Calibration, calibration_from_arrays, input_specs_from_model, load_calibration
 from .compiler.analysis import Analysis
 from .compiler.cost import count_macs, group_costs
-from .deploy.candidates import Choice, Guard, deploy
-from .deploy.select import select
+from .deploy.candidates import Choice, Guard, deploy_allocations
+from .deploy.select import Budget, select
 from .errors import OnnxPruneError
 from .load import save_model
 from .model import AnalyzedModel, analyze_model
@@ -166,7 +166,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
     _check_runs(am, opts.score.device, data)
     scoring, held_out, held_note = _split(data, opts.holdout, opts.score.seed)
     guard = (_guard(am, held_out or scoring, held_note, opts.score.value)
-             if opts.compensate or opts.refit else None)
+             if opts.compensate or opts.refit or not opts.uniform else None)
     rounds = _prune_rounds(am, opts, scoring, guard, scores, progress)
     seconds = {**am.seconds, **rounds.seconds}
     verification = None
@@ -181,6 +181,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
                           n_samples=None if data is None else data.n_samples, seconds=seconds,
                           deploy=rounds.deploy if opts.steps > 1 else rounds.deploy[0],
                           reused_scores=scores is not None)
+    report["removed"] = {k: round(v, 6) for k, v in rounds.removed.items()}
     return PruneResult(rounds.model, report, {g: s.values for g, s in rounds.scores.items()},
                        rounds.keep, am.analysis)
 
@@ -194,6 +195,7 @@ class _Rounds:
     scores: dict[int, GroupScores]  # scores of the one round ({} after several)
     deploy: list[dict[str, Any]]  # what shipped, per round
     seconds: dict[str, float]  # score<i>, rewrite<i>
+    removed: dict[str, float]  # fractions of the prunable units, params, MACs removed in all
 
 
 def _prune_rounds(am: AnalyzedModel, opts: PruneOptions, scoring: Calibration | None,
@@ -201,21 +203,26 @@ def _prune_rounds(am: AnalyzedModel, opts: PruneOptions, scoring: Calibration | 
     """`steps` rounds of score -> select -> rewrite, each on the model the last one shipped."""
     deployed: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
+    left = {"units": 1.0, "params": 1.0, "macs": 1.0}  # of the prunable cost, over rounds
     for step in range(opts.steps):
-        scores, keep, choice, took = _prune_round(am, opts, step, scoring, guard, reused, progress)
+        scores, choice, took = _prune_round(am, opts, step, scoring, guard, reused, progress)
         deployed.append(choice.to_json(guard))
         seconds.update(took)
+        # rounds compose: each removes a fraction of what the previous one left
+        fractions = Budget(am.analysis, scores).fractions(choice.keep)
+        left = {k: v * (1 - fractions[k]) for k, v in left.items()}
+        removed = {k: 1 - v for k, v in left.items()}
         if opts.steps == 1:
-            return _Rounds(choice.model, keep, scores, deployed, seconds)
+            return _Rounds(choice.model, dict(choice.keep), scores, deployed, seconds, removed)
         am = analyze_model(choice.model)
-    return _Rounds(choice.model, {}, {}, deployed, seconds)
+    return _Rounds(choice.model, {}, {}, deployed, seconds, removed)
 
 
 def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, scoring: Calibration | None,
                  guard: Guard | None, reused: Mapping[int, np.ndarray] | None,
                  progress: ProgressFn | None
-                 ) -> tuple[dict[int, GroupScores], dict[int, np.ndarray], Choice, dict[str, float]]:
-    """One round: (scores, kept units, the deployed choice, seconds it took)."""
+                 ) -> tuple[dict[int, GroupScores], Choice, dict[str, float]]:
+    """One round: (scores, the deployed choice with its kept units, seconds it took)."""
     gids = scored_groups(am, opts.exclude)
     if not gids:
         raise OnnxPruneError("every prunable group is excluded")
@@ -229,13 +236,25 @@ def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, scoring: Cali
               score_model(am, scoring, opts.score, means=means, ratio=opts.step_ratio(),
                           groups=gids, progress=progress))
     t1 = time.perf_counter()
-    keep = select(am.analysis, {g: s.values for g, s in scores.items()}, opts.step_ratio(),
-                  round_to=opts.round_multiple(), target=opts.target, global_=opts.global_)
+    keeps = _allocations(am, opts, {g: s.values for g, s in scores.items()}, guard is not None)
     emit(progress, "rewrite", 0, 1)
-    choice = deploy(am.analysis, am.ident, keep, means=means, guard=guard,
-                    refit_data=scoring if opts.refit else None, progress=progress)
+    choice = deploy_allocations(am.analysis, am.ident, keeps, means=means, guard=guard,
+                                refit_data=scoring if opts.refit else None, progress=progress)
     took = {f"score{step + 1}": t1 - t0, f"rewrite{step + 1}": time.perf_counter() - t1}
-    return scores, keep, choice, took
+    return scores, choice, took
+
+
+def _allocations(am: AnalyzedModel, opts: PruneOptions, scores: Mapping[int, np.ndarray],
+                 guarded: bool) -> dict[str, dict[int, np.ndarray]]:
+    """The kept units of the global allocation and, as the guard's fallback, of the uniform
+    one at the same budget (or only the uniform one with `uniform`)."""
+    normalize = not METRICS[opts.score.metric].objective_units
+    kw = dict(round_to=opts.round_multiple(), target=opts.target, min_keep=opts.step_min_keep(),
+              normalize=normalize)
+    allocate = lambda uniform: select(am.analysis, scores, opts.step_ratio(), uniform=uniform, **kw)
+    if opts.uniform:
+        return {"uniform": allocate(True)}
+    return {"global": allocate(False), "uniform": allocate(True)} if guarded else {"global": allocate(False)}
 
 
 def _guard(am: AnalyzedModel, data: Calibration | None, note: str | None,

@@ -22,6 +22,10 @@ from .progress import ProgressPrinter
 from .render import analysis_table, prune_table
 
 EXIT_USER_ERROR = 2
+_DEFAULTS = PruneOptions()
+RATIO_MEANING = ("Fraction of the prunable cost to remove (--target: the prunable groups' "
+                 "weight parameters by default), placed where the unit scores say it costs "
+                 "least (--uniform: the same fraction from every group).")
 
 
 class DefaultToPrune(click.Group):
@@ -115,7 +119,7 @@ def scoring_options(fn):
 @click.option("--calib", required=True, type=click.Path(dir_okay=False),
               help=".npz keyed by the model's input names (+ optional 'labels').")
 @click.option("--ratio", required=True, type=float,
-              help="Fraction of units removed per group (or of params/MACs with --target), in [0, 1).")
+              help=f"{RATIO_MEANING} In [0, 1).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output path (default: MODEL_pruned.onnx beside the input).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
@@ -127,10 +131,17 @@ def scoring_options(fn):
               "ONNX Runtime is fastest at (16 with AVX-512, 8 with AVX2 or CUDA).")
 @click.option("--exclude", multiple=True, help="Leave groups whose tensors or nodes match this "
               "glob pattern alone (repeatable).")
-@click.option("--global", "global_", is_flag=True,
-              help="Allocate removals across groups by score instead of the same ratio everywhere.")
-@click.option("--target", default="units", show_default=True, type=click.Choice(TARGETS),
-              help="What --ratio is a fraction of.")
+@click.option("--uniform", is_flag=True,
+              help="Remove the same fraction of units from every group (the earlier default) "
+              "instead of ranking units across groups.")
+@click.option("--global", "global_", is_flag=True, hidden=True,
+              help="Global allocation (now the default; kept for scripts).")
+@click.option("--target", default=_DEFAULTS.target, show_default=True, type=click.Choice(TARGETS),
+              help="The cost --ratio is a fraction of: the prunable groups' Conv/Gemm/MatMul "
+              "weights (params), their MACs, or their units.")
+@click.option("--min-keep", default=_DEFAULTS.min_keep, show_default=True, type=float,
+              help="Every group keeps at least this fraction of its units (a number from 1 up: "
+              "this many units).")
 @click.option("--steps", default=1, show_default=True, type=int,
               help="Prune in K rounds, re-scoring in between.")
 @click.option("--refit/--no-refit", default=True, show_default=True,
@@ -145,12 +156,18 @@ def prune_cmd(model: str, calib: str, **params: Any) -> None:
     import onnxprune
     output, report_path, scores_path = (params.pop(k) for k in ("output", "report_path", "scores_path"))
     as_json, quiet = params.pop("as_json"), params.pop("quiet")
+    if params["global_"] and params["uniform"]:
+        raise OnnxPruneError("--global and --uniform exclude each other")
+    params.pop("global_")
     options = PruneOptions.from_cli(params)
     out = Path(output) if output else default_output(Path(model))
     check_output(Path(model), out)
     if report_path:
         check_output(Path(model), Path(report_path), what="--report")
-    scores = read_scores(scores_path, model) if scores_path else None
+    scores = None
+    if scores_path:
+        scores, metric = read_scores(scores_path, model)
+        options = options.updated(metric=_scores_metric(metric, options.score.metric))
     result = onnxprune.prune(model, calib, options, scores=scores,
                              progress=ProgressPrinter(quiet or as_json))
     from onnxprune.load import save_model
@@ -195,7 +212,19 @@ def score_cmd(model: str, calib: str, **params: Any) -> None:
     click.echo(f"wrote scores of {len(scores)} groups to {output}")
 
 
-def read_scores(path: str, model: str) -> dict[int, list[float]]:
+def _scores_metric(in_file: str | None, asked: str) -> str:
+    """The metric of reused scores is the file's (it decides whether select normalizes
+    them); an explicit --metric that contradicts it is a mistake."""
+    ctx = click.get_current_context()
+    explicit = ctx.get_parameter_source("metric") is not click.core.ParameterSource.DEFAULT
+    if in_file is None:
+        return asked
+    if explicit and asked != in_file:
+        raise OnnxPruneError(f"--metric {asked}, but the --scores file holds {in_file} scores")
+    return in_file
+
+
+def read_scores(path: str, model: str) -> tuple[dict[int, list[float]], str | None]:
     try:
         doc = json.loads(Path(path).read_text())
         scores = {int(g["group"]): g["scores"] for g in doc["groups"]}
@@ -203,7 +232,7 @@ def read_scores(path: str, model: str) -> dict[int, list[float]]:
         raise OnnxPruneError(f"--scores {path}: not a scores file from 'onnxprune score' ({exc})") from None
     if doc.get("model_sha256") not in (None, _sha256(Path(model))):
         raise OnnxPruneError(f"--scores {path} was computed for a different model")
-    return scores
+    return scores, doc.get("metric")
 
 
 def _sha256(path: Path) -> str:
