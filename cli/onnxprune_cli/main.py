@@ -23,9 +23,9 @@ from .render import analysis_table, prune_table
 
 EXIT_USER_ERROR = 2
 _DEFAULTS = PruneOptions()
-RATIO_MEANING = ("Fraction of the prunable cost to remove (--target: the prunable groups' "
-                 "weight parameters by default), placed where the unit scores say it costs "
-                 "least (--uniform: the same fraction from every group).")
+RATIO_MEANING = ("The fraction R of the model's prunable cost to remove (by default the weight "
+                 "parameters of the Conv/Gemm/MatMul layers whose channels can be removed), "
+                 "placed where the unit scores say it costs least.")
 
 
 class DefaultToPrune(click.Group):
