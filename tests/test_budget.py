@@ -133,3 +133,15 @@ def test_prune_reports_allocation_and_removed_fractions(am):
                           target="units")
     assert uni.report["deploy"]["allocation"] == "uniform"
     assert uni.report["removed"]["units"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("min_keep", [-0.1, 1.5])
+def test_bad_min_keep_is_a_user_error(min_keep):
+    with pytest.raises(onnxprune.OnnxPruneError, match="--min-keep"):
+        onnxprune.PruneOptions(min_keep=min_keep).validate()
+
+
+def test_min_keep_compounds_over_steps():
+    opts = onnxprune.PruneOptions(min_keep=0.25, steps=2)
+    assert opts.step_min_keep() == pytest.approx(0.5)
+    assert onnxprune.PruneOptions(min_keep=3, steps=2).step_min_keep() == 3
