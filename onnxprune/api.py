@@ -20,8 +20,8 @@ import onnx
 from .calib import Calibration, calibration_from_arrays, input_specs_from_model, load_calibration
 from .compiler.analysis import Analysis
 from .compiler.cost import count_macs, group_costs
-from .deploy.candidates import Choice, Guard, deploy
-from .deploy.select import select
+from .deploy.candidates import Choice, Guard, deploy_allocations
+from .deploy.select import Budget, select
 from .errors import OnnxPruneError
 from .load import save_model
 from .model import AnalyzedModel, analyze_model
@@ -275,7 +275,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
     what each stage actually took."""
     opts, am, data, run = _prepare(model, calib, options, scores, keywords)
     guard = (_guard(am, run.held_out or run.scoring, run.held_note, opts.score.value)
-             if opts.compensate or opts.refit else None)
+             if opts.compensate or opts.refit or not opts.uniform else None)
     run.spent["check"] = time.perf_counter() - run.t0
     rounds = _prune_rounds(am, opts, run, guard, scores, progress)
     seconds = {**am.seconds, **rounds.seconds}
@@ -295,6 +295,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
         report["plan"] = _plan_report(rounds.plan, {**run.spent, **rounds.stage_s}, rounds.evaluations)
     report["warnings"] = [*(data.warnings if data is not None else []),
                           *_fallback_warnings(am, opts, rounds.scores)]
+    report["removed"] = {k: round(v, 6) for k, v in rounds.removed.items()}
     return PruneResult(rounds.model, report, {g: s.values for g, s in rounds.scores.items()},
                        rounds.keep, am.analysis)
 
@@ -383,16 +384,22 @@ class _Rounds:
     plan: ScorePlan | None = None  # the first round's
     stage_s: dict[str, float] = field(default_factory=dict)  # per plan stage, rounds summed
     evaluations: int = 0
+    removed: dict[str, float] = field(default_factory=dict)  # of the prunable cost, all rounds
 
 
 def _prune_rounds(am: AnalyzedModel, opts: PruneOptions, run: _Run, guard: Guard | None,
                   reused: Mapping[int, np.ndarray] | None, progress: ProgressFn | None) -> _Rounds:
     """`steps` rounds of score -> select -> rewrite, each on the model the last one shipped."""
     out = _Rounds(None, {}, {}, [], {})  # type: ignore[arg-type]
+    left = {"units": 1.0, "params": 1.0, "macs": 1.0}  # of the prunable cost, over rounds
     for step in range(opts.steps):
         scores, keep, choice, plan = _prune_round(am, opts, step, run, guard, reused, progress, out)
         out.deploy.append(choice.to_json(guard))
         out.model, out.plan = choice.model, out.plan or plan
+        # rounds compose: each removes a fraction of what the previous one left
+        fractions = Budget(am.analysis, _round_groups(am, opts)).fractions(keep)
+        left = {k: v * (1 - fractions[k]) for k, v in left.items()}
+        out.removed = {k: 1 - v for k, v in left.items()}
         if opts.steps == 1:
             out.keep, out.scores = keep, scores
             return out
@@ -421,21 +428,37 @@ def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, run: _Run,
         took["scoring"] = time.perf_counter() - t0 - sum(took.values())
         rounds.evaluations += (plan.spent_evaluations or 0) if plan is not None else 0
     t1 = time.perf_counter()
-    keep = select(am.analysis, {g: s.values for g, s in scores.items()}, opts.step_ratio(),
-                  round_to=opts.round_multiple(), target=opts.target, global_=opts.global_)
+    keeps = _allocations(am, opts, {g: s.values for g, s in scores.items()}, guard is not None)
     emit(progress, "rewrite", 0, 1)
     if all(len(keep[g]) == am.analysis.group(g).units for g in keep):
         # nothing removed (ratio 0, or rounding kept every unit): the original ships as it is,
         # not a re-exported copy with a no-op compensation
         rounds.seconds[f"score{step + 1}"] = t1 - t0
         return scores, keep, Choice(am.proto, "original"), plan
-    choice = deploy(am.analysis, am.ident, keep, means=means, guard=guard,
-                    refit_data=run.scoring if opts.refit else None, progress=progress)
+    choice = deploy_allocations(am.analysis, am.ident, keeps, means=means, guard=guard,
+                                refit_data=run.scoring if opts.refit else None, progress=progress)
+    keep = dict(choice.keep)
     took["rewrite"] = time.perf_counter() - t1
     for k, v in took.items():
         rounds.stage_s[k] = rounds.stage_s.get(k, 0.0) + v
     rounds.seconds.update({f"score{step + 1}": t1 - t0, f"rewrite{step + 1}": took["rewrite"]})
     return scores, keep, choice, plan
+
+
+def _allocations(am: AnalyzedModel, opts: PruneOptions, scores: Mapping[int, np.ndarray],
+                 guarded: bool) -> dict[str, dict[int, np.ndarray]]:
+    """The kept units of the global allocation and, as the guard's fallback, of the uniform
+    one at the same budget (or only the uniform one with `uniform`)."""
+    normalize = not METRICS[opts.score.metric].objective_units
+    kw = dict(round_to=opts.round_multiple(), target=opts.target, min_keep=opts.step_min_keep(),
+              normalize=normalize)
+
+    def allocate(uniform: bool) -> dict[int, np.ndarray]:
+        return select(am.analysis, scores, opts.step_ratio(), uniform=uniform, **kw)
+
+    if opts.uniform:
+        return {"uniform": allocate(True)}
+    return {"global": allocate(False), "uniform": allocate(True)} if guarded else {"global": allocate(False)}
 
 
 def _means(am: AnalyzedModel, opts: PruneOptions, run: _Run,

@@ -12,6 +12,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, get_args
 
+from .deploy.select import DEFAULT_MIN_KEEP, DEFAULT_TARGET
 from .deploy.select import TARGETS as _TARGETS
 from .errors import OnnxPruneError
 from .scoring.estimators import ESTIMATORS, Aggregate
@@ -98,9 +99,10 @@ class ScoreOptions:
 class PruneOptions:
     """What is removed and how the result ships; `score` says how units are ranked."""
 
-    ratio: float = 0.5  # fraction of units removed per group (of params/MACs with target)
-    target: Target = "units"
-    global_: bool = False  # allocate removals across groups by score
+    ratio: float = 0.5  # fraction of the prunable cost (`target`) removed
+    target: Target = DEFAULT_TARGET  # what the ratio is a fraction of (deploy/select.py)
+    uniform: bool = False  # the same fraction from every group instead of a global ranking
+    min_keep: float = DEFAULT_MIN_KEEP  # per-group floor: a fraction (< 1) or a count of units
     steps: int = 1  # prune in rounds, re-scoring the shipped model in between
     round_to: int | str = 1  # a positive integer or "auto" (as requested; see round_multiple)
     exclude: tuple[str, ...] = ()  # glob patterns of tensors/nodes whose groups stay whole
@@ -126,6 +128,9 @@ class PruneOptions:
 
     def updated(self, **keywords: Any) -> PruneOptions:
         """A copy with these fields (own or ScoreOptions', flat) changed."""
+        if "global_" in keywords:  # the earlier flag: global allocation is now the default
+            keywords = dict(keywords)
+            keywords["uniform"] = not keywords.pop("global_")
         own = {k: v for k, v in keywords.items() if k in _names(PruneOptions)}
         scoring = {k: v for k, v in keywords.items() if k not in own}
         return dataclasses.replace(self, **own, score=self.score.updated(**scoring))
@@ -143,6 +148,9 @@ class PruneOptions:
             raise OnnxPruneError(f"--target must be one of {', '.join(TARGETS)}")
         if not 0 <= self.min_fidelity <= 1:
             raise OnnxPruneError(f"--min-fidelity must be in [0, 1], got {self.min_fidelity}")
+        if self.min_keep < 0 or (self.min_keep >= 1 and not float(self.min_keep).is_integer()):
+            raise OnnxPruneError("--min-keep must be a fraction in [0, 1) or a whole number of "
+                                 f"units, got {self.min_keep}")
         self.score.validate()
         return self
 
@@ -160,6 +168,11 @@ class PruneOptions:
                                      f"got {self.round_to!r}") from None
         return int(self.round_to)
 
+    def step_min_keep(self) -> float:
+        """The floor of each round: a fraction compounds over `steps` rounds to `min_keep`;
+        a count stays a count."""
+        return self.min_keep ** (1 / self.steps) if self.min_keep < 1 else self.min_keep
+
     def step_ratio(self) -> float:
         """The ratio of each round, for scoring and selection alike: `steps` rounds of it
         remove `ratio` of the units (or of the params/MACs) in all."""
@@ -170,7 +183,8 @@ class PruneOptions:
         s = self.score
         return {"compensate": self.compensate, "round_to": self.round_multiple(),
                 "round_to_requested": self.round_to, "target": self.target,
-                "global": self.global_, "steps": self.steps, "exclude": list(self.exclude),
+                "uniform": self.uniform, "global": not self.uniform,
+                "min_keep": self.min_keep, "steps": self.steps, "exclude": list(self.exclude),
                 "estimator": s.estimator, "budget": s.budget, "value": s.value,
                 "aggregate": s.aggregate, "refit": self.refit, "ratio": self.ratio,
                 "metric": s.metric, "seed": s.seed, "device": s.device,

@@ -76,6 +76,7 @@ class Report(TypedDict, total=False):
     seconds: dict[str, float]
     deploy: dict[str, Any] | list[dict[str, Any]]  # deploy.Choice.to_json, one per round
     hints: list[str]
+    removed: dict[str, float]  # fractions of the prunable units, params and MACs removed
     output: str  # the CLI adds these two
     command: str
 
@@ -143,8 +144,9 @@ STEPS_HINT = ("at ratios above 0.5, --steps 3 (re-score after each third, on the
 
 def hints(options: PruneOptions, reused_scores: bool) -> list[str]:
     """Advice measured in the study (with Shapley) that this run's options did not follow."""
-    heavy = (options.target == "units" and options.ratio > 0.5
-             and options.score.metric == DEFAULT_METRIC)
+    # a params/MACs budget R removes about 1 - sqrt(1 - R) of the units (both axes shrink)
+    units = options.ratio if options.target == "units" else 1 - (1 - options.ratio) ** 0.5
+    heavy = units > 0.5 and options.score.metric == DEFAULT_METRIC
     return [STEPS_HINT] if heavy and options.steps == 1 and not reused_scores else []
 
 

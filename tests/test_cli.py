@@ -228,7 +228,8 @@ def test_heavy_ratio_hints_at_steps(work, ratio, steps, metric, hinted):
     study's finding); not when the user already prunes in steps, at 0.5, or for l1."""
     args = [work / "m.onnx", "--calib", work / "c.npz", "--ratio", ratio, "--metric", metric,
             "--budget", "64", "--no-latency", "--steps", steps, "--report", work / "r.json",
-            "--min-fidelity", 0]  # the gate fails most 0.75 prunes of this model; not the point
+            "--min-fidelity", 0,  # the gate fails most 0.75 prunes of this model; not the point
+            "--target", "units"]  # the study measured unit ratios
     result = run(*args)
     assert result.exit_code == 0, result.output
     report = json.loads((work / "r.json").read_text())

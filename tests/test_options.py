@@ -76,8 +76,11 @@ def test_valid_options_pass_and_forgive_value_spelling():
 
 def test_keywords_split_between_prune_and_score_options():
     opts = PruneOptions.from_keywords(ratio=0.25, metric="l1", seed=3, max_memory_mb=64.0,
-                                      global_=True)
-    assert (opts.ratio, opts.global_) == (0.25, True)
+                                      uniform=True)
+    assert (opts.ratio, opts.uniform) == (0.25, True)
+    # the earlier keyword: global allocation (now the default) or not
+    assert PruneOptions.from_keywords(global_=False).uniform is True
+    assert PruneOptions.from_keywords(global_=True).uniform is False
     assert opts.score == ScoreOptions(metric="l1", seed=3, max_memory_mb=64.0)
     assert opts.updated(seed=4).score.seed == 4 and opts.score.seed == 3
     with pytest.raises(TypeError, match="ratoi"):
@@ -96,7 +99,8 @@ def test_to_json_keeps_every_key_of_the_old_report_options():
     doc = PruneOptions.from_keywords(round_to="auto", exclude=("c*",), estimator="exact").to_json()
     assert REPORT_KEYS <= set(doc)
     assert doc["round_to_requested"] == "auto" and isinstance(doc["round_to"], int)
-    assert doc["exclude"] == ["c*"] and doc["estimator"] == "exact" and doc["global"] is False
+    assert doc["exclude"] == ["c*"] and doc["estimator"] == "exact" and doc["global"] is True
+    assert doc["uniform"] is False and doc["target"] == "params"  # the defaults of issue 15
 
 
 @pytest.mark.parametrize("target,steps", [("params", 2), ("macs", 3), ("units", 2)])
@@ -118,7 +122,9 @@ def test_step_ratio_is_the_same_for_scoring_and_selection(monkeypatch, target, s
     opts = PruneOptions(ratio=0.5, target=target, steps=steps, compensate=False, refit=False,
                         latency=False, score=ScoreOptions(metric="l1"))
     onnxprune.prune(EXAMPLE, CALIB, opts)
-    assert seen["score"] == seen["select"] == [pytest.approx(1 - 0.5 ** (1 / steps))] * steps
+    # each round selects twice with its ratio: the global allocation and the guard's uniform one
+    assert seen["score"] == [pytest.approx(1 - 0.5 ** (1 / steps))] * steps
+    assert seen["select"] == [pytest.approx(1 - 0.5 ** (1 / steps))] * 2 * steps
     assert opts.step_ratio() == pytest.approx(1 - 0.5 ** (1 / steps))
 
 

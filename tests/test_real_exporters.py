@@ -183,9 +183,9 @@ def test_e_nan_weights_with_labels(tmp_path):
 
 
 def test_f_render_none_candidate_value(tmp_path):
-    """Found by the (then random) fuzz test; deterministic here. Today: TypeError:
+    """Found by the (then random) fuzz test; deterministic here. Was: TypeError:
     unsupported format string passed to NoneType.__format__ in render._deploy_line (the NaN
-    model's held-out values are None)."""
+    model's held-out values are None); render prints '-' for them (issue 15's render change)."""
     result, _ = prune_cli(tmp_path, "nan", E.nan_weight_model(), *FAST)
     assert_no_traceback(result)
 
@@ -226,8 +226,9 @@ def test_h_cosine_on_nan_output(tmp_path):
 
 
 def test_i_scores_file_metric(tmp_path):
-    """Today: header '(metric l1, ...)' and report metric 'l1'; the groups say 'reused'.
-    A clean refusal of the combination is correct too."""
+    """Was: header '(metric l1, ...)' and report metric 'l1'; the groups say 'reused'.
+    A clean refusal of the combination is correct too (issue 15 refuses it: the file's
+    metric decides whether select normalizes the scores)."""
     scores = tmp_path / "s.json"
     made = cli("score", DIGITS, "--calib", DIGITS_CALIB, "-o", scores, "--budget", 70, "-q")
     assert made.exit_code == 0, made.output

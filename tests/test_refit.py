@@ -168,6 +168,7 @@ def test_guard_ships_the_best_candidate():
 
 def test_no_compensation_ships_plain_removal_without_a_guard():
     model, _ = _model("conv", duplicate=False, seed=5)
+    # uniform: the global allocation has the uniform one as a guarded fallback (issue 15)
     result = onnxprune.prune(model, {"x": _data(model)}, ratio=0.5, metric="l1",
-                             compensate=False, refit=False, latency=False)
-    assert result.report["deploy"] == {"chosen": "plain"}
+                             compensate=False, refit=False, latency=False, uniform=True)
+    assert result.report["deploy"] == {"chosen": "plain", "allocation": "uniform"}

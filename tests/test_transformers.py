@@ -66,7 +66,8 @@ def test_command_prunes_half_the_heads_and_runs_at_other_lengths(tmp_path, file)
     result = CliRunner().invoke(main, [str(ROOT / "models/zoo" / file), "--calib",
                                        str(tmp_path / "calib.npz"), "--ratio", "0.5", "-o", str(out),
                                        "--no-latency", "--budget", "300", "-q",
-                                       "--min-fidelity", "0"])  # random weights, 4 held out
+                                       "--min-fidelity", "0",  # random weights, 4 held out
+                                       "--uniform", "--target", "units"])  # half of each group
     assert result.exit_code == 0, result.output
     pruned = analyze_model(out).analysis.groups
     heads = [g for g in pruned if g.prunable and g.unit_size == HEAD_DIM]

@@ -23,6 +23,10 @@ from .render import analysis_table, plan_text, prune_table, verdict_line
 
 EXIT_USER_ERROR = 2
 EXIT_FAILED_GATE = 3  # the pruned model was written but fell below --min-fidelity
+_DEFAULTS = PruneOptions()
+RATIO_MEANING = ("The fraction R of the model's prunable cost to remove (by default the weight "
+                 "parameters of the Conv/Gemm/MatMul layers whose channels can be removed), "
+                 "placed where the unit scores say it costs least.")
 
 
 class DefaultToPrune(click.Group):
@@ -131,7 +135,7 @@ def scoring_options(fn):
 @click.option("--calib", required=True, type=click.Path(dir_okay=False),
               help=".npz keyed by the model's input names (+ optional 'labels').")
 @click.option("--ratio", required=True, type=float,
-              help="Fraction of units removed per group (or of params/MACs with --target), in [0, 1).")
+              help=f"{RATIO_MEANING} In [0, 1).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output path (default: MODEL_pruned.onnx beside the input).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
@@ -143,10 +147,17 @@ def scoring_options(fn):
               "ONNX Runtime is fastest at (16 with AVX-512, 8 with AVX2 or CUDA).")
 @click.option("--exclude", multiple=True, help="Leave groups whose tensors or nodes match this "
               "glob pattern alone (repeatable).")
-@click.option("--global", "global_", is_flag=True,
-              help="Allocate removals across groups by score instead of the same ratio everywhere.")
-@click.option("--target", default="units", show_default=True, type=click.Choice(TARGETS),
-              help="What --ratio is a fraction of.")
+@click.option("--uniform", is_flag=True,
+              help="Remove the same fraction of units from every group (the earlier default) "
+              "instead of ranking units across groups.")
+@click.option("--global", "global_", is_flag=True, hidden=True,
+              help="Global allocation (now the default; kept for scripts).")
+@click.option("--target", default=_DEFAULTS.target, show_default=True, type=click.Choice(TARGETS),
+              help="The cost --ratio is a fraction of: the prunable groups' Conv/Gemm/MatMul "
+              "weights (params), their MACs, or their units.")
+@click.option("--min-keep", default=_DEFAULTS.min_keep, show_default=True, type=float,
+              help="Every group keeps at least this fraction of its units (a number from 1 up: "
+              "this many units).")
 @click.option("--steps", default=1, show_default=True, type=int,
               help="Prune in K rounds, re-scoring in between.")
 @click.option("--refit/--no-refit", default=True, show_default=True,
@@ -169,6 +180,9 @@ def prune_cmd(model: str, calib: str, **params: Any) -> None:
     import onnxprune
     output, report_path, scores_path = (params.pop(k) for k in ("output", "report_path", "scores_path"))
     as_json, quiet = params.pop("as_json"), params.pop("quiet")
+    if params["global_"] and params["uniform"]:
+        raise OnnxPruneError("--global and --uniform exclude each other")
+    params.pop("global_")
     dry_run, force = params.pop("dry_run"), params.pop("force")
     options = PruneOptions.from_cli(params)
     if dry_run:
@@ -206,13 +220,16 @@ def prune_cmd(model: str, calib: str, **params: Any) -> None:
 
 
 def _scores_metric(options: PruneOptions, metric: str | None, path: str) -> PruneOptions:
-    """The report names the metric that ranked the units: the scores file's, not --metric."""
+    """The metric of reused scores is the file's: the report names it, and it decides whether
+    selection normalizes the scores; an explicit --metric that contradicts it is a mistake."""
     if metric is None or metric == options.score.metric:
         return options
     if metric not in METRIC_NAMES:
         raise OnnxPruneError(f"--scores {path}: unknown metric '{metric}'")
-    click.echo(f"warning: --scores {path} holds {metric} scores; --metric "
-               f"{options.score.metric} is ignored", err=True)
+    source = click.get_current_context().get_parameter_source("metric")
+    if source is not click.core.ParameterSource.DEFAULT:
+        raise OnnxPruneError(f"--metric {options.score.metric}, but --scores {path} holds "
+                             f"{metric} scores")
     return options.updated(metric=metric)
 
 

@@ -37,11 +37,23 @@ def _deploy_line(deploy) -> str | None:
     if not last:
         return None
     line = f"shipped: {_DEPLOY_NAMES.get(last['chosen'], last['chosen'])}"
-    if len(last.get("values", {})) > 1:
-        figures = ", ".join(f"{_DEPLOY_NAMES.get(k, k)} {'n/a' if v is None else format(v, '.4g')}"
-                            for k, v in last["values"].items())  # None: a non-finite value
-        line += f" (best {last['value_function']} on {last['guard_samples']}: {figures})"
+    if "allocation" in last:
+        line += f", {last['allocation']} allocation"
+    figures = [f"{_DEPLOY_NAMES.get(k, k)} {_value(v)}" for k, v in last.get("values", {}).items()]
+    if len(figures) > 1 or last.get("allocation_values"):
+        figures += [f"{k} allocation {_value(v)}" for k, v in last.get("allocation_values", {}).items()]
+        line += f" (best {last['value_function']} on {last['guard_samples']}: {', '.join(figures)})"
     return line
+
+
+def _removed_line(report: Report) -> str | None:
+    """The fractions of the prunable cost actually removed, whatever the budget's target."""
+    removed = report.get("removed")
+    if not removed:
+        return None
+    return ("removed (fraction of the prunable cost): " +
+            ", ".join(f"{name} {removed[key]:.3f}" for key, name in
+                      (("units", "units"), ("params", "params"), ("macs", "MACs"))))
 
 
 def prune_table(report: Report) -> str:
@@ -64,11 +76,14 @@ def prune_table(report: Report) -> str:
                      f"{100 * ver['accuracy_before']:.1f}%", f"{100 * ver['accuracy_after']:.1f}%", ""])
     opts = report.get("options", {})
     failed = ver.get("verdict") == "failed"
+    allocation = "uniform" if opts.get("uniform") else "global"
     head = (("FAILED (below --min-fidelity): " if failed else "")
             + f"pruned {report['model']} -> {report.get('output')}  (metric {report['metric']}, "
-              f"ratio {report['ratio']}" + (f" of {opts['target']}" if opts.get("target", "units") != "units" else "")
-            + f", seed {report['seed']})")
+              f"ratio {report['ratio']} of {opts.get('target', 'units')}, {allocation}, "
+              f"seed {report['seed']})")
     out = [head, "", _table(["", "before", "after", "after/before"], rows)]
+    if line := _removed_line(report):
+        out.append(line)
     if line := _deploy_line(report.get("deploy")):
         out.append(line)
     if lat:
@@ -90,6 +105,10 @@ def prune_table(report: Report) -> str:
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _value(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4g}"  # None: a candidate without a finite value
 
 
 def _num(x: float | None, fmt: str) -> str:

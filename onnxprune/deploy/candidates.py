@@ -6,6 +6,10 @@ that overfits a handful of samples), so each candidate is built, run on guard sa
 scoring did not see, and scored with the same value function as the Shapley game (negative
 KL to the original, cross-entropy with labels, ...). The best one ships; the report lists
 every candidate's figure, so the user sees what the guard decided and why.
+
+The same guard judges the allocation: the global allocation (select.py) and the uniform one
+at the same budget, each with its best candidate, so that a global allocation that loses on
+held-out samples never ships (`deploy_allocations`).
 """
 from __future__ import annotations
 
@@ -42,9 +46,15 @@ class Choice:
     chosen: str
     values: dict[str, float] = field(default_factory=dict)
     refit_layers: int = 0
+    allocation: str = "global"  # which selection shipped (deploy_allocations)
+    keep: Mapping[int, np.ndarray] = field(default_factory=dict)
+    allocations: dict[str, float] = field(default_factory=dict)  # its best value per allocation
 
     def to_json(self, guard: Guard | None) -> dict[str, Any]:
-        out: dict[str, Any] = {"chosen": self.chosen}
+        out: dict[str, Any] = {"chosen": self.chosen, "allocation": self.allocation}
+        if self.allocations:
+            out["allocation_values"] = {k: round(v, 6) if np.isfinite(v) else None
+                                        for k, v in self.allocations.items()}
         if guard is not None:
             out.update({"value_function": guard.value_fn.name, "guard_samples": guard.note,
                         "values": {k: round(v, 6) if np.isfinite(v) else None
@@ -75,11 +85,40 @@ def deploy(analysis: Analysis, ident: ModelIdentity, keep: Mapping[int, np.ndarr
         if refits:
             layers = len(refits)
             candidates["refit"] = finalize(rewrite(analysis, keep, means=means, refits=refits), ident)
-    if guard is None or len(candidates) == 1:
+    if guard is None:
         name = next(iter(candidates))
-        return Choice(candidates[name], name, refit_layers=layers)
+        return Choice(candidates[name], name, refit_layers=layers, keep=keep)
     emit({"stage": "deploy", "done": 0, "total": 0})
     values = {name: guard.value(model) for name, model in candidates.items()}
     # ties (ratio 0, nothing to compensate) go to the earlier, simpler-to-explain candidate
     best = max(values, key=lambda k: (values[k], -list(values).index(k)))
-    return Choice(candidates[best], best, values, layers)
+    return Choice(candidates[best], best, values, layers, keep=keep)
+
+
+def deploy_allocations(analysis: Analysis, ident: ModelIdentity,
+                       keeps: Mapping[str, Mapping[int, np.ndarray]], *,
+                       means: Mapping[str, np.ndarray] | None, refit_data: Calibration | None,
+                       guard: Guard | None, progress: Callable[[dict], None] | None = None
+                       ) -> Choice:
+    """Deploy each allocation (`keeps`: name -> kept units; the first is preferred on ties)
+    and ship the one whose best candidate has the best value on the guard samples."""
+    choices: dict[str, Choice] = {}
+    for name, keep in keeps.items():
+        if any(_same(keep, c.keep) for c in choices.values()):
+            continue  # the same selection: nothing to choose between
+        choices[name] = deploy(analysis, ident, keep, means=means, refit_data=refit_data,
+                               guard=guard, progress=progress)
+        choices[name].allocation = name
+        if guard is None:
+            break
+    first = next(iter(choices.values()))
+    if len(choices) == 1:
+        return first
+    values = {name: c.values[c.chosen] for name, c in choices.items()}
+    best = max(values, key=lambda k: (values[k], -list(values).index(k)))
+    choices[best].allocations = values
+    return choices[best]
+
+
+def _same(a: Mapping[int, np.ndarray], b: Mapping[int, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[g], b[g]) for g in a)

@@ -1,17 +1,25 @@
-"""Stage `select`: scores -> units to keep per group.
+"""Stage `select`: scores -> units to keep per group, within a budget.
 
-Default: `ratio` is the fraction of units removed from every prunable group, rounded to
-the nearest unit; at least one unit stays. Lowest scores go first; ties go to the later
-unit. Options: `round_to` (kept widths rounded up to multiples of N channels: ONNX Runtime's
-CPU convs work in blocks of 8 or 16 channels, and other widths can run slower than the
-unpruned model, see docs/benchmarks.md), `target` ("params" or
-"macs": the ratio is the fraction of the model's mixing-layer parameters or MACs to
-remove), and `global_` (one ranking across groups, so removals land where scores are
-lowest; Shapley scores share one unit, the calibration objective, so they compare).
+`ratio` R is the fraction of the prunable cost to remove. The cost (`target`) is `params`
+(default: the Conv/Gemm/MatMul weights that the scored groups can remove), `macs` (their
+multiply-accumulates) or `units` (the units of the scored groups). By default removals are
+placed by one ranking across groups (global allocation): a unit's score per unit of cost,
+lowest first, until the budget is met to within one removal step (one unit, or one
+`round_to` block). Shapley, leave-one-out and Taylor scores are in the units of the
+objective and compare across groups as they are; heuristic scores (weight norms, activation
+statistics) are first normalized per group as LAMP does (Lee et al. 2021: a unit's score over
+the sum of the scores at least as large), so that no layer's scale decides.
+
+`uniform` is the earlier rule: the same fraction of units from every group (with a cost
+target, one common fraction chosen by bisection to meet the budget). Every group keeps at
+least `min_keep` units (a fraction of its width below 1, a count from 1 up; at least one).
+`round_to`: kept widths are multiples of N channels (ONNX Runtime's CPU convs work in
+blocks of 8 or 16 channels, docs/benchmarks.md); a group narrower than the multiple stays
+whole. Lowest scores go first; ties go to the later unit.
 """
 from __future__ import annotations
 
-from math import gcd
+from math import ceil, gcd
 from typing import Mapping
 
 import numpy as np
@@ -21,6 +29,8 @@ from ..compiler.cost import CostModel
 from ..compiler.rewrite import channel_keep
 
 TARGETS = ("units", "params", "macs")
+DEFAULT_TARGET = "params"
+DEFAULT_MIN_KEEP = 0.1
 
 
 def n_removed(units: int, ratio: float, multiple: int = 1) -> int:
@@ -32,109 +42,151 @@ def n_removed(units: int, ratio: float, multiple: int = 1) -> int:
     return units - max(1, keep)
 
 
+def floor_keep(units: int, min_keep: float, multiple: int = 1) -> int:
+    """The fewest units a group may keep: `min_keep` of them (a fraction below 1, else a
+    count), at least one, rounded up to an allowed width."""
+    least = ceil(min_keep * units - 1e-9) if min_keep < 1 else int(min_keep)
+    least = max(1, min(units, least))
+    return min(units, -(-least // multiple) * multiple) if multiple > 1 else least
+
+
+def lamp(scores: np.ndarray) -> np.ndarray:
+    """LAMP normalization: a score over the sum of the group's scores at least as large
+    (shifted to be non-negative first); the group's best unit gets 1."""
+    s = np.asarray(scores, dtype=np.float64)
+    s = s - min(0.0, float(s.min())) if s.size else s
+    order = _order(s)
+    tail = np.cumsum(s[order][::-1])[::-1]  # sum over this position and every later one
+    out = np.empty_like(s)
+    out[order] = np.divide(s[order], tail, out=np.zeros_like(tail), where=tail > 0)
+    return out
+
+
 def _order(scores: np.ndarray) -> np.ndarray:
     """Ascending score; later index first on ties."""
     return np.lexsort((-np.arange(len(scores)), scores))
 
 
+class Budget:
+    """The cost the scored groups can remove, and how much of it a selection removes."""
+
+    def __init__(self, analysis: Analysis, gids) -> None:
+        self.analysis, self.gids = analysis, list(gids)
+        self.units = sum(analysis.group(g).units for g in self.gids)
+        self.cost = CostModel(analysis)
+        self.full = self.cost.after(np.ones(len(analysis.ch_group), dtype=bool))
+        none = ~np.isin(analysis.ch_group, self.gids)
+        empty = self.cost.after(none)
+        self.prunable = (self.full[0] - empty[0], self.full[1] - empty[1])
+
+    def fractions(self, keep: Mapping[int, np.ndarray]) -> dict[str, float]:
+        """Fractions of the prunable units, params and MACs that `keep` removes."""
+        after = self.cost.after(channel_keep(self.analysis, keep))
+        kept = sum(len(keep.get(g, range(self.analysis.group(g).units))) for g in self.gids)
+        return {"units": 1 - kept / max(self.units, 1),
+                "params": (self.full[0] - after[0]) / max(self.prunable[0], 1e-12),
+                "macs": (self.full[1] - after[1]) / max(self.prunable[1], 1e-12)}
+
+    def removed(self, keep: Mapping[int, np.ndarray], target: str) -> float:
+        if target == "units":
+            kept = sum(len(keep[g]) for g in self.gids)
+            return 1 - kept / max(self.units, 1)
+        return self.fractions(keep)[target]
+
+    def unit_cost(self, gid: int, target: str) -> float:
+        """Cost of one of the group's units (its whole cost over its units, others intact)."""
+        if target == "units":
+            return 1.0
+        without = np.ones(len(self.analysis.ch_group), dtype=bool)
+        without[self.analysis.ch_group == gid] = False
+        after = self.cost.after(without)
+        i = 0 if target == "params" else 1
+        return max((self.full[i] - after[i]) / self.analysis.group(gid).units, 1e-12)
+
+
 def select(analysis: Analysis, scores: Mapping[int, np.ndarray], ratio: float, *,
-           round_to: int = 1, target: str = "units", global_: bool = False) -> dict[int, np.ndarray]:
-    """Kept unit indices (sorted) per scored group."""
+           round_to: int = 1, target: str = DEFAULT_TARGET, uniform: bool = False,
+           min_keep: float = DEFAULT_MIN_KEEP, normalize: bool = False) -> dict[int, np.ndarray]:
+    """Kept unit indices (sorted) per scored group. `normalize`: the scores are heuristic
+    (not in the objective's units): LAMP-normalize each group before a global ranking."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}")
     multiple = {gid: round_to // gcd(round_to, analysis.group(gid).unit_size) for gid in scores}
-    if global_:
-        keep = _select_global(analysis, scores, ratio, target, multiple)
-    elif target == "units":
-        keep = _uniform(scores, ratio, multiple)
+    least = {gid: floor_keep(len(s), min_keep, multiple[gid]) for gid, s in scores.items()}
+    if uniform and target == "units":
+        keep = _uniform(scores, ratio, multiple, least)
+    elif uniform:
+        keep = _uniform_to_cost(Budget(analysis, scores), scores, ratio, target, multiple, least)
     else:
-        keep = _uniform_to_cost(analysis, scores, ratio, target, multiple)
+        ranked = {g: lamp(s) for g, s in scores.items()} if normalize else scores
+        keep = _select_global(Budget(analysis, scores), ranked, ratio, target, multiple, least)
     return repair_empty(analysis, keep, scores)
 
 
-def _uniform(scores, ratio, multiple) -> dict[int, np.ndarray]:
+def _uniform(scores, ratio, multiple, least) -> dict[int, np.ndarray]:
     keep = {}
     for gid, s in scores.items():
         s = np.asarray(s, dtype=np.float64)
-        keep[gid] = np.sort(_order(s)[n_removed(len(s), ratio, multiple[gid]):])
+        drop = min(n_removed(len(s), ratio, multiple[gid]), len(s) - least[gid])
+        keep[gid] = np.sort(_order(s)[drop:])
     return keep
 
 
-def _cost_fraction(cost: CostModel, analysis, keep, target) -> float:
-    params, macs = cost.after(channel_keep(analysis, keep))
-    return params / max(cost.params, 1) if target == "params" else macs / max(cost.macs, 1)
-
-
-def _uniform_to_cost(analysis, scores, ratio, target, multiple) -> dict[int, np.ndarray]:
+def _uniform_to_cost(budget: Budget, scores, ratio, target, multiple, least) -> dict[int, np.ndarray]:
     """The same per-group ratio everywhere, chosen by bisection to remove `ratio` of the cost."""
-    cost = CostModel(analysis)
     lo, hi = 0.0, 0.999
     for _ in range(30):
         mid = (lo + hi) / 2
-        if _cost_fraction(cost, analysis, _uniform(scores, mid, multiple), target) > 1 - ratio:
+        if budget.removed(_uniform(scores, mid, multiple, least), target) < ratio:
             lo = mid
         else:
             hi = mid
-    return _uniform(scores, hi, multiple)
+    return _uniform(scores, hi, multiple, least)
 
 
-def _select_global(analysis, scores, ratio, target, multiple) -> dict[int, np.ndarray]:
-    """One ranking over all units (score per unit of cost when a cost is targeted); remove
-    the lowest until the target is met (bisection over how many go)."""
-    cost = CostModel(analysis) if target != "units" else None
-    units = []
+def _steps(units: int, multiple: int, least: int) -> list[int]:
+    """The allowed kept widths from `units` down to `least`: multiples of `multiple`."""
+    widths, w = [], units
+    while True:
+        w = (w - 1) // multiple * multiple if multiple > 1 else w - 1
+        if w < least or w < 1:
+            return widths
+        widths.append(w)
+
+
+def _select_global(budget: Budget, scores, ratio, target, multiple, least) -> dict[int, np.ndarray]:
+    """Rank removal steps of every group by score per unit of cost (a group's steps stay in
+    order, lowest-scored units first) and take the prefix whose removed cost is nearest the
+    budget: within one step of it."""
+    orders = {g: _order(np.asarray(s, dtype=np.float64)) for g, s in scores.items()}
+    steps = []  # (score per cost, gid, step index, kept width after the step)
     for gid, s in scores.items():
-        s = np.asarray(s, dtype=np.float64)
-        per_unit = 1.0
-        if cost is not None:
-            group_cost = _group_cost(cost, analysis, gid, target)
-            per_unit = max(group_cost / len(s), 1e-12)
-        for u in range(len(s)):
-            units.append((s[u] / per_unit, gid, u))
-    units.sort(key=lambda t: (t[0], t[1], -t[2]))
+        s, per_unit = np.asarray(s, dtype=np.float64), budget.unit_cost(gid, target)
+        width = len(s)
+        for i, w in enumerate(_steps(len(s), multiple[gid], least[gid])):
+            block = s[orders[gid][len(s) - width:len(s) - w]]
+            steps.append((float(block.mean()) / per_unit, gid, i, w))
+            width = w
+    steps.sort(key=lambda t: (t[0], t[2], t[1]))
 
-    def keep_after(n_remove: int) -> dict[int, np.ndarray]:
-        removed: dict[int, set[int]] = {gid: set() for gid in scores}
-        for _, gid, u in units[:n_remove]:
-            if len(scores[gid]) - len(removed[gid]) > 1:
-                removed[gid].add(u)
-        return {gid: np.array(sorted(set(range(len(scores[gid]))) - removed[gid]))
-                for gid in scores}
+    def keep_after(n: int) -> dict[int, np.ndarray]:
+        width = {gid: len(s) for gid, s in scores.items()}
+        for _, gid, _, w in steps[:n]:
+            width[gid] = min(width[gid], w)
+        return {gid: np.sort(orders[gid][len(scores[gid]) - width[gid]:]) for gid in scores}
 
-    total = len(units)
-    if cost is None:
-        return _round_groups(keep_after(int(np.floor(ratio * total + 0.5))), scores, multiple)
-    lo, hi = 0, total
+    lo, hi = 0, len(steps)  # the fewest steps that reach the budget
     while lo < hi:
         mid = (lo + hi) // 2
-        if _cost_fraction(cost, analysis, keep_after(mid), target) > 1 - ratio:
+        if budget.removed(keep_after(mid), target) < ratio - 1e-12:
             lo = mid + 1
         else:
             hi = mid
-    return _round_groups(keep_after(lo), scores, multiple)
-
-
-def _group_cost(cost: CostModel, analysis, gid: int, target: str) -> float:
-    full = np.ones(len(analysis.ch_group), dtype=bool)
-    params, macs = cost.after(full)
-    without = full.copy()
-    without[analysis.ch_group == gid] = False
-    p2, m2 = cost.after(without)
-    return (params - p2) if target == "params" else (macs - m2)
-
-
-def _round_groups(keep, scores, multiple) -> dict[int, np.ndarray]:
-    """Round each group's kept count to its multiple, keeping the best-scored units."""
-    out = {}
-    for gid, kept in keep.items():
-        n, m = len(scores[gid]), multiple[gid]
-        if m <= 1 or n < m:
-            out[gid] = kept
-            continue
-        target_keep = min(n, -(-len(kept) // m) * m)  # up: never more removed than asked
-        order = _order(np.asarray(scores[gid], dtype=np.float64))[::-1]  # best first
-        out[gid] = np.sort(order[:target_keep])
-    return out
+    if lo > 0:  # one step short may be nearer the budget than one step over
+        over = budget.removed(keep_after(lo), target) - ratio
+        under = ratio - budget.removed(keep_after(lo - 1), target)
+        lo = lo - 1 if under < over else lo
+    return keep_after(lo)
 
 
 def repair_empty(analysis: Analysis, keep: dict[int, np.ndarray],

@@ -44,6 +44,9 @@ class Metric:
     needs_data: bool = False  # reads calibration inputs
     needs_engine: bool = False  # evaluates masked models (the engine reports progress)
     statistic: SiteStat | None = None  # the per-channel site statistic it reads (compensate.py)
+    # scores in the objective's units (a change of the value), so they compare across groups
+    # as they are; the others are normalized per group before a global ranking (select.py)
+    objective_units: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +154,7 @@ def _metric_table(*metrics: Metric) -> dict[str, Metric]:
 
 METRICS: dict[str, Metric] = _metric_table(
     Metric("shapley", "Shapley value of the unit in its group's game (score.py)", _shapley,
-           needs_data=True, needs_engine=True),
+           needs_data=True, needs_engine=True, objective_units=True),
     Metric("random", "uniformly random (seeded)",
            _static("random", lambda ctx, gid: random_scores(ctx.analysis, gid, ctx.seed))),
     Metric("l1", "L1 norm of the unit's filters",
@@ -168,9 +171,11 @@ METRICS: dict[str, Metric] = _metric_table(
            _static("apoz", lambda ctx, gid: 1 - activation_scores(ctx.analysis, ctx.site_stat, gid)),
            needs_data=True, statistic="zeros"),
     Metric("loo", "leave-one-out: v(all) - v(all without the unit)",
-           lambda ctx, gid: leave_one_out(ctx.engine, gid), needs_data=True, needs_engine=True),
+           lambda ctx, gid: leave_one_out(ctx.engine, gid), needs_data=True, needs_engine=True,
+           objective_units=True),
     Metric("taylor", "first-order Taylor: finite difference of v on the unit's mask",
-           lambda ctx, gid: taylor(ctx.engine, gid), needs_data=True, needs_engine=True),
+           lambda ctx, gid: taylor(ctx.engine, gid), needs_data=True, needs_engine=True,
+           objective_units=True),
 )
 # the metrics the study compares Shapley against
 BASELINES: dict[str, Metric] = {k: m for k, m in METRICS.items() if k != DEFAULT_METRIC}

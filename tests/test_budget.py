@@ -1,0 +1,147 @@
+"""The budget allocator (deploy/select.py) and the guard between allocations (issue 15)."""
+import numpy as np
+import pytest
+
+import onnxprune
+from graphs import G
+from onnxprune.api import as_calibration, value_function
+from onnxprune.deploy.candidates import Guard, deploy_allocations
+from onnxprune.deploy.select import Budget, floor_keep, lamp, select
+from onnxprune.model import analyze_model
+
+
+def mlp(widths=(16, 32)):
+    g = G(shape=(4,), seed=1)
+    h = g.x
+    for w in widths:
+        h = g.op("Relu", g.gemm(h, w))
+    return g.model(g.gemm(h, 3))
+
+
+@pytest.fixture(scope="module")
+def am():
+    return analyze_model(mlp())
+
+
+def random_scores(am, seed=0):
+    rng = np.random.default_rng(seed)
+    return {g.id: rng.standard_normal(g.units) for g in am.analysis.prunable}
+
+
+def step_cost(am, scores, target, multiple=1):
+    """The largest cost fraction one removal step can take (one unit or one block)."""
+    budget = Budget(am.analysis, scores)
+    i = {"params": 0, "macs": 1}.get(target)
+    base = budget.units if i is None else budget.prunable[i]
+    return max(budget.unit_cost(g, target) * multiple for g in scores) / base
+
+
+@pytest.mark.parametrize("target", ["params", "macs", "units"])
+@pytest.mark.parametrize("ratio", [0.05, 0.3, 0.5, 0.8])
+def test_budget_met_within_one_unit_of_cost(am, target, ratio):
+    for seed in range(3):
+        scores = random_scores(am, seed)
+        keep = select(am.analysis, scores, ratio, target=target, min_keep=1)
+        removed = Budget(am.analysis, scores).removed(keep, target)
+        assert abs(removed - ratio) <= step_cost(am, scores, target) + 1e-9, (seed, removed)
+
+
+@pytest.mark.parametrize("round_to", [4, 8])
+def test_rounding_keeps_multiples_and_meets_the_budget_within_one_block(am, round_to):
+    scores = random_scores(am, 1)
+    keep = select(am.analysis, scores, 0.5, target="params", round_to=round_to, min_keep=1)
+    for gid, kept in keep.items():
+        assert len(kept) % round_to == 0 or len(kept) == len(scores[gid])
+    removed = Budget(am.analysis, scores).removed(keep, "params")
+    assert abs(removed - 0.5) <= step_cost(am, scores, "params", round_to) + 1e-9
+
+
+def test_global_removes_where_scores_are_lowest(am):
+    g0, g1 = (g.id for g in am.analysis.prunable)
+    scores = {g0: np.linspace(10, 20, 16), g1: np.linspace(0, 1, 32)}
+    keep = select(am.analysis, scores, 0.2, target="units", min_keep=1)
+    assert len(keep[g0]) == 16 and len(keep[g1]) == 32 - 10   # 0.2 of 48 units, all from g1
+    assert set(keep[g1]) == set(range(10, 32))                 # its lowest-scored ones
+
+
+@pytest.mark.parametrize("min_keep,least", [(0.25, 8), (0.5, 16), (5, 5), (0, 1)])
+def test_floor_holds_however_low_a_group_scores(am, min_keep, least):
+    g0, g1 = (g.id for g in am.analysis.prunable)
+    scores = {g0: np.linspace(10, 20, 16), g1: np.linspace(0, 1, 32)}
+    keep = select(am.analysis, scores, 0.9, target="params", min_keep=min_keep)
+    assert len(keep[g1]) == least
+    assert floor_keep(32, min_keep) == least
+
+
+def test_floor_rounds_up_to_the_multiple():
+    assert floor_keep(32, 0.1, 8) == 8 and floor_keep(32, 9, 8) == 16 and floor_keep(6, 0.1, 8) == 6
+
+
+def test_heuristic_scores_are_normalized_per_group(am):
+    """A layer's scale must not decide a global ranking of heuristic scores (LAMP)."""
+    scores = random_scores(am, 2)
+    scores = {g: np.abs(s) for g, s in scores.items()}
+    g0 = next(iter(scores))
+    scaled = {**scores, g0: scores[g0] * 1000}
+    same = lambda a, b: all(np.array_equal(a[g], b[g]) for g in a)
+    kw = dict(target="params", min_keep=1)
+    assert same(select(am.analysis, scores, 0.5, normalize=True, **kw),
+                select(am.analysis, scaled, 0.5, normalize=True, **kw))
+    assert not same(select(am.analysis, scores, 0.5, **kw), select(am.analysis, scaled, 0.5, **kw))
+    assert lamp(np.array([1.0, 3.0, 2.0])).tolist() == pytest.approx([1 / 6, 1.0, 2 / 5])
+
+
+def test_uniform_removes_the_same_fraction_everywhere(am):
+    scores = random_scores(am, 3)
+    keep = select(am.analysis, scores, 0.5, target="units", uniform=True)
+    assert [len(k) for k in keep.values()] == [8, 16]
+    keep = select(am.analysis, scores, 0.5, target="params", uniform=True)
+    assert Budget(am.analysis, scores).removed(keep, "params") >= 0.5 - 1e-9
+    widths = [len(k) / len(scores[g]) for g, k in keep.items()]
+    assert max(widths) - min(widths) < 0.1
+
+
+def test_guard_ships_the_allocation_that_wins_on_held_out_samples(am):
+    rng = np.random.default_rng(0)
+    data = as_calibration({"x": rng.standard_normal((32, 4)).astype(np.float32)}, am.proto)
+    guard = Guard(am.proto, data, value_function(am, data), "32 samples")
+    g0, g1 = (g.id for g in am.analysis.prunable)
+    good = {g0: np.arange(16), g1: np.arange(1, 32)}      # one unit gone
+    bad = {g0: np.array([0]), g1: np.array([0])}            # almost everything gone
+    for keeps, winner in (({"global": bad, "uniform": good}, "uniform"),
+                          ({"global": good, "uniform": bad}, "global"),
+                          ({"global": good, "uniform": good}, "global")):
+        choice = deploy_allocations(am.analysis, am.ident, keeps, means=None, refit_data=None,
+                                    guard=guard)
+        assert choice.allocation == winner
+        assert all(np.array_equal(choice.keep[g], keeps[winner][g]) for g in keeps[winner])
+        if keeps["global"] is not keeps["uniform"]:
+            values = choice.to_json(guard)["allocation_values"]
+            assert values[winner] == max(values.values()) and len(values) == 2
+            assert guard.value(choice.model) == pytest.approx(values[winner], abs=1e-5)
+
+
+def test_prune_reports_allocation_and_removed_fractions(am):
+    rng = np.random.default_rng(0)
+    calib = {"x": rng.standard_normal((32, 4)).astype(np.float32)}
+    res = onnxprune.prune(am, calib, ratio=0.5, metric="l1", latency=False)
+    removed = res.report["removed"]
+    assert set(removed) == {"units", "params", "macs"}
+    assert abs(removed["params"] - 0.5) <= step_cost(am, res.scores, "params") + 1e-6
+    assert res.report["deploy"]["allocation"] in ("global", "uniform")
+    uni = onnxprune.prune(am, calib, ratio=0.5, metric="l1", latency=False, uniform=True,
+                          target="units")
+    assert uni.report["deploy"]["allocation"] == "uniform"
+    assert uni.report["removed"]["units"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("min_keep", [-0.1, 1.5])
+def test_bad_min_keep_is_a_user_error(min_keep):
+    with pytest.raises(onnxprune.OnnxPruneError, match="--min-keep"):
+        onnxprune.PruneOptions(min_keep=min_keep).validate()
+
+
+def test_min_keep_compounds_over_steps():
+    opts = onnxprune.PruneOptions(min_keep=0.25, steps=2)
+    assert opts.step_min_keep() == pytest.approx(0.5)
+    assert onnxprune.PruneOptions(min_keep=3, steps=2).step_min_keep() == 3
