@@ -429,10 +429,11 @@ def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, run: _Run,
         rounds.evaluations += (plan.spent_evaluations or 0) if plan is not None else 0
     t1 = time.perf_counter()
     keeps = _allocations(am, opts, {g: s.values for g, s in scores.items()}, guard is not None)
+    keep = next(iter(keeps.values()))
     emit(progress, "rewrite", 0, 1)
-    if all(len(keep[g]) == am.analysis.group(g).units for g in keep):
-        # nothing removed (ratio 0, or rounding kept every unit): the original ships as it is,
-        # not a re-exported copy with a no-op compensation
+    if all(all(len(k[g]) == am.analysis.group(g).units for g in k) for k in keeps.values()):
+        # nothing removed (rounding kept every unit): the original ships as it is, not a
+        # re-exported copy with a no-op compensation
         rounds.seconds[f"score{step + 1}"] = t1 - t0
         return scores, keep, Choice(am.proto, "original"), plan
     choice = deploy_allocations(am.analysis, am.ident, keeps, means=means, guard=guard,
