@@ -672,6 +672,8 @@ def _reshape_moves_batch(node: gs.Node) -> bool:
         return True
     if int(target[0]) == 0 and not node.attrs.get("allowzero", 0):
         return False
+    if target.tolist() == [-1] and sum(d != 1 for d in in_shape) <= 1:
+        return False  # a squeeze ([1, N] -> [N]: skl2onnx's label branch) keeps every sample apart
     rest = in_shape[1:]
     if int(target[0]) in (-1, in_shape[0]) and all(isinstance(d, int) for d in rest) \
             and all(int(t) > 0 for t in target[1:]):
