@@ -90,17 +90,21 @@ def scored_groups(am: AnalyzedModel, exclude: Sequence[str] = ()) -> list[int]:
 
 
 def score_model(am: AnalyzedModel, calib: Calibration | None, options: ScoreOptions | None = None,
-                *, means: Mapping[str, np.ndarray] | None = None, ratio: float = 0.5,
+                *, means: Mapping[str, np.ndarray] | None = None, ratio: float | None = None,
+                at_cut: bool = True, round_to: int = 1,
                 groups: Sequence[int] | None = None, progress: ProgressFn | None = None,
                 **keywords: Any) -> dict[int, GroupScores]:
     """A score per unit of each group (default: every prunable group). Keywords (metric=,
-    seed=, estimator=, ...) amend `options`; `ratio` steers the adaptive estimator only."""
+    seed=, estimator=, ...) amend `options`. `ratio`, the fraction of units the run removes
+    (None: not known, scores for any ratio), steers the cut-aware estimators (cutaware,
+    adaptive) when `at_cut` says every group is cut at that ratio (kept widths rounded up to
+    multiples of `round_to` channels, as selection does)."""
     opts = (options or ScoreOptions()).updated(**keywords).validate()
     metric = METRICS[opts.metric]
     gids = list(groups) if groups is not None else [g.id for g in am.analysis.prunable]
     if metric.needs_data and calib is None:
         raise OnnxPruneError(f"metric '{opts.metric}' needs calibration data (--calib)")
-    ctx = _score_context(am, calib, opts, means, ratio)
+    ctx = _score_context(am, calib, opts, means, ratio if at_cut else None, round_to)
     out: dict[int, GroupScores] = {}
     t0 = time.perf_counter()
     for i, gid in enumerate(gids):
@@ -116,7 +120,8 @@ def score_model(am: AnalyzedModel, calib: Calibration | None, options: ScoreOpti
 
 
 def _score_context(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptions,
-                   means: Mapping[str, np.ndarray] | None, ratio: float) -> ScoreContext:
+                   means: Mapping[str, np.ndarray] | None, ratio: float | None,
+                   round_to: int = 1) -> ScoreContext:
     """Exactly what the metric's entry says it reads: the engine, a site statistic."""
     metric = METRICS[opts.metric]
     engine = (make_engine(am, calib, value=opts.value, device=opts.device, means=means,
@@ -126,7 +131,7 @@ def _score_context(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOpti
         stats = site_stats(am.analysis, am.ident, calib.inputs, device="cpu")
         stat = {tensor: s[metric.statistic] for tensor, s in stats.items()}
     return ScoreContext(am.analysis, opts.seed, opts.estimator, opts.budget, opts.aggregate,
-                        ratio, engine, stat)
+                        ratio, engine, stat, round_to)
 
 
 def value_function(am: AnalyzedModel, calib: Calibration, value: str | None = None):
@@ -227,6 +232,7 @@ def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, scoring: Cali
     emit(progress, "score", 0, len(gids), metric=opts.score.metric, step=step + 1, steps=opts.steps)
     scores = (_reused(am, reused, gids) if reused is not None else
               score_model(am, scoring, opts.score, means=means, ratio=opts.step_ratio(),
+                          at_cut=_same_cut(opts), round_to=opts.round_multiple(),
                           groups=gids, progress=progress))
     t1 = time.perf_counter()
     keep = select(am.analysis, {g: s.values for g, s in scores.items()}, opts.step_ratio(),
@@ -236,6 +242,12 @@ def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, scoring: Cali
                     refit_data=scoring if opts.refit else None, progress=progress)
     took = {f"score{step + 1}": t1 - t0, f"rewrite{step + 1}": time.perf_counter() - t1}
     return scores, keep, choice, took
+
+
+def _same_cut(opts: PruneOptions) -> bool:
+    """Whether selection cuts every group at the step ratio (not with --global or --target
+    params/macs: there the cut falls where the other groups' scores and costs say)."""
+    return not opts.global_ and opts.target == "units"
 
 
 def _guard(am: AnalyzedModel, data: Calibration | None, note: str | None,
