@@ -518,6 +518,17 @@ def test_cutaware_unit_draws_are_unbiased_per_sample():
     assert np.all(np.abs(z) < 4.5), z
 
 
+def test_cutaware_dead_units_at_the_cut_are_ties_not_doubt():
+    """Units that change no output (exactly 0 on every draw) are known exactly: stderr 0, no
+    wrong-side probability even when the cut falls among them, no draws spent on them."""
+    rng = np.random.default_rng(3)
+    a = np.concatenate([np.zeros((6, 8)), rng.uniform(1, 2, (6, 8))], axis=1)  # 8 dead of 16
+    value, _ = pairwise_game(a, np.zeros((6, 16, 16)))
+    est = E.estimate_cutaware(PerSample(value), 16, k=4, budget=2000, seed=0)
+    assert np.all(est.values[:8] == 0) and np.all(est.stderr[:8] == 0)
+    assert est.info["wrong_side"] == 0.0 and est.info["rounds"] == 1 and est.evaluations < 100
+
+
 def test_cutaware_needs_per_sample_masks():
     never = Counting(lambda m: np.zeros((len(m), 3)))
     with pytest.raises(ValueError, match="per_sample_masks"):

@@ -44,7 +44,9 @@ class _PerSampleStats:
         unit's summed variance has only N (count - 1) degrees of freedom and can come out
         near 0 by chance, which would call it certain on no evidence: it is shrunk toward the
         median over units as if ``prior`` more draws per sample had that variance (the shrink
-        fades as the unit's own draws accumulate)."""
+        fades as the unit's own draws accumulate). A unit whose every draw was exactly 0 (a
+        dead channel: masking it changes no output bit) is a null player, known exactly:
+        stderr 0, not shrunk."""
         c = self.count.astype(np.float64)
         n_samples = self.s1.shape[0]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -54,13 +56,15 @@ class _PerSampleStats:
                 var = (df * var + prior * n_samples * float(np.nanmedian(var))) / (
                     df + prior * n_samples)
             se = np.sqrt(var / (c * n_samples**2))
-        return np.where(c >= 2, se, np.inf)
+        null = (c >= 1) & ~np.any(self.s2, axis=0)
+        return np.where(null, 0.0, np.where(c >= 2, se, np.inf))
 
 
 def wrong_side(mean: np.ndarray, se: np.ndarray, k: int) -> tuple[np.ndarray, float]:
     """Per unit, the normal-approximation probability that its true value lies on the other
     side of the cut (the midpoint between the k-th and (k+1)-th lowest estimates); the cut
-    (nan when k is 0 or n: nothing to decide, every probability 0)."""
+    (nan when k is 0 or n: nothing to decide, every probability 0). A unit with stderr 0 is
+    known exactly: probability 0, even on the cut (a tie: either side loses the same)."""
     n = len(mean)
     if k <= 0 or k >= n:
         return np.zeros(n), math.nan
@@ -68,7 +72,7 @@ def wrong_side(mean: np.ndarray, se: np.ndarray, k: int) -> tuple[np.ndarray, fl
     cut = 0.5 * (mean[order[k - 1]] + mean[order[k]])
     gap = np.abs(mean - cut)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(se > 0, gap / se, np.where(gap > 0, np.inf, 0.0))
+        t = np.where(se > 0, gap / se, np.inf)
     p = 0.5 * np.vectorize(math.erfc)(t / _SQRT2) if n else np.zeros(0)
     return np.asarray(p, dtype=np.float64), float(cut)
 
