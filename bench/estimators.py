@@ -28,7 +28,7 @@ from scipy.stats import rankdata
 from onnxprune.api import as_calibration, make_engine
 from onnxprune.scoring.estimators import estimate
 from onnxprune.model import analyze_model
-from onnxprune.scoring.shapley import PLAIN_ESTIMATOR as DEFAULT_ESTIMATOR  # whole rankings
+from onnxprune.scoring.shapley import DEFAULT_ESTIMATOR
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = [  # (model, calibration, groups to use: None = every prunable group)

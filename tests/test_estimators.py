@@ -575,12 +575,13 @@ def test_auto_estimator_follows_engine_support():
     from types import SimpleNamespace
 
     from onnxprune.errors import OnnxPruneError
+    from onnxprune.scoring import shapley
     from onnxprune.scoring.shapley import pick_estimator, shapley_group
 
     assert pick_estimator(40, 400) == "antithetic"
     assert pick_estimator(40, 400, per_sample=True) == "persample"
     assert pick_estimator(6, 60, per_sample=True) == "exact"
-    assert pick_estimator(40, 400, per_sample=True, cut_known=True) == "cutaware"
+    assert pick_estimator(40, 400, per_sample=True, cut_known=True) == shapley.DEFAULT_ESTIMATOR
     assert pick_estimator(40, 400, cut_known=True) == "antithetic"
     value = PerSample(tanh_game(np.random.default_rng(15), 10))
     exact = E.estimate_exact(value, 10).values
@@ -598,6 +599,6 @@ def test_auto_estimator_follows_engine_support():
         "shapley/antithetic"
     with pytest.raises(OnnxPruneError, match="per-sample"):
         shapley_group(engine(False), 0, budget=200, estimator="persample")
-    at_cut = shapley_group(engine(True), 0, budget=200, k=5)
+    at_cut = shapley_group(engine(True), 0, budget=200, k=5, estimator="cutaware")
     assert at_cut.method == "shapley/cutaware"
     assert 0 <= at_cut.to_json()["wrong_side"] <= 10

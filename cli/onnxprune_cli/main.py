@@ -88,8 +88,8 @@ def scoring_options(fn):
         click.option("--estimator", default="auto", show_default=True,
                      type=click.Choice(ESTIMATOR_NAMES),
                      help=f"Shapley estimator (auto: exact for small groups, else "
-                          f"{DEFAULT_ESTIMATOR}, which refines units near the cut; "
-                          f"{PLAIN_ESTIMATOR} when the cut is not known)."),
+                          f"{DEFAULT_ESTIMATOR}; {PLAIN_ESTIMATOR} when the cut is not known; "
+                          "cutaware refines only the units near the cut)."),
         click.option("--budget", type=int, default=None,
                      help="Coalition evaluations per group (default: 10 x units)."),
         click.option("--value", default=None,

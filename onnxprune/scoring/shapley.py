@@ -22,12 +22,14 @@ from .estimators import (
     supports_per_sample,
 )
 
-# The default sampler when the run's cut (units removed per group) is known: a cheap
-# per-sample first pass, then evaluations only for units near the cut (bench/cost.py).
-# Without a known cut, PLAIN_ESTIMATOR (best Spearman/overlap per evaluation in
-# bench/estimators.py). Both need per-sample coalitions from the engine (and mean
+# What auto samples with when the run's cut (units removed per group) is known, and
+# PLAIN_ESTIMATOR when it is not (best Spearman/overlap per evaluation in
+# bench/estimators.py). `cutaware` (a per-sample first pass, then draws only near the cut)
+# did not earn the default in bench/cost.py: on the trained models the cut is contested,
+# it spends the whole budget like persample, and held-out quality was not better
+# (docs/benchmarks.md, Cost). Both need per-sample coalitions from the engine (and mean
 # aggregation); without them auto falls back to FALLBACK_ESTIMATOR.
-DEFAULT_ESTIMATOR = "cutaware"
+DEFAULT_ESTIMATOR = "persample"
 PLAIN_ESTIMATOR = "persample"
 FALLBACK_ESTIMATOR = "antithetic"
 # estimators that keep per-sample values, as the --aggregate error names them
