@@ -115,15 +115,20 @@ def scored_groups(am: AnalyzedModel, exclude: Sequence[str] = ()) -> list[int]:
 
 
 def score_model(am: AnalyzedModel, calib: Calibration | None, options: ScoreOptions | None = None,
-                *, means: Mapping[str, np.ndarray] | None = None, ratio: float = 0.5,
+                *, means: Mapping[str, np.ndarray] | None = None, ratio: float | None = None,
+                at_cut: bool = True, round_to: int = 1,
                 groups: Sequence[int] | None = None, progress: ProgressFn | None = None,
                 **keywords: Any) -> dict[int, GroupScores]:
     """A score per unit of each group (default: every prunable group). Keywords (metric=,
-    seed=, estimator=, ...) amend `options`; `ratio` steers the adaptive estimator only.
+    seed=, estimator=, ...) amend `options`. `ratio`, the fraction of units the run removes
+    (None: not known, scores for any ratio), steers the cut-aware estimators (cutaware,
+    adaptive) when `at_cut` says every group is cut at that ratio (kept widths rounded up to
+    multiples of `round_to` channels, as selection does).
     With `time_budget_s` the evaluations are planned to fit it (scoring/plan.py)."""
     opts = (options or ScoreOptions()).updated(**keywords).validate()
     return score_planned(am, calib, opts, means=means, ratio=ratio, groups=groups,
-                         progress=progress, allowance=_scoring_allowance(opts))[0]
+                         progress=progress, allowance=_scoring_allowance(opts), at_cut=at_cut,
+                         round_to=round_to)[0]
 
 
 Allowance = Callable[[ScorePlan], "float | None"]
@@ -141,14 +146,15 @@ def _scoring_allowance(opts: ScoreOptions, spent: float = 0.0, steps: int = 1) -
 
 
 def score_planned(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptions, *,
-                  means: Mapping[str, np.ndarray] | None = None, ratio: float = 0.5,
+                  means: Mapping[str, np.ndarray] | None = None, ratio: float | None = None,
                   groups: Sequence[int] | None = None, progress: ProgressFn | None = None,
-                  forward: Forward | None = None, stages: Mapping[str, float] | None = None,
+                  at_cut: bool = True, round_to: int = 1, forward: Forward | None = None, stages: Mapping[str, float] | None = None,
                   spent: Mapping[str, float] | None = None, steps: int = 1,
                   allowance: Allowance | None = None, dry_run: bool = False,
                   step: int = 1, of: int = 1) -> tuple[dict[int, GroupScores], ScorePlan | None]:
     """Plan (emitted as a `plan` event before scoring), then score unless `dry_run`.
-    `stages` and `spent`: the other stages' expected and already measured seconds."""
+    `stages` and `spent`: the other stages' expected and already measured seconds; `ratio`,
+    `at_cut` and `round_to` as for `score_model`."""
     metric = METRICS[opts.metric]
     gids = list(groups) if groups is not None else [g.id for g in am.analysis.prunable]
     if metric.needs_data and calib is None:
@@ -158,7 +164,7 @@ def score_planned(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptio
         return score_distributed(am, calib, opts, gids, context=_score_context, means=means,
                                  ratio=ratio, progress=progress), None
     t0 = time.perf_counter()
-    ctx = _score_context(am, calib, opts, means, ratio)
+    ctx = _score_context(am, calib, opts, means, ratio if at_cut else None, round_to)
     t1 = time.perf_counter()
     plan = plan_scoring(ctx.engine, am.analysis, gids, metric=opts.metric,
                         estimator=opts.estimator, budget=opts.budget, aggregate=opts.aggregate,
@@ -226,8 +232,8 @@ def _score_groups(ctx: ScoreContext, metric: Metric, gids: list[int], plan: Scor
 
 
 def _score_context(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptions,
-                   means: Mapping[str, np.ndarray] | None, ratio: float,
-                   threads: int | None = None) -> ScoreContext:
+                   means: Mapping[str, np.ndarray] | None, ratio: float | None,
+                   round_to: int = 1, threads: int | None = None) -> ScoreContext:
     """Exactly what the metric's entry says it reads: the engine, a site statistic.
     `threads`: ONNX Runtime threads (a Ray worker gets its share of the node's cores)."""
     metric = METRICS[opts.metric]
@@ -239,7 +245,7 @@ def _score_context(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOpti
         stats = site_stats(am.analysis, am.ident, calib.inputs, device="cpu")
         stat = {tensor: s[metric.statistic] for tensor, s in stats.items()}
     return ScoreContext(am.analysis, opts.seed, opts.estimator, opts.budget, opts.aggregate,
-                        ratio, engine, stat)
+                        ratio, engine, stat, round_to)
 
 
 def value_function(am: AnalyzedModel, calib: Calibration, value: str | None = None):
@@ -492,7 +498,7 @@ def _round_plan(am: AnalyzedModel, opts: PruneOptions, run: _Run, step: int,
         progress=progress, forward=run.forward, spent=spent,
         stages=_round_stages(am, gids, opts, run, step, means_done=True), steps=opts.steps - step,
         allowance=_scoring_allowance(opts.score, elapsed, opts.steps - step), dry_run=dry_run,
-        step=step + 1, of=opts.steps)
+        step=step + 1, of=opts.steps, at_cut=_same_cut(opts), round_to=opts.round_multiple())
     return scores, plan, means
 
 
@@ -510,6 +516,12 @@ def _fallback_warnings(am: AnalyzedModel, opts: PruneOptions,
     return [f"{len(fell)} group(s) scored with the {FALLBACK_ESTIMATOR} estimator instead of "
             f"{DEFAULT_ESTIMATOR}: {why}; its rankings are noisier at the same budget, "
             "raise --budget"]
+
+
+def _same_cut(opts: PruneOptions) -> bool:
+    """Whether selection cuts every group at the step ratio: only with --uniform --target
+    units (a budget's global allocation puts the cut where scores and costs say)."""
+    return opts.uniform and opts.target == "units"
 
 
 def _guard(am: AnalyzedModel, data: Calibration | None, note: str | None,

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from onnxprune.scoring import estimators as E
 from onnxprune.scoring.estimators.adaptive import _unit_pair_marginals
 
-SAMPLING = ["permutation", "antithetic", "persample", "kernelshap", "adaptive"]
+SAMPLING = ["permutation", "antithetic", "persample", "kernelshap", "adaptive", "cutaware"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,9 +130,9 @@ def brute_force_shapley(value, n: int) -> np.ndarray:
 
 
 def run(name: str, value, n: int, **kw) -> E.Estimate:
-    if name == "adaptive":
+    if E.CAPABILITIES[name].needs_k:
         kw.setdefault("k", n // 2)
-    if name == "persample" and not E.supports_per_sample(value):
+    if E.CAPABILITIES[name].per_sample and not E.supports_per_sample(value):
         value = PerSample(value)
     return E.estimate(name, value, n, **kw)
 
@@ -459,6 +459,84 @@ def test_adaptive_stops_at_budget_when_cut_is_unresolvable():
 
 
 # ---------------------------------------------------------------------------------------------
+# Cut-aware (per-sample first pass, then contested units only)
+
+
+def test_cutaware_finds_a_clear_cut_at_a_fraction_of_the_budget():
+    n, k = 24, 6
+    value, phi = separation_game(n, k, None, gamma=0.5, spread=1.0)
+    truth = np.sort(np.argsort(phi)[:k])
+    est = E.estimate_cutaware(PerSample(value), n, k=k, budget=5000, seed=0)
+    assert est.info["converged"] and est.info["wrong_side"] < 0.01 * n
+    np.testing.assert_array_equal(est.bottom(k), truth)
+    assert est.evaluations < 5000 / 10
+    assert_within_stderr(est, phi, z=4.0)
+
+
+def test_cutaware_spends_its_draws_on_the_contested_units():
+    n, k = 40, 10
+    value, phi = separation_game(n, k, (0.5, 0.7), gamma=1.0, spread=2.0)
+    truth = np.sort(np.argsort(phi)[:k])
+    est = E.estimate_cutaware(PerSample(value), n, k=k, budget=20_000, seed=0, wrong_tol=0.0)
+    np.testing.assert_array_equal(est.bottom(k), truth)
+    assert est.info["unit_draws"] > 0
+    near = np.argsort(phi)[k - 2 : k + 2]  # two units on either side of the cut
+    refined = np.flatnonzero(est.samples > est.samples.min())
+    assert 0 < len(refined) and set(refined) <= set(near)  # extra draws went to the cut only
+    assert est.evaluations < 20_000 / 4
+
+
+@pytest.mark.parametrize("k", [0, 3, 6, 12])
+def test_cutaware_wrong_side_expectation_is_in_range(k):
+    """The expected number of units on the wrong side of the cut is a sum of probabilities:
+    in [0, n]; 0 when there is no cut to decide (k = 0 or n), where the first pass stands."""
+    n = 12
+    value = lambda m: m.astype(float).sum(axis=1, keepdims=True)  # noqa: E731  all units equal
+    noisy = PerSample(lambda m: value(m) + 0.1 * np.sin(7 * m @ np.arange(12.0))[:, None])
+    est = E.estimate_cutaware(noisy, n, k=k, budget=300, seed=0)
+    assert 0.0 <= est.info["wrong_side"] <= n and est.evaluations <= 300
+    if k in (0, n):
+        assert est.info["wrong_side"] == 0.0 and est.info["rounds"] == 1
+    p, _ = E.wrong_side(est.values, est.stderr, k)
+    assert np.all((p >= 0) & (p <= 0.5))
+
+
+def test_cutaware_unit_draws_are_unbiased_per_sample():
+    """The per-unit, per-sample antithetic draws of the refining rounds average to the
+    Shapley value of each sample's game."""
+    from onnxprune.scoring.estimators.cutaware import _unit_draws
+
+    value = PerSample(tanh_game(np.random.default_rng(10), 10, n_samples=3))
+    exact = np.stack([E.estimate_exact(lambda m, s=s: value.fn(m)[:, s], 10).values
+                      for s in range(3)])  # [N, n]
+    game = E.Game(value, 10, budget=100_000, batch=256, cache=False)
+    game.endpoints()
+    units = np.repeat(np.arange(10), 1500)
+    draws = _unit_draws(game, np.random.default_rng(0), units).reshape(10, 1500, 3)
+    se = draws.std(axis=1, ddof=1) / np.sqrt(1500)
+    z = (draws.mean(axis=1) - exact.T) / se
+    assert np.all(np.abs(z) < 4.5), z
+
+
+def test_cutaware_dead_units_at_the_cut_are_ties_not_doubt():
+    """Units that change no output (exactly 0 on every draw) are known exactly: stderr 0, no
+    wrong-side probability even when the cut falls among them, no draws spent on them."""
+    rng = np.random.default_rng(3)
+    a = np.concatenate([np.zeros((6, 8)), rng.uniform(1, 2, (6, 8))], axis=1)  # 8 dead of 16
+    value, _ = pairwise_game(a, np.zeros((6, 16, 16)))
+    est = E.estimate_cutaware(PerSample(value), 16, k=4, budget=2000, seed=0)
+    assert np.all(est.values[:8] == 0) and np.all(est.stderr[:8] == 0)
+    assert est.info["wrong_side"] == 0.0 and est.info["rounds"] == 1 and est.evaluations < 100
+
+
+def test_cutaware_needs_per_sample_masks():
+    never = Counting(lambda m: np.zeros((len(m), 3)))
+    with pytest.raises(ValueError, match="per_sample_masks"):
+        E.estimate_cutaware(never, 6, k=3)
+    assert never.rows == 0
+
+
+# ---------------------------------------------------------------------------------------------
 # Joint regression
 
 
@@ -497,11 +575,14 @@ def test_auto_estimator_follows_engine_support():
     from types import SimpleNamespace
 
     from onnxprune.errors import OnnxPruneError
+    from onnxprune.scoring import shapley
     from onnxprune.scoring.shapley import pick_estimator, shapley_group
 
     assert pick_estimator(40, 400) == "antithetic"
     assert pick_estimator(40, 400, per_sample=True) == "persample"
     assert pick_estimator(6, 60, per_sample=True) == "exact"
+    assert pick_estimator(40, 400, per_sample=True, cut_known=True) == shapley.DEFAULT_ESTIMATOR
+    assert pick_estimator(40, 400, cut_known=True) == "antithetic"
     value = PerSample(tanh_game(np.random.default_rng(15), 10))
     exact = E.estimate_exact(value, 10).values
 
@@ -518,3 +599,6 @@ def test_auto_estimator_follows_engine_support():
         "shapley/antithetic"
     with pytest.raises(OnnxPruneError, match="per-sample"):
         shapley_group(engine(False), 0, budget=200, estimator="persample")
+    at_cut = shapley_group(engine(True), 0, budget=200, k=5, estimator="cutaware")
+    assert at_cut.method == "shapley/cutaware"
+    assert 0 <= at_cut.to_json()["wrong_side"] <= 10

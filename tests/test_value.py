@@ -278,3 +278,22 @@ def test_probability_detection_is_redone_on_each_prepare():
     vf.prepare([np.array([[3.0, -1.0]])], None)
     assert vf.probabilities is False
     assert NegCrossEntropy(probabilities=False).probabilities is False
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_FUNCTIONS))
+def test_blocks_of_coalitions_equal_one_at_a_time(name, monkeypatch):
+    """Vectorized over coalitions, in blocks of any size: the same numbers, bit for bit, as
+    each coalition on its own (scores must not change with how the engine batches)."""
+    import onnxprune.scoring.value as value_module
+
+    rng = np.random.default_rng(1)
+    outputs = [rng.standard_normal((9, *LOGITS.shape)).astype(np.float32),
+               rng.standard_normal((9, *FEATURES.shape)).astype(np.float32)]
+    vf = prepared(make_value_function(name), [LOGITS, FEATURES], LABELS)
+    whole = vf(outputs)
+    single = np.concatenate([vf([o[j:j + 1] for o in outputs]) for j in range(9)])
+    monkeypatch.setattr(value_module, "_BLOCK_FLOATS", 2 * FEATURES.size)  # blocks of 2-3
+    blocked = vf(outputs)
+    assert whole.shape == (9, 6)
+    np.testing.assert_array_equal(whole, single)
+    np.testing.assert_array_equal(whole, blocked)

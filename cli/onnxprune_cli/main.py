@@ -16,7 +16,7 @@ import click
 from onnxprune import OnnxPruneError, PruneOptions, ScoreOptions, __version__
 from onnxprune.options import (AGGREGATES, DEVICES, ESTIMATOR_NAMES, METRIC_NAMES, TARGETS,
                                VALUE_NAMES)
-from onnxprune.scoring.shapley import DEFAULT_ESTIMATOR
+from onnxprune.scoring.shapley import DEFAULT_ESTIMATOR, PLAIN_ESTIMATOR
 
 from .progress import ProgressPrinter
 from .render import analysis_table, plan_text, prune_table, verdict_line
@@ -100,7 +100,8 @@ def scoring_options(fn):
         click.option("--estimator", default="auto", show_default=True,
                      type=click.Choice(ESTIMATOR_NAMES),
                      help=f"Shapley estimator (auto: exact for small groups, else "
-                          f"{DEFAULT_ESTIMATOR})."),
+                          f"{DEFAULT_ESTIMATOR}; {PLAIN_ESTIMATOR} when the cut is not known; "
+                          "cutaware refines only the units near the cut)."),
         click.option("--budget", type=int, default=None,
                      help="Coalition evaluations per group (default: 10 x units)."),
         click.option("--value", default=None,
@@ -238,8 +239,9 @@ def _scores_metric(options: PruneOptions, metric: str | None, path: str) -> Prun
 @click.option("--calib", required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the scores (JSON).")
-@click.option("--ratio", default=0.5, show_default=True, type=float,
-              help="The ratio the scores are for (steers the adaptive estimator only).")
+@click.option("--ratio", default=None, type=float,
+              help="The ratio the scores are for: the cut-aware estimators refine units near "
+                   "it (default: none, scores for any ratio).")
 @scoring_options
 @guarded
 def score_cmd(model: str, calib: str, **params: Any) -> None:

@@ -8,6 +8,7 @@ statistic of the mask sites), so `api.score_model` prepares exactly that and loo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import gcd
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -30,9 +31,10 @@ class ScoreContext:
     estimator: str = "auto"  # Shapley estimator and its settings (ScoreOptions)
     budget: int | None = None
     aggregate: str = "mean"
-    ratio: float = 0.5  # fraction of units the run removes (steers the adaptive estimator)
+    ratio: float | None = 0.5  # units each group loses (steers cutaware/adaptive); None: unknown
     engine: Any = None  # the masking engine, for metrics with needs_engine
     site_stat: Mapping[str, np.ndarray] | None = None  # per site tensor: the metric's statistic
+    round_to: int = 1  # kept widths rounded up to multiples of this many channels (select)
     budgets: Mapping[int, int] | None = None  # per group, the plan's (scoring/plan.py) budget
 
 
@@ -137,10 +139,12 @@ def taylor(engine, gid: int, eps: float = 0.05) -> GroupScores:
 
 
 def _shapley(ctx: ScoreContext, gid: int) -> GroupScores:
-    n = ctx.analysis.group(gid).units
+    group = ctx.analysis.group(gid)
+    multiple = ctx.round_to // gcd(ctx.round_to, group.unit_size)  # as select() rounds
+    k = None if ctx.ratio is None else n_removed(group.units, ctx.ratio, multiple)
     budget = ctx.budgets.get(gid, ctx.budget) if ctx.budgets else ctx.budget
     return shapley_group(ctx.engine, gid, estimator=ctx.estimator, budget=budget,
-                         seed=ctx.seed + gid, k=n_removed(n, ctx.ratio), aggregate=ctx.aggregate)
+                         seed=ctx.seed + gid, aggregate=ctx.aggregate, k=k)
 
 
 def _static(name: str, fn: Callable[[ScoreContext, int], np.ndarray]) -> Callable[[ScoreContext, int], GroupScores]:

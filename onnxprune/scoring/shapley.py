@@ -22,9 +22,15 @@ from .estimators import (
     supports_per_sample,
 )
 
-# Best Spearman/overlap per evaluation in bench/estimators.py. It needs per-sample coalitions
-# from the engine (and mean aggregation); without them auto falls back to FALLBACK_ESTIMATOR.
+# What auto samples with when the run's cut (units removed per group) is known, and
+# PLAIN_ESTIMATOR when it is not (best Spearman/overlap per evaluation in
+# bench/estimators.py). `cutaware` (a per-sample first pass, then draws only near the cut)
+# did not earn the default in bench/cost.py: on the trained models the cut is contested,
+# it spends the whole budget like persample, and held-out quality was not better
+# (docs/benchmarks.md, Cost). Both need per-sample coalitions from the engine (and mean
+# aggregation); without them auto falls back to FALLBACK_ESTIMATOR.
 DEFAULT_ESTIMATOR = "persample"
+PLAIN_ESTIMATOR = "persample"
 FALLBACK_ESTIMATOR = "antithetic"
 # estimators that keep per-sample values, as the --aggregate error names them
 _AGGREGATING = [name for name, can in CAPABILITIES.items() if can.aggregates]
@@ -43,20 +49,25 @@ class GroupScores:
     def to_json(self) -> dict:
         return {"group": self.gid, "method": self.method, "evaluations": self.evaluations,
                 "seconds": round(self.seconds, 4), "scores": self.values.tolist(),
-                "stderr": None if self.stderr is None else self.stderr.tolist()}
+                "stderr": None if self.stderr is None else self.stderr.tolist(),
+                **({"wrong_side": round(self.extra["wrong_side"], 4)}
+                   if "wrong_side" in self.extra else {})}
 
 
-def pick_estimator(n: int, budget: int, name: str = "auto", per_sample: bool = False) -> str:
+def pick_estimator(n: int, budget: int, name: str = "auto", per_sample: bool = False,
+                   cut_known: bool = False) -> str:
     """Exact enumeration for small groups (n <= 8 costs at most 256 evaluations) or when it
-    fits the budget; the default sampler otherwise (its fallback when ``per_sample`` coalitions
-    cannot be evaluated)."""
+    fits the budget; the default sampler otherwise (the plain one when the cut is not known,
+    the fallback when ``per_sample`` coalitions cannot be evaluated)."""
     if name != "auto":
         if name not in ESTIMATORS:
             raise OnnxPruneError(f"unknown estimator '{name}' (choose from auto, {', '.join(ESTIMATORS)})")
         return name
     if n <= 8 or (n <= 16 and 2 ** n <= budget):
         return "exact"
-    return DEFAULT_ESTIMATOR if per_sample else FALLBACK_ESTIMATOR
+    if not per_sample:
+        return FALLBACK_ESTIMATOR
+    return DEFAULT_ESTIMATOR if cut_known else PLAIN_ESTIMATOR
 
 
 class _GroupValue:
@@ -76,7 +87,8 @@ def shapley_group(engine, gid: int, *, estimator: str = "auto", budget: int | No
     n = engine.analysis.group(gid).units
     budget = budget or default_budget(n)
     fn = _GroupValue(engine, gid)
-    name = pick_estimator(n, budget, estimator, supports_per_sample(fn) and aggregate == "mean")
+    name = pick_estimator(n, budget, estimator, supports_per_sample(fn) and aggregate == "mean",
+                          cut_known=k is not None)
     can = CAPABILITIES[name]
     if can.per_sample and n >= 2 and not supports_per_sample(fn):
         raise OnnxPruneError(f"the {name} estimator needs an engine that evaluates per-sample "
@@ -101,6 +113,7 @@ def shapley_group(engine, gid: int, *, estimator: str = "auto", budget: int | No
             raise
         raise OnnxPruneError(f"--budget {budget} is too small for group {gid} ({n} units, "
                              f"estimator {name}): {exc}") from None
+    extra = {"wrong_side": est.info["wrong_side"]} if "wrong_side" in est.info else {}
     return GroupScores(gid, est.values, est.stderr, est.evaluations, f"shapley/{name}",
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, extra)
 

@@ -9,8 +9,10 @@ model's outputs (each ``[N, ...]``) and the labels, so everything that depends
 only on the reference (its log-softmax, its variance, its norms) is computed once.
 
 All arithmetic is in float64 whatever the output dtype (float16 outputs would
-otherwise overflow when squared). Coalitions are processed one at a time so that
-the float64 copy costs one coalition's worth of memory, not K of them.
+otherwise overflow when squared). Coalitions are processed in blocks (vectorized
+over the block, no Python loop per coalition) whose float64 copy stays under
+``_BLOCK_FLOATS`` values, so memory does not grow with K; a block computes the
+same numbers, bit for bit, as one coalition at a time.
 Non-finite model outputs are not repaired: they propagate into the values.
 """
 
@@ -99,17 +101,23 @@ def _check_outputs(outputs: Outputs, reference: list[np.ndarray], count: int | N
     return int(k)
 
 
-def _per_coalition(k: int, n: int, fn: Callable[[int], np.ndarray]) -> np.ndarray:
-    """Stack fn(j) -> [N] for j < K into [K, N] float64."""
+_BLOCK_FLOATS = 1 << 21  # float64 values of one block of coalitions (16 MB)
+
+
+def _per_block(k: int, n: int, floats_per_coalition: int,
+               fn: Callable[[slice], np.ndarray]) -> np.ndarray:
+    """Stack fn(block) -> [b, N] over blocks of coalitions into [K, N] float64."""
     values = np.empty((k, n), dtype=np.float64)
-    for j in range(k):
-        values[j] = fn(j)
+    step = max(1, _BLOCK_FLOATS // max(1, floats_per_coalition))
+    for start in range(0, k, step):
+        block = slice(start, min(k, start + step))
+        values[block] = fn(block)
     return values
 
 
 def _mean_over_sample(x: np.ndarray) -> np.ndarray:
-    """[N, ...] -> [N]: mean over everything but the sample axis."""
-    return x.reshape(x.shape[0], -1).mean(axis=1) if x.ndim > 1 else x
+    """[B, N, ...] -> [B, N]: mean over everything but the coalition and sample axes."""
+    return x.reshape(*x.shape[:2], -1).mean(axis=2) if x.ndim > 2 else x
 
 
 def _first_output_classes(ref: np.ndarray, who: str) -> int:
@@ -179,9 +187,11 @@ class NegKL:
 
     def __call__(self, outputs: list[np.ndarray]) -> np.ndarray:
         k = _check_outputs(outputs, self._ref, count=1)
-        return _per_coalition(k, self._p.shape[0], lambda j: -self._kl(_f64(outputs[0][j])))
+        return _per_block(k, self._p.shape[0], self._p.size,
+                          lambda b: -self._kl(_f64(outputs[0][b])))
 
     def _kl(self, out: np.ndarray) -> np.ndarray:
+        """out [B, N, ...] -> KL per coalition and sample [B, N]."""
         log_q = _log_probs(out, self.probabilities)
         with np.errstate(invalid="ignore"):
             terms = np.where(self._p > 0, self._p * (self._log_p - log_q), 0.0)
@@ -216,12 +226,13 @@ class NegNMSE:
 
     def __call__(self, outputs: list[np.ndarray]) -> np.ndarray:
         k = _check_outputs(outputs, self._ref)
-        return _per_coalition(k, self._ref[0].shape[0], lambda j: -self._nmse(outputs, j))
+        size = sum(r.size for r in self._ref)
+        return _per_block(k, self._ref[0].shape[0], size, lambda b: -self._nmse(outputs, b))
 
-    def _nmse(self, outputs: Outputs, j: int) -> np.ndarray:
-        total = np.zeros(self._ref[0].shape[0])
+    def _nmse(self, outputs: Outputs, b: slice) -> np.ndarray:
+        total: np.ndarray | float = 0.0
         for out, ref, scale in zip(outputs, self._ref, self._scale):
-            diff = _f64(out[j]) - ref
+            diff = _f64(out[b]) - ref
             total += _mean_over_sample(diff * diff) / scale
         return total / len(self._ref)
 
@@ -246,14 +257,16 @@ class Cosine:
 
     def __call__(self, outputs: list[np.ndarray]) -> np.ndarray:
         k = _check_outputs(outputs, self._ref)
-        return _per_coalition(k, self._ref[0].shape[0], lambda j: self._cosine(outputs, j))
+        size = sum(r.size for r in self._ref)
+        return _per_block(k, self._ref[0].shape[0], size, lambda b: self._cosine(outputs, b))
 
-    def _cosine(self, outputs: Outputs, j: int) -> np.ndarray:
-        total = np.zeros(self._ref[0].shape[0])
+    def _cosine(self, outputs: Outputs, b: slice) -> np.ndarray:
+        total: np.ndarray | float = 0.0
         for out, ref, ref_norm in zip(outputs, self._flat, self._norm):
-            flat = _f64(out[j]).reshape(ref.shape)
-            norm = np.linalg.norm(flat, axis=1)
-            dot = np.einsum("ij,ij->i", flat, ref)
+            block = _f64(out[b])
+            flat = block.reshape(len(block), *ref.shape)
+            norm = np.linalg.norm(flat, axis=2)
+            dot = np.einsum("bij,ij->bi", flat, ref)
             denom = norm * ref_norm
             with np.errstate(invalid="ignore", divide="ignore"):
                 cos = np.where(denom > 0, dot / denom, np.where((norm == 0) & (ref_norm == 0), 1.0, 0.0))
@@ -292,10 +305,10 @@ class NegCrossEntropy:
         k = _check_outputs(outputs, self._ref, count=1)
         rows = np.arange(self._labels.shape[0])
 
-        def value(j: int) -> np.ndarray:
-            return _log_probs(_f64(outputs[0][j]), self.probabilities)[rows, self._labels]
+        def value(b: slice) -> np.ndarray:
+            return _log_probs(_f64(outputs[0][b]), self.probabilities)[:, rows, self._labels]
 
-        return _per_coalition(k, rows.shape[0], value)
+        return _per_block(k, rows.shape[0], self._ref[0].size, value)
 
 
 class Accuracy:

@@ -44,6 +44,7 @@ antithetic   pairs (pi, reversed pi), optional truncation       sd over pairs / 
 persample    antithetic pairs drawn independently per sample     pooled per-sample sd / sqrt(P N^2)
 kernelshap   paired kernel samples, constrained least squares   sandwich over pairs
 adaptive     antithetic rounds until the bottom-k cut is clear  per-unit sd / sqrt(draws), shrunk
+cutaware     per-sample first pass, then draws for contested units  as persample, per-unit counts
 joint        ridge over random sub-models of several groups     ridge sandwich (not Shapley)
 
 References
@@ -62,6 +63,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .adaptive import estimate_adaptive
+from .cutaware import estimate_cutaware, wrong_side
 from .exact import estimate_exact
 from .game import (
     DEFAULT_BATCH,
@@ -95,12 +97,14 @@ __all__ = [
     "estimate",
     "estimate_adaptive",
     "estimate_antithetic",
+    "estimate_cutaware",
     "estimate_exact",
     "estimate_joint",
     "estimate_kernelshap",
     "estimate_permutation",
     "estimate_persample",
     "supports_per_sample",
+    "wrong_side",
 ]
 
 
@@ -120,6 +124,7 @@ ESTIMATORS: dict[str, Callable[..., Estimate]] = {
     "persample": estimate_persample,
     "kernelshap": estimate_kernelshap,
     "adaptive": estimate_adaptive,
+    "cutaware": estimate_cutaware,
     "joint": _joint_single,
 }
 
@@ -142,6 +147,7 @@ CAPABILITIES: dict[str, Capability] = {
     "persample": Capability(per_sample=True),
     "kernelshap": Capability(),
     "adaptive": Capability(needs_k=True),
+    "cutaware": Capability(per_sample=True, needs_k=True),
     "joint": Capability(shapley=False),
 }
 

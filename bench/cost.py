@@ -1,0 +1,234 @@
+"""What the whole default command costs, in forward-pass equivalents, and how good its cut is.
+
+    PYTHONPATH=.:cli python bench/cost.py [--models digits_cnn mobilenetv2 c2f bert_tiny]
+        [--samples 64] [--ref-mult 20] [--new cutaware] [--old persample] [--profile MODEL]
+
+Per model, in one process (docs/design.md, Measuring):
+
+- one ONNX Runtime forward pass of the original model over the whole calibration set
+  (median of 7, re-measured before each command and the median of all taken): the unit;
+- the whole command, `onnxprune.prune(model, calib, ratio=0.5, latency=False)` with the old
+  default estimator and with the new one (`estimator=`), its wall time split by stage from
+  the progress events (means, score, rewrite = candidates, refit, guard, verify; setup =
+  load/normalize/analyze + the ORT check before the first event), all in forward-pass
+  equivalents (FPE = seconds / one forward pass);
+- the cut's quality: per group the bottom-k (k = units removed at 0.5) of each command's
+  scores against the bottom-k of a long-run reference (persample at ref-mult x the default
+  budget, on the same scoring samples and the same mean-compensated game, other seed),
+  as the share of units whose keep/remove decision agrees; the new estimator's expected
+  number of units on the wrong side of the cut (its own estimate); and held-out quality:
+  the default value function of the shipped model on 256 fresh samples (digits: the test
+  set, with accuracy) for both commands.
+
+The reference is cached in bench/.cache (it costs ref-mult x the scoring). Scoring samples are
+48 of 64 (a quarter is held out by the command).
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime
+import hashlib
+import io
+import os
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import onnxprune  # noqa: E402
+from end_to_end import synthetic  # noqa: E402
+from onnxprune.api import _split, as_calibration, make_engine, value_function  # noqa: E402
+from onnxprune.deploy.select import n_removed  # noqa: E402
+from onnxprune.deploy.verify import run_model  # noqa: E402
+from onnxprune.runtime import make_session  # noqa: E402
+from onnxprune.scoring.estimators import default_budget  # noqa: E402
+from onnxprune.scoring import shapley  # noqa: E402
+from onnxprune.scoring.shapley import shapley_group  # noqa: E402
+from onnxprune.scoring.site_stats import site_means  # noqa: E402
+
+MODELS = ["digits_cnn", "resnet_mnist", "mobilenetv2", "c2f", "bert_tiny"]
+CACHE = ROOT / "bench" / ".cache"
+STAGES = ("setup", "means", "score", "rewrite", "refit", "guard", "verify")
+EVENT_STAGE = {"means": "means", "score": "score", "rewrite": "rewrite", "refit": "refit",
+               "deploy": "guard", "verify": "verify"}
+
+
+def model_path(name: str) -> Path:
+    if name == "digits_cnn":
+        return ROOT / "models" / "digits_cnn.onnx"
+    if name == "resnet_mnist":
+        return ROOT / "models" / "trained" / "resnet_mnist.onnx"
+    return ROOT / "models" / "zoo" / f"{name}.onnx"
+
+
+def data(name: str, proto: onnx.ModelProto, n: int):
+    """(calibration dict, held-out inputs, held-out labels or None)."""
+    if name == "digits_cnn":
+        c, t = np.load(ROOT / "models/digits_calib.npz"), np.load(ROOT / "models/digits_test.npz")
+        calib = {k: c[k][:n] for k in c.files}
+        return calib, {"input": t["input"][:256]}, t["labels"][:256]
+    if name == "resnet_mnist":  # trained on MNIST: scored on unlabeled images, like end_to_end
+        c = np.load(ROOT / "models/trained/mnist_calib.npz")
+        t = np.load(ROOT / "models/trained/mnist_test.npz")
+        return {"input": c["input"][:n]}, {"input": t["input"][:256]}, t["labels"][:256]
+    return synthetic(proto, n, 0, 16), synthetic(proto, 256, 1, 16), None
+
+
+def forward_seconds(proto: onnx.ModelProto, calib: dict[str, np.ndarray], repeats: int = 7) -> list[float]:
+    sess = make_session(proto, "cpu", spinning=False)
+    feeds = {i.name: calib[i.name] for i in sess.get_inputs()}
+    sess.run(None, feeds)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def timed_prune(path: Path, calib: dict, estimator: str, profile: bool = False):
+    """(result, wall seconds, seconds per stage) of the default command."""
+    marks: list[tuple[str, float]] = []
+
+    def progress(event: dict) -> None:
+        stage = EVENT_STAGE.get(event.get("stage", ""))
+        if stage and (not marks or marks[-1][0] != stage):
+            marks.append((stage, time.perf_counter()))
+
+    prof = cProfile.Profile() if profile else None
+    t0 = time.perf_counter()
+    if prof:
+        prof.enable()
+    # "auto" as the library would run it with `estimator` as its default sampler
+    saved, shapley.DEFAULT_ESTIMATOR = shapley.DEFAULT_ESTIMATOR, estimator
+    try:
+        res = onnxprune.prune(str(path), calib, ratio=0.5, latency=False, progress=progress)
+    finally:
+        shapley.DEFAULT_ESTIMATOR = saved
+    if prof:
+        prof.disable()
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(20)
+        print(out.getvalue()[:5000])
+    end = time.perf_counter()
+    stages = dict.fromkeys(STAGES, 0.0)
+    bounds = [("setup", t0), *marks, ("end", end)]
+    for (stage, start), (_, stop) in zip(bounds, bounds[1:]):
+        stages[stage] += stop - start
+    return res, end - t0, stages
+
+
+def reference(name: str, path: Path, calib: dict, mult: int) -> dict[int, np.ndarray]:
+    """Long-run persample scores on the command's scoring samples and game (cached)."""
+    digest = hashlib.sha256(path.read_bytes() + repr(sorted((k, v.tobytes()[:4096])
+                            for k, v in calib.items())).encode()).hexdigest()[:12]
+    file = CACHE / f"cost_ref_{name}_{len(next(iter(calib.values())))}_{mult}x_{digest}.npz"
+    if file.exists():
+        return {int(k): v for k, v in np.load(file).items()}
+    am = onnxprune.analyze_model(str(path))
+    scoring, _, _ = _split(as_calibration(calib, am.proto), 0.25, 0)
+    means = site_means(am.analysis, am.ident, scoring.inputs, device="cpu")
+    engine = make_engine(am, scoring, means=means)
+    out = {}
+    for g in am.analysis.prunable:
+        budget = mult * default_budget(g.units)
+        name = "persample" if g.units > 8 else "auto"  # auto: exact for small groups
+        out[g.id] = shapley_group(engine, g.id, budget=budget, seed=10_000 + g.id,
+                                  estimator=name).values
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.savez(file, **{str(k): v for k, v in out.items()})
+    return out
+
+
+def agreement(scores: dict[int, np.ndarray], ref: dict[int, np.ndarray]) -> float:
+    """Share of units whose keep/remove decision at ratio 0.5 agrees with the reference's."""
+    same = total = 0
+    for gid, r in ref.items():
+        k = n_removed(len(r), 0.5)
+        mine = np.zeros(len(r), bool)
+        mine[np.argsort(scores[gid], kind="stable")[:k]] = True
+        theirs = np.zeros(len(r), bool)
+        theirs[np.argsort(r, kind="stable")[:k]] = True
+        same += int((mine == theirs).sum())
+        total += len(r)
+    return same / max(total, 1)
+
+
+def held_out(am, res, held: dict, labels, calib: dict) -> tuple[float, float | None]:
+    """(mean value of the shipped model on fresh samples, accuracy with labels)."""
+    vf = value_function(am, as_calibration(calib, am.proto))
+    ref = run_model(am.proto, held)
+    vf.prepare(ref, labels)
+    got = run_model(res.model, held)
+    value = float(vf([o[None] for o in got]).mean())
+    acc = None if labels is None else float((got[0].argmax(-1) == labels).mean())
+    return value, acc
+
+
+def measure(name: str, args) -> list[dict]:
+    path = model_path(name)
+    proto = onnx.load(str(path))
+    calib, held, labels = data(name, proto, args.samples)
+    am = onnxprune.analyze_model(str(path))
+    ref = reference(name, path, calib, args.ref_mult)
+    fwd: list[float] = []
+    rows = []
+    for label, est in (("old", args.old), ("new", args.new)):
+        fwd += forward_seconds(proto, calib)
+        res, wall, stages = timed_prune(path, calib, est, profile=args.profile == name)
+        fwd += forward_seconds(proto, calib)
+        value, acc = held_out(am, res, held, labels, calib)
+        wrong = sum(g.get("wrong_side", 0.0) for g in res.report["groups"])
+        rows.append({"model": name, "which": label, "estimator": est, "wall": wall,
+                     "stages": stages, "agree": agreement(res.scores, ref), "wrong": wrong,
+                     "evals": sum(g.get("evaluations", 0) for g in res.report["groups"]),
+                     "value": value, "acc": acc})
+    unit = statistics.median(fwd)
+    for r in rows:
+        r["fwd"] = unit
+    return rows
+
+
+def render(rows: list[dict], args) -> str:
+    head = (f"| model | estimator | wall s | FPE | " + " | ".join(STAGES) +
+            " | evaluations | agree vs ref | E[wrong side] | held-out value | held-out acc |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        fpe = r["wall"] / r["fwd"]
+        st = " | ".join(f"{r['stages'][s] / r['fwd']:.0f}" for s in STAGES)
+        acc = "" if r["acc"] is None else f"{r['acc']:.3f}"
+        lines.append(f"| {r['model']} | {r['which']}: {r['estimator']} | {r['wall']:.1f} | "
+                     f"{fpe:.0f} | {st} | {r['evals']} | {r['agree']:.3f} | {r['wrong']:.2f} | "
+                     f"{r['value']:.4f} | {acc} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=MODELS)
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--ref-mult", type=int, default=20)
+    ap.add_argument("--old", default="persample")
+    ap.add_argument("--new", default="cutaware")
+    ap.add_argument("--profile", default=None, help="cProfile the commands on this model")
+    args = ap.parse_args()
+    rows = []
+    for name in args.models:
+        rows += measure(name, args)
+        print(render(rows[-2:], args), flush=True)
+    load = os.getloadavg()[0]
+    print(f"\n{datetime.date.today()}, {os.cpu_count()} cores, load {load:.1f}, "
+          f"{args.samples} samples (FPE: stage seconds / one forward pass over them)")
+    print(render(rows, args))
+
+
+if __name__ == "__main__":
+    main()
