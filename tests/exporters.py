@@ -449,6 +449,26 @@ def wrong_output_rank(*, n: int = 16, seed: int = 10) -> Built:
     return g.model(out), {"x": rng.standard_normal((n, 4, 6, 6)).astype(np.float32)}
 
 
+def crnn_collapsing_width(*, n: int = 12, width: int = 64, seed: int = 11) -> Built:
+    """ddddocr's CRNN again: the time axis is the image width / 8 (ceil), and the flatten
+    before the classifier computes its target from Shape (T * batch, C). At small probe
+    widths (2, 3) T is 1 both times, which once folded the target to the literal [1, C]."""
+    from graphs import G
+    g = G(13, shape=(1, 8, "W"), batch=1, seed=seed)
+    h = g.op("Relu", g.conv(g.x, 4))
+    h = g.op("AveragePool", h, kernel_shape=[8, 8], strides=[8, 8], ceil_mode=1)  # [1, 4, 1, T]
+    h = g.op("Transpose", g.op("Squeeze", h, g.array([2], np.int64)), perm=[2, 0, 1])  # [T, 1, 4]
+    shape = g.op("Shape", h)
+    rows = g.op("Mul", g.op("Gather", shape, g.array([0], np.int64), axis=0),
+                g.op("Gather", shape, g.array([1], np.int64), axis=0))
+    flat = g.declare(g.op("Reshape", h, g.op("Concat", rows, g.array([4], np.int64), axis=0)),
+                     ["T", 4])  # [T, 4]: inference cannot see through the run-time target
+    logits = g.gemm(g.op("Relu", g.gemm(flat, 6)), 5)
+    out = g.op("Unsqueeze", logits, g.array([1], np.int64))  # [T, 1, 5]: sequence first
+    rng = np.random.default_rng(seed)
+    return g.model(out), {"x": rng.standard_normal((n, 1, 8, width)).astype(np.float32)}
+
+
 # =========================================================================== catalogue
 
 BUILDERS = {

@@ -165,6 +165,20 @@ def test_c_declared_output_rank_is_wrong(tmp_path):
     assert len(dims) == 3
 
 
+def test_c_time_steps_are_not_a_literal(tmp_path):
+    """ddddocr's CRNN (bench/real_models.py): 'Reshape node ... Input shape:{22,1,2,512},
+    requested shape:{1,1024}' while choosing what ships: the shape probe saw one time step at
+    both of its small widths and folded T * batch to the literal 1. The pruned model runs at
+    other widths too."""
+    model, calib = E.crnn_collapsing_width()
+    result, out = prune_cli(tmp_path, "crnnw", (model, calib), *FAST)
+    assert_pruned(result, out)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for width in (40, 64):
+        x = np.random.default_rng(width).standard_normal((1, 1, 8, width)).astype(np.float32)
+        assert sess.run(None, {"x": x})[0].shape[0] == -(-width // 8)
+
+
 @pytest.mark.parametrize("metric", ["l1", "shapley"])
 def test_d_if_branch_outputs_feed_main_graph(tmp_path, metric):
     """Not reproduced: 'ValidationError: Nodes in a graph must be topologically sorted'

@@ -91,7 +91,10 @@ def _broadcast(a: list, b: list) -> list:
             for x, y in zip(a, b)]
 
 
-PROBE_SIZES = ([2, 3, 5, 7, 11, 13], [3, 5, 7, 11, 13, 17])
+# Two probes per dim name, far apart: a dim that downsampling collapses at small sizes (a
+# CRNN's time steps, width / 8, are 1 at widths 2 and 3 alike) must differ between them, or
+# the probe would read a run-time size as a literal.
+PROBE_SIZES = ([2, 3, 5, 7, 11, 13], [17, 19, 23, 29, 31, 37])
 
 
 def probe_reshape_targets(graph: gs.Graph) -> bool:

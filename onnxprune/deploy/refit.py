@@ -145,7 +145,10 @@ def _accumulate(analysis: Analysis, ident: ModelIdentity, layers: list[_Layer],
         values = dict(zip(names, outs))
         for lay, (fit, held) in zip(layers, stats):
             x = values[lay.site.tensor].astype(np.float64)
-            for fold, pick in ((fit, ~val[start:stop]), (held, val[start:stop])):
+            in_val = val[start:stop]
+            if len(x) != stop - start:  # rows are not samples (a CRNN's batch of 1 merged into
+                in_val = np.full(len(x), val[start])  # its time steps): the chunk's fold owns them
+            for fold, pick in ((fit, ~in_val), (held, in_val)):
                 if pick.any():
                     p = lay.rows(x[pick], lambda total: _positions(total, rng))
                     fold.add(p[:, lay.keep_cols], p[:, ~lay.keep_cols] @ lay.w_eff[~lay.keep_cols])
