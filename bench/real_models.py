@@ -165,7 +165,7 @@ def summarize_report(r: dict) -> dict:
 
 def evaluate(spec: Spec, row: dict, ev: dict, ref: list) -> None:
     """Task metric of the pruned model (a crash here is recorded, not raised: it is evidence too)."""
-    if not row.get("pruned_model") or row["rc"] != 0:
+    if not row.get("pruned_model") or row["rc"] not in (0, EXIT_FAILED_GATE):
         return
     try:
         row["task"] = spec.score(predict(spec, Path(row["pruned_model"]), ev), ref, ev)
