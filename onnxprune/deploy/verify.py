@@ -9,7 +9,7 @@ measured the way that kind is used:
 | `integer` | an integer or bool output (a label, an index) | share of elements exactly equal |
 | `class_scores` | float [N, C], C > 1 (probabilities, logits) | top-1 agreement |
 | `sequence` | float [N, T, C] or [T, N, C] | samples whose top-1 sequence is identical at every position |
-| `detection` | float [N, boxes, 5 + classes] (or [N, 5 + classes, boxes]), boxes >= 8 x attributes | overlap of the top-k boxes |
+| `detection` | float [N, boxes, 5 + classes], boxes >= 8 x attributes (a long last axis is a sequence's classes) | overlap of the top-k boxes |
 | `score_map` | float [N, 1, H, W] | overlap of the top-k positions |
 | `regression` | any other float output | mean cosine per sample (clipped at 0) |
 
@@ -62,9 +62,9 @@ def output_kind(arr: np.ndarray) -> OutputKind:
     shape = arr.shape
     if len(shape) == 2 and shape[1] > 1:
         return "class_scores"
-    if len(shape) == 3:
-        boxes, attrs = max(shape[1:]), min(shape[1:])
-        return "detection" if attrs >= 6 and boxes >= 8 * attrs else "sequence"
+    if len(shape) == 3:  # [N, boxes, 5 + classes] (YOLOX, v5); a long last axis is classes:
+        boxes, attrs = shape[1], shape[2]  # a CTC head's [N, T, 8210] is a sequence
+        return "detection" if 6 <= attrs and boxes >= 8 * attrs else "sequence"
     if len(shape) == 4 and shape[1] == 1 and shape[2] * shape[3] > 1:
         return "score_map"
     return "regression"
