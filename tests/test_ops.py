@@ -1318,6 +1318,16 @@ def c_reshape_mixing_channels_is_barrier():
 
 
 @case("Reshape")
+def c_reshape_fused_qkv_split_is_barrier():
+    """SVTR: [N, L, 12] -> [0, -1, 3, 2, 2] (q/k/v x heads x head_dim) is not followed
+    (issue 17 J); the reason names the split."""
+    g = G(13, (5, 6))
+    a = g.matmul(g.x, 12)
+    h = g.op("Reshape", g.op("Reshape", a, g.ints([0, -1, 3, 2, 2])), g.ints([0, -1, 12]))
+    return Spec(g.model(g.matmul(h, 3)), [], {a: "fused q/k/v"}, exact=False)
+
+
+@case("Reshape")
 def c_reshape_runtime_target_is_barrier():
     g = G(13, (4, 3, 3))
     a = g.conv(g.x, 4)
@@ -1979,3 +1989,9 @@ def test_malformed_node_is_a_barrier(name):
     group = _source_group(analysis, source)
     assert not group.prunable and word.lower() in (group.reason or "").lower(), \
         _describe(analysis)
+
+
+def test_unflatten_cast_target_keeps_samples_apart():
+    """Issue 17 Q: the run-time target [0, H, W, C] copies the batch dim (no false alarm)."""
+    analysis = analyze(normalize(_unflatten_cast(8).model))
+    assert not analysis.batch_mixing, analysis.batch_mixing

@@ -176,8 +176,9 @@ class Concat(Handler):
                     return ctx.pin_inputs(node, "Concat with an input of unknown width")
                 ids = ctx.uf.add(dim)
                 ctx.sources.append((t.name, ids))
-                ctx.pin(ids, f"concatenated at '{node.outputs[0].name}' with '{t.name}', "
-                        "which the analysis does not track")
+                what = "graph input" if any(i is t for i in ctx.graph.inputs) else "tensor"
+                ctx.pin(ids, f"{what} '{t.name}', concatenated at '{node.outputs[0].name}', is not "
+                        "tracked: its channels stay (the other inputs' are prunable at their offsets)")
                 pieces.append(ids)
             else:
                 pieces.append(cmap.ids)
@@ -379,6 +380,9 @@ class Reshape(Handler):
         plan = reshape_plan(ctx, list(in_shape), [int(t) for t in target], cmap)
         if plan is None and self._last_axis(node, ctx, cmap, target):
             return None
+        if plan is None and (parts := _fused_split(in_shape, target, cmap)) is not None:
+            return ctx.pin_inputs(node, f"Reshape splits the channel axis into {parts} (a fused "
+                                  "q/k/v head split, not followed)")
         if plan is None:
             return ctx.pin_inputs(node, "Reshape that mixes the channel axis with other axes "
                                   "(or moves the batch axis, or has unknown dims)")
@@ -435,6 +439,18 @@ class Reshape(Handler):
         else:
             target[axis] = int(rw.keep_ids(rw.analysis.maps[node.outputs[0].name].ids).sum())
         rw.set_input(node, 1, target)
+
+
+def _fused_split(in_shape: list, target: np.ndarray, cmap: ChannelMap) -> tuple | None:
+    """The factors when channels last are split into three or more trailing axes
+    ([B, L, 96] -> [0, -1, 3, 4, 8]: SVTR's qkv), for the reason only."""
+    if cmap.within is not None or cmap.axis != len(in_shape) - 1:
+        return None
+    for k in range(3, target.size):
+        tail = [int(t) for t in target[-k:]]
+        if all(t > 0 for t in tail) and int(np.prod(tail)) == cmap.size:
+            return tuple(tail)
+    return None
 
 
 def _target_source(node: gs.Node) -> tuple[gs.Node | None, gs.Node | None]:
@@ -752,6 +768,8 @@ def _reshape_moves_batch(node: gs.Node) -> bool:
     """Batch kept: target[0] is 0 (copy), or -1 with the rest matching the input's rest."""
     target = const_value(node.inputs[1])
     in_shape = node.inputs[0].shape
+    if target is None and _copies_batch(node):
+        return False
     if target is None or target.ndim != 1 or not target.size or not in_shape:
         return True
     if int(target[0]) == 0 and not node.attrs.get("allowzero", 0):
@@ -764,3 +782,14 @@ def _reshape_moves_batch(node: gs.Node) -> bool:
         return int(np.prod(target[1:])) != int(np.prod(rest))
     out_shape = node.outputs[0].shape
     return not (out_shape and out_shape[0] == in_shape[0])
+
+
+def _copies_batch(node: gs.Node) -> bool:
+    """A run-time target Concat (axis 0, maybe cast) whose first piece is the constant 0:
+    the batch dim is copied (SVTR's unflatten [0, H, W, C])."""
+    src, _ = _target_source(node)
+    if src is None or src.op != "Concat" or int(src.attrs.get("axis", 0)) not in (0, -1) \
+            or node.attrs.get("allowzero", 0):
+        return False
+    first = const_value(src.inputs[0])
+    return first is not None and first.ndim == 1 and first.size > 0 and int(first[0]) == 0
