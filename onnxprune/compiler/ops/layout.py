@@ -8,7 +8,7 @@ import onnx_graphsurgeon as gs
 
 from ..channels import ChannelMap
 from ..graph import const_value, input_or_attr, is_present, norm_axis, rank_of, shape_of
-from .registry import Handler, axis_is_batch, int_vector, register
+from .registry import Handler, axis_is_batch, evaluate, int_vector, register
 
 
 @register("Transpose")
@@ -505,7 +505,6 @@ def _per_channel_constant(t: gs.Tensor, cmap: ChannelMap, rank: int, ctx) -> tup
         return None
     via_expand = bool(t.inputs) and t.inputs[0].op == "Expand"
     if via_expand:
-        from ..shapes import evaluate  # shapes imports the handler registry
         expand = t.inputs[0]
         if len(t.outputs) != 1 or any(o is t for o in ctx.graph.outputs):
             return None
