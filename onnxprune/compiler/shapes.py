@@ -12,7 +12,6 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .graph import const_value
-from .ops import handler_for
 from .ops.registry import Dims, evaluate  # noqa: F401  (Dims: ints and dim names; evaluate: re-exported)
 
 
