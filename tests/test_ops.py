@@ -1041,6 +1041,46 @@ def c_concat_on_height_with_untracked_is_barrier():
     return Spec(g.model(y), [], {a: "untracked"}, exact=False)
 
 
+def _class_token(expand_width: int = 1, shared: bool = False, pos: bool = True) -> Spec:
+    """ViT: a constant class token [1, 1, C] broadcast over the batch (Expand by a run-time
+    target [N, 1, 1]) and joined to the patch tokens on the sequence axis, then a position
+    embedding [1, L + 1, C]: the token and the embedding are members of the group."""
+    g = G(13, (5, 6))
+    a = g.matmul(g.x, 8)
+    n = g.op("Gather", g.op("Shape", g.x), g.ints([0]), axis=0)
+    cls = g.op("Expand", g.const([1, 1, 8]), g.op("Concat", n, g.ints([1, expand_width]), axis=0))
+    h = g.op("Concat", cls, a, axis=1)
+    if pos:
+        h = g.op("Add", h, g.const([1, 6, 8]))
+    y = g.matmul(h, 3)
+    outputs = (y, g.op("Relu", cls)) if shared else (y,)
+    return Spec(g.model(*outputs), [] if shared or expand_width != 1 else [(8, 1)],
+                {a: "untracked"} if shared or expand_width != 1 else {},
+                exact=not shared and expand_width == 1)
+
+
+@case("Concat", "Expand")
+def c_concat_class_token_on_sequence_axis():
+    return _class_token()
+
+
+@case("Concat", "Expand")
+def c_concat_class_token_without_position_embedding():
+    return _class_token(pos=False)
+
+
+@case("Concat", "Expand")
+def c_concat_class_token_expanded_on_channels_is_barrier():
+    """The target's channel entry is the width itself: slicing the token would not shrink
+    the Expand's output, so the group stays whole."""
+    return _class_token(expand_width=8)
+
+
+@case("Concat", "Expand")
+def c_concat_class_token_read_elsewhere_is_barrier():
+    return _class_token(shared=True)
+
+
 def _split(opset, form):
     def build():
         g = G(opset)
@@ -1278,11 +1318,48 @@ def c_reshape_mixing_channels_is_barrier():
 
 
 @case("Reshape")
+def c_reshape_fused_qkv_split_is_barrier():
+    """SVTR: [N, L, 12] -> [0, -1, 3, 2, 2] (q/k/v x heads x head_dim) is not followed
+    (issue 17 J); the reason names the split."""
+    g = G(13, (5, 6))
+    a = g.matmul(g.x, 12)
+    h = g.op("Reshape", g.op("Reshape", a, g.ints([0, -1, 3, 2, 2])), g.ints([0, -1, 12]))
+    return Spec(g.model(g.matmul(h, 3)), [], {a: "fused q/k/v"}, exact=False)
+
+
+@case("Reshape")
 def c_reshape_runtime_target_is_barrier():
     g = G(13, (4, 3, 3))
     a = g.conv(g.x, 4)
     y = g.declare(g.op("Reshape", a, g.input("target", [2], np.int64)), ["N", None])
     return Spec(g.model(y), [], {a: "run-time"}, exact=False)
+
+
+def _unflatten_cast(width: int) -> Spec:
+    """SVTR: tokens [N, H*W, C] back to [N, H, W, C] by Cast(Concat(0, H, W, C) in int32),
+    H and W gathered from Cast(Shape(conv out), int32); then NCHW again for a conv."""
+    g = G(13, (4, 2, 3))
+    a = g.conv(g.x, 8)
+    tokens = g.op("Transpose", g.op("Relu", g.op("Reshape", a, g.ints([0, 8, -1]))), perm=[0, 2, 1])
+    dims = g.op("Cast", g.op("Shape", a), to=TensorProto.INT32)
+    h, w = (g.op("Unsqueeze", g.op("Gather", dims, g.ints(i), axis=0), g.ints([0])) for i in (2, 3))
+    if width != 8:  # [N, H, -1, width]: a valid model whose literal is not the channel width
+        w = g.array([-1], np.int32)
+    target = g.op("Concat", g.array([0], np.int32), h, w, g.array([width], np.int32), axis=0)
+    grid = g.op("Reshape", tokens, g.op("Cast", target, to=TensorProto.INT64))
+    y = g.conv(g.declare(g.op("Transpose", grid, perm=[0, 3, 1, 2]), ["N", width, 2, 24 // width]), 3)
+    return Spec(g.model(y), [(8, 1)] if width == 8 else [], {} if width == 8 else {a: "run-time"})
+
+
+@case("Reshape", "Cast", "Shape")
+def c_reshape_unflatten_cast_target():
+    return _unflatten_cast(8)
+
+
+@case("Reshape", "Cast", "Shape")
+def c_reshape_unflatten_cast_target_other_width_is_barrier():
+    """The literal is not the channel width ([N, H, -1, 4]): channels not kept last; whole."""
+    return _unflatten_cast(4)
 
 
 @case("Shape")
@@ -1912,3 +1989,9 @@ def test_malformed_node_is_a_barrier(name):
     group = _source_group(analysis, source)
     assert not group.prunable and word.lower() in (group.reason or "").lower(), \
         _describe(analysis)
+
+
+def test_unflatten_cast_target_keeps_samples_apart():
+    """Issue 17 Q: the run-time target [0, H, W, C] copies the batch dim (no false alarm)."""
+    analysis = analyze(normalize(_unflatten_cast(8).model))
+    assert not analysis.batch_mixing, analysis.batch_mixing

@@ -12,19 +12,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .graph import const_value
-from .ops import handler_for
-from .ops.registry import Dims  # ints and dim names (str); None = unknown
-
-
-def evaluate(tensor: gs.Tensor, depth: int = 0) -> Dims | None:
-    """Dims of a 1-D int64 shape tensor (numbers or dim names), or None if not evaluable."""
-    value = const_value(tensor)
-    if value is not None:
-        return [int(v) for v in np.atleast_1d(value).reshape(-1)] if value.ndim <= 1 else None
-    if depth > 32 or not tensor.inputs:
-        return None
-    node = tensor.inputs[0]
-    return handler_for(node).eval_shape(node, lambda t: evaluate(t, depth + 1))
+from .ops.registry import Dims, evaluate  # noqa: F401  (Dims: ints and dim names; evaluate: re-exported)
 
 
 def fold_reshape_targets(graph: gs.Graph) -> bool:

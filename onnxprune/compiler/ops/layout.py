@@ -8,7 +8,7 @@ import onnx_graphsurgeon as gs
 
 from ..channels import ChannelMap
 from ..graph import const_value, input_or_attr, is_present, norm_axis, rank_of, shape_of
-from .registry import Handler, axis_is_batch, int_vector, register
+from .registry import Handler, axis_is_batch, evaluate, int_vector, register
 
 
 @register("Transpose")
@@ -124,15 +124,47 @@ class Concat(Handler):
         if tracked[0][1].axis == axis:
             return self._on_channels(node, ctx, axis)
         first = tracked[0][1]
-        if len(tracked) != len(node.inputs):
+        consts = self._channel_constants(node, ctx, first, rank)
+        if len(tracked) + len(consts) != len(node.inputs):
             behind = [_graph_inputs_behind(t, ctx) for t in node.inputs if ctx.map(t) is None]
-            if first.within is None or not all(behind):
+            if first.within is None or consts or not all(behind):
                 return ctx.pin_inputs(node, "Concat of channel tensors with untracked ones")
             # past keys/values: the heads stay one group, whole, with the reason that matters
             ctx.pin_inputs(node, cache_reason(f"graph input '{behind[0][0]}'"))
         for _, cmap in tracked[1:]:
             ctx.union(first.ids, cmap.ids)
+        for index, local, via_expand in consts:
+            owner = node.inputs[index].inputs[0] if via_expand else node
+            tensor = owner.inputs[0] if via_expand else node.inputs[index]
+            ctx.member("param", owner, tensor, local, first.ids)
+        ctx.note(node, consts)
         ctx.set_map(node.outputs[0], first)
+
+    @staticmethod
+    def _channel_constants(node, ctx, first: ChannelMap, rank: int) -> list[tuple[int, int, bool]]:
+        """Untracked inputs that are per-channel constants (ViT's class token: a constant
+        [1, 1, C] broadcast over the batch by Expand, joined to the patches on the sequence
+        axis): (input index, the constant's channel axis, whether through an Expand). They
+        are sliced with the group; all or nothing (any other untracked input: [])."""
+        out = []
+        for i, t in enumerate(node.inputs):
+            if ctx.map(t) is not None:
+                continue
+            found = _per_channel_constant(t, first, rank, ctx)
+            if found is None:
+                return []
+            out.append((i, *found))
+        return out
+
+    def rewrite(self, node, rw):
+        consts = rw.note(node)
+        if not consts or (keep := rw.keep(node.outputs[0])) is None:
+            return
+        for index, local, via_expand in consts:
+            if via_expand:
+                rw.slice_input(node.inputs[index].inputs[0], 0, local, keep)
+            else:
+                rw.slice_input(node, index, local, keep)
 
     def _on_channels(self, node, ctx, axis):
         pieces = []
@@ -144,8 +176,9 @@ class Concat(Handler):
                     return ctx.pin_inputs(node, "Concat with an input of unknown width")
                 ids = ctx.uf.add(dim)
                 ctx.sources.append((t.name, ids))
-                ctx.pin(ids, f"concatenated at '{node.outputs[0].name}' with '{t.name}', "
-                        "which the analysis does not track")
+                what = "graph input" if any(i is t for i in ctx.graph.inputs) else "tensor"
+                ctx.pin(ids, f"{what} '{t.name}', concatenated at '{node.outputs[0].name}', is not "
+                        "tracked: its channels stay (the other inputs' are prunable at their offsets)")
                 pieces.append(ids)
             else:
                 pieces.append(cmap.ids)
@@ -347,6 +380,9 @@ class Reshape(Handler):
         plan = reshape_plan(ctx, list(in_shape), [int(t) for t in target], cmap)
         if plan is None and self._last_axis(node, ctx, cmap, target):
             return None
+        if plan is None and (parts := _fused_split(in_shape, target, cmap)) is not None:
+            return ctx.pin_inputs(node, f"Reshape splits the channel axis into {parts} (a fused "
+                                  "q/k/v head split, not followed)")
         if plan is None:
             return ctx.pin_inputs(node, "Reshape that mixes the channel axis with other axes "
                                   "(or moves the batch axis, or has unknown dims)")
@@ -405,10 +441,31 @@ class Reshape(Handler):
         rw.set_input(node, 1, target)
 
 
-def _concat_literal(node: gs.Node, size: int) -> int | None:
-    """The input index of the Concat (axis 0) that computes the Reshape's target, when its
-    last input is a constant vector ending in `size`."""
+def _fused_split(in_shape: list, target: np.ndarray, cmap: ChannelMap) -> tuple | None:
+    """The factors when channels last are split into three or more trailing axes
+    ([B, L, 96] -> [0, -1, 3, 4, 8]: SVTR's qkv), for the reason only."""
+    if cmap.within is not None or cmap.axis != len(in_shape) - 1:
+        return None
+    for k in range(3, target.size):
+        tail = [int(t) for t in target[-k:]]
+        if all(t > 0 for t in tail) and int(np.prod(tail)) == cmap.size:
+            return tuple(tail)
+    return None
+
+
+def _target_source(node: gs.Node) -> tuple[gs.Node | None, gs.Node | None]:
+    """(the node computing the Reshape's target, the Cast between them or None): SVTR
+    builds the target in int32 and casts it to int64."""
     src = node.inputs[1].inputs[0] if node.inputs[1].inputs else None
+    if src is None or src.op != "Cast" or not src.inputs[0].inputs:
+        return src, None
+    return src.inputs[0].inputs[0], src
+
+
+def _concat_literal(node: gs.Node, size: int) -> int | None:
+    """The input index of the Concat (axis 0) that computes the Reshape's target (directly
+    or through a Cast), when its last input is a constant vector ending in `size`."""
+    src, _ = _target_source(node)
     if src is None or src.op != "Concat" or int(src.attrs.get("axis", 0)) not in (0, -1):
         return None
     last = const_value(src.inputs[-1])
@@ -425,15 +482,44 @@ def _rewrite_last(node: gs.Node, rw, where: int | None, kept: int) -> None:
         values = const_value(node.inputs[1]).copy()
         values[-1] = kept
         return rw.set_input(node, 1, values)
-    src = node.inputs[1].inputs[0]
+    src, cast = _target_source(node)
     values = const_value(src.inputs[where]).copy()
     values[-1] = kept
     name = rw.fresh(f"{node.outputs[0].name}__target")
     piece = gs.Constant(f"{name}_width", values)
-    target = gs.Variable(name, dtype=np.int64)
+    target = gs.Variable(name, dtype=values.dtype)
     rw.graph.nodes.append(gs.Node("Concat", name=name, attrs=dict(src.attrs),
                                   inputs=[*src.inputs[:where], piece], outputs=[target]))
+    if cast is not None:
+        target, cast_in = gs.Variable(f"{name}_cast", dtype=np.int64), target
+        rw.graph.nodes.append(gs.Node("Cast", name=f"{name}_cast", attrs=dict(cast.attrs),
+                                      inputs=[cast_in], outputs=[target]))
     node.inputs[1] = target
+
+
+def _per_channel_constant(t: gs.Tensor, cmap: ChannelMap, rank: int, ctx) -> tuple[int, bool] | None:
+    """(channel axis in the constant, whether through an Expand) when `t` is a constant whose
+    dim on the channel axis is the group's width, or Expand(such a constant, target) read only
+    here whose target is 1 on the channel axis (so the slice shrinks the output with it)."""
+    if cmap.within is not None:
+        return None
+    via_expand = bool(t.inputs) and t.inputs[0].op == "Expand"
+    if via_expand:
+        expand = t.inputs[0]
+        if len(t.outputs) != 1 or any(o is t for o in ctx.graph.outputs):
+            return None
+        target = evaluate(expand.inputs[1])
+        at = cmap.axis - (rank - len(target)) if target is not None else -1
+        if target is None or len(target) > rank or (at >= 0 and target[at] != 1):
+            return None
+        t = expand.inputs[0]
+    value = const_value(t)
+    if value is None or value.ndim > rank:
+        return None
+    local = cmap.axis - (rank - value.ndim)
+    if local < 0 or value.shape[local] != cmap.size:
+        return None
+    return local, via_expand
 
 
 def _graph_inputs_behind(tensor: gs.Tensor, ctx, limit: int = 64) -> list[str]:
@@ -632,10 +718,23 @@ class Shape(Handler):
         end = node.attrs.get("end")
         if end is not None and not start <= cmap.axis < norm_axis(int(end), rank):
             return None  # Shape(start, end) does not read the channel dim
-        for consumer in node.outputs[0].outputs:
+        for consumer in _through_casts(node.outputs[0], ctx):
             index = const_value(consumer.inputs[1]) if consumer.op == "Gather" else None
             if index is None or rank == 0 or ((np.asarray(index) + start) % rank == cmap.axis).any():
                 return ctx.pin_inputs(node, "Shape of a channel tensor feeds a computation")
+
+
+def _through_casts(tensor: gs.Tensor, ctx, depth: int = 4) -> list[gs.Node]:
+    """The readers of a shape vector, looking through Casts (SVTR casts Shape to int32
+    before it gathers H and W); a Cast that is a graph output stays a reader itself."""
+    out = []
+    for consumer in tensor.outputs:
+        cast_out = consumer.outputs[0] if consumer.op == "Cast" and depth else None
+        if cast_out is None or any(o is cast_out for o in ctx.graph.outputs):
+            out.append(consumer)
+        else:
+            out.extend(_through_casts(cast_out, ctx, depth - 1))
+    return out
 
 
 # ---------------------------------------------------------------------------- batch axis rules
@@ -668,6 +767,8 @@ def _reshape_moves_batch(node: gs.Node) -> bool:
     """Batch kept: target[0] is 0 (copy), or -1 with the rest matching the input's rest."""
     target = const_value(node.inputs[1])
     in_shape = node.inputs[0].shape
+    if target is None and _copies_batch(node):
+        return False
     if target is None or target.ndim != 1 or not target.size or not in_shape:
         return True
     if int(target[0]) == 0 and not node.attrs.get("allowzero", 0):
@@ -680,3 +781,14 @@ def _reshape_moves_batch(node: gs.Node) -> bool:
         return int(np.prod(target[1:])) != int(np.prod(rest))
     out_shape = node.outputs[0].shape
     return not (out_shape and out_shape[0] == in_shape[0])
+
+
+def _copies_batch(node: gs.Node) -> bool:
+    """A run-time target Concat (axis 0, maybe cast) whose first piece is the constant 0:
+    the batch dim is copied (SVTR's unflatten [0, H, W, C])."""
+    src, _ = _target_source(node)
+    if src is None or src.op != "Concat" or int(src.attrs.get("axis", 0)) not in (0, -1) \
+            or node.attrs.get("allowzero", 0):
+        return False
+    first = const_value(src.inputs[0])
+    return first is not None and first.ndim == 1 and first.size > 0 and int(first[0]) == 0

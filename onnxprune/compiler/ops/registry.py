@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import norm_axis, rank_of
+from ..graph import const_value, norm_axis, rank_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..analysis import MaskSite
@@ -118,6 +118,18 @@ def handler_for(node: gs.Node) -> Handler:
     if found is not None:
         return found
     return _DEFAULT if domain == "" else _CUSTOM
+
+
+def evaluate(tensor: gs.Tensor, depth: int = 0) -> Dims | None:
+    """Dims of a 1-D int64 shape tensor (numbers or dim names), or None if not evaluable
+    (here, beside the handlers whose `eval_shape` it calls; shapes.py re-exports it)."""
+    value = const_value(tensor)
+    if value is not None:
+        return [int(v) for v in np.atleast_1d(value).reshape(-1)] if value.ndim <= 1 else None
+    if depth > 32 or not tensor.inputs:
+        return None
+    node = tensor.inputs[0]
+    return handler_for(node).eval_shape(node, lambda t: evaluate(t, depth + 1))
 
 
 def analysis_ops() -> list[str]:
