@@ -172,8 +172,9 @@ def plan_text(plan: dict) -> str:
              f"{sum(g['units'] for g in plan['groups'])} units, {plan['evaluations']} evaluations"
              + (f" ({1e3 * plan['seconds_per_evaluation']:.2f} ms each)" if plan["groups"] else "")]
     if rows:
-        lines += [_table(["group", "units", "estimator", "evaluations", "ms/eval", "time"], rows),
-                  "(* interpolated from the measured groups by suffix MACs)"]
+        lines.append(_table(["group", "units", "estimator", "evaluations", "ms/eval", "time"], rows))
+        if not all(g["measured"] for g in plan["groups"]):
+            lines.append("(* interpolated from the measured groups by suffix MACs)")
     fwd = plan.get("forward_equivalents")
     lines.append(f"expected wall time {duration(plan['total_s'])} (scoring "
                  f"{duration(plan['expected_s'].get('scoring', 0.0))})"
