@@ -1319,12 +1319,59 @@ def c_reshape_mixing_channels_is_barrier():
 
 @case("Reshape")
 def c_reshape_fused_qkv_split_is_barrier():
-    """SVTR: [N, L, 12] -> [0, -1, 3, 2, 2] (q/k/v x heads x head_dim) is not followed
-    (issue 17 J); the reason names the split."""
+    """[N, L, 12] -> [0, -1, 3, 2, 2] (q/k/v x heads x head_dim) merged straight back, not
+    picked apart by Transpose + Gather: not followed; the reason names the split."""
     g = G(13, (5, 6))
     a = g.matmul(g.x, 12)
     h = g.op("Reshape", g.op("Reshape", a, g.ints([0, -1, 3, 2, 2])), g.ints([0, -1, 12]))
     return Spec(g.model(g.matmul(h, 3)), [], {a: "fused q/k/v"}, exact=False)
+
+
+def _fused_qkv(perm=(2, 0, 3, 1, 4), gather_axis: int = 0, index=lambda g, i: g.ints(i)) -> tuple:
+    """SVTR's attention (issue 17 J): qkv [N, 5, 18] -> Reshape [0, -1, 3, 2 heads, 3] ->
+    Transpose -> Gather q, k, v -> softmax(q k^T * s) v -> Transpose [0, 2, 1, 3] ->
+    Reshape [0, -1, 6] -> proj. Returns (g, qkv, the transposed parts, y)."""
+    g = G(13, (5, 6))
+    qkv = g.matmul(g.x, 18)
+    t = g.op("Transpose", g.op("Reshape", qkv, g.ints([0, -1, 3, 2, 3])), perm=list(perm))
+    q, k, v = (g.op("Gather", t, index(g, i), axis=gather_axis) for i in range(3))
+    s = g.op("MatMul", g.op("Mul", q, g.floats(0.5)), g.op("Transpose", k, perm=[0, 1, 3, 2]))
+    o = g.op("MatMul", g.op("Softmax", s, axis=-1), v)
+    o = g.op("Reshape", g.op("Transpose", o, perm=[0, 2, 1, 3]), g.ints([0, -1, 6]))
+    return g, qkv, t, g.matmul(o, 3)
+
+
+@case("Reshape", "Transpose", "Gather", "MatMul", "Softmax")
+def c_fused_qkv_head_split():
+    """One unit = one head: head_dim 3 channels of q, of k and of v (9 qkv columns) and 3 proj
+    rows; the Transpose/Gather that move the q/k/v axis before the batch keep samples apart."""
+    g, _, _, y = _fused_qkv()
+    return Spec(g.model(y), [(2, 3)])
+
+
+@case("Reshape", "Transpose", "Gather")
+def c_fused_qkv_head_split_other_perm_is_barrier():
+    """The q/k/v axis second (perm [0, 2, 3, 1, 4], Gather on axis 1): not followed."""
+    g, qkv, _, y = _fused_qkv(perm=(0, 2, 3, 1, 4), gather_axis=1)
+    return Spec(g.model(y), [], {qkv: "fused q/k/v head split, not followed: Transpose perm"},
+                exact=False)
+
+
+@case("Reshape", "Transpose", "Gather")
+def c_fused_qkv_head_split_runtime_index_is_barrier():
+    """A Gather index that is not a constant: not followed."""
+    g, qkv, _, y = _fused_qkv(index=lambda g, i: g.input(f"part{i}", [], np.int64))
+    return Spec(g.model(y), [], {qkv: "not each picked by a Gather of a constant"}, exact=False,
+                mixing="Gather")
+
+
+@case("Reshape", "Transpose", "Gather")
+def c_fused_qkv_parts_as_graph_output_is_barrier():
+    """The transposed parts [3, N, 2, 5, 3] are a graph output too: its channels and its batch
+    on axis 1 are not followed (a barrier, and the Transpose is reported as moving the batch)."""
+    g, qkv, t, y = _fused_qkv()
+    return Spec(g.model(y, t), [], {qkv: "fused q/k/v head split, not followed"}, exact=False,
+                mixing="Transpose")
 
 
 @case("Reshape")

@@ -24,6 +24,13 @@ def batch_mixing(graph: gs.Graph) -> list[str]:
         data = [t for t in node.inputs if t is not None and t.name and const_value(t) is None]
         if not data or all((rank_of(t) or 0) <= 1 for t in data):
             continue  # constants and shape vectors
-        if handler_for(node).mixes_batch(node, graph.opset):
+        if handler_for(node).mixes_batch(node, graph.opset) or _batch_moved_to_output(node, graph):
             found.append(f"{node.op} '{node.name or node.outputs[0].name}'")
     return found
+
+
+def _batch_moved_to_output(node: gs.Node, graph: gs.Graph) -> bool:
+    """A Transpose whose readers put the batch back on axis 0 (ops/layout.py:
+    picks_leading_axis) still moves it in a graph output it writes."""
+    return node.op == "Transpose" and (node.attrs.get("perm") or [0])[0] != 0 and \
+        any(o is node.outputs[0] for o in graph.outputs)

@@ -15,7 +15,7 @@ from .registry import Handler, axis_is_batch, evaluate, int_vector, register
 class Transpose(Handler):
     def mixes_batch(self, node, opset):
         perm = node.attrs.get("perm")
-        return perm is None or perm[0] != 0
+        return perm is None or (perm[0] != 0 and not picks_leading_axis(node))
 
     def analyze(self, node, ctx):
         cmap, rank = ctx.map(node.inputs[0]), rank_of(node.inputs[0])
@@ -381,8 +381,10 @@ class Reshape(Handler):
         if plan is None and self._last_axis(node, ctx, cmap, target):
             return None
         if plan is None and (parts := _fused_split(in_shape, target, cmap)) is not None:
+            if (why := _fused_heads(node, ctx, cmap, list(in_shape), target)) is None:
+                return None
             return ctx.pin_inputs(node, f"Reshape splits the channel axis into {parts} (a fused "
-                                  "q/k/v head split, not followed)")
+                                  f"q/k/v head split, not followed: {why})")
         if plan is None:
             return ctx.pin_inputs(node, "Reshape that mixes the channel axis with other axes "
                                   "(or moves the batch axis, or has unknown dims)")
@@ -424,7 +426,7 @@ class Reshape(Handler):
 
     def rewrite(self, node, rw):
         note = rw.note(node)
-        if note is not None and note[0] == "shuffle":
+        if note is not None and note[0] in ("shuffle", "qkv"):  # (index in the target, its ids)
             return _rewrite_shuffle(node, rw, *note[1:])
         if note is None or (keep := rw.keep(node.inputs[0])) is None:
             return
@@ -451,6 +453,76 @@ def _fused_split(in_shape: list, target: np.ndarray, cmap: ChannelMap) -> tuple 
         if all(t > 0 for t in tail) and int(np.prod(tail)) == cmap.size:
             return tuple(tail)
     return None
+
+
+def _fused_heads(node: gs.Node, ctx, cmap: ChannelMap, in_shape: list, target: np.ndarray) -> str | None:
+    """Follow SVTR's fused q/k/v head split (None), or say why not: channels last, split into
+    (P parts, H heads, D head_dim) by Reshape [..., P, H, D] read only by a Transpose that puts
+    the part axis first and the batch second, read only by Gathers of one constant part on
+    axis 0. Head h spans D channels of every part; each Gather gives [B, ..., H, ..., D]."""
+    rank = len(in_shape)
+    lead = [int(t) for t in target[:-3]]
+    if len(lead) != rank - 1 or lead.count(-1) > 1 or any(
+            t not in (0, -1) and t != in_shape[i] for i, t in enumerate(lead)):
+        return "the leading dims are not kept"
+    parts, heads, head_dim = (int(t) for t in target[-3:])
+    transpose = _only_reader(node.outputs[0], ctx)
+    if transpose is None or transpose.op != "Transpose":
+        return "its output is not read by one Transpose only"
+    perm = [int(p) for p in transpose.attrs.get("perm") or []]
+    if sorted(perm) != list(range(rank + 2)) or perm[:2] != [rank - 1, 0]:
+        return f"Transpose perm {perm} does not put the q/k/v axis first and the batch second"
+    axis, within = perm.index(rank) - 1, perm.index(rank + 1) - 1
+    if within < axis:
+        return f"Transpose perm {perm} puts head_dim before the heads"
+    gathers = transpose.outputs[0].outputs
+    if not gathers or any(o is transpose.outputs[0] for o in ctx.graph.outputs) or \
+            not all(_picks_part(g, transpose.outputs[0], parts) for g in gathers):
+        return "the transposed parts are not each picked by a Gather of a constant index on axis 0"
+    blocks = cmap.ids.reshape(parts, heads, head_dim)
+    for p in range(parts):
+        for d in range(head_dim):
+            ctx.union(blocks[0, :, 0], blocks[p, :, d])
+    reps = blocks[0, :, 0].copy()
+    ctx.head_dims.append((reps, head_dim))
+    for gather in gathers:
+        ctx.set_map(gather.outputs[0], ChannelMap(axis, reps, within))
+    ctx.member("shape", node, node.inputs[1], 0, cmap.ids)
+    ctx.note(node, ("qkv", rank, reps))
+    return None
+
+
+def _only_reader(tensor: gs.Tensor, ctx) -> gs.Node | None:
+    """The one node reading `tensor`, when it is not a graph output too."""
+    if len(tensor.outputs) != 1 or any(o is tensor for o in ctx.graph.outputs):
+        return None
+    return tensor.outputs[0]
+
+
+def _picks_part(gather: gs.Node, data: gs.Tensor, parts: int | None) -> bool:
+    """Gather(data, constant scalar index) on axis 0 (within [-parts, parts) when known)."""
+    if gather.op != "Gather" or gather.inputs[0] is not data or data is gather.inputs[1]:
+        return False
+    rank = rank_of(data)
+    index = const_value(gather.inputs[1])
+    if rank is None or index is None or index.ndim != 0 or not np.issubdtype(index.dtype, np.integer):
+        return False
+    if norm_axis(int(gather.attrs.get("axis", 0)), rank) != 0:
+        return False
+    return parts is None or -parts <= int(index) < parts
+
+
+def picks_leading_axis(transpose: gs.Node) -> bool:
+    """A Transpose that moves another axis in front of the batch and the batch to axis 1, read
+    only by Gathers of one constant index on axis 0 (SVTR's q/k/v parts): every Gather's output
+    has the batch back on axis 0, so neither combines samples. (Whether the transposed tensor
+    is a graph output too, batchaxis.py checks: a node does not know its graph.)"""
+    perm = transpose.attrs.get("perm")
+    out = transpose.outputs[0]
+    if transpose.op != "Transpose" or perm is None or len(perm) < 2 or perm[0] == 0 or \
+            perm[1] != 0 or not out.outputs:
+        return False
+    return all(_picks_part(g, out, None) for g in out.outputs)
 
 
 def _target_source(node: gs.Node) -> tuple[gs.Node | None, gs.Node | None]:

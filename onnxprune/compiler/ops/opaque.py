@@ -3,6 +3,7 @@ known: which of them keep samples apart, and how shape vectors flow through Gath
 from __future__ import annotations
 
 from ..graph import const_value, norm_axis, rank_of
+from .layout import picks_leading_axis
 from .registry import Handler, axis_is_batch, register
 
 
@@ -26,6 +27,9 @@ class Gather(Handler):
         rank = rank_of(node.inputs[0])
         if rank is not None and rank <= 1:
             return False  # shape vectors
+        producer = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
+        if producer is not None and picks_leading_axis(producer):
+            return False  # one part of a Transpose that put the batch second (SVTR's q/k/v)
         return rank is None or norm_axis(int(node.attrs.get("axis", 0)), rank) == 0
 
     def eval_shape(self, node, dims):
