@@ -466,6 +466,8 @@ def _fused_heads(node: gs.Node, ctx, cmap: ChannelMap, in_shape: list, target: n
             t not in (0, -1) and t != in_shape[i] for i, t in enumerate(lead)):
         return "the leading dims are not kept"
     parts, heads, head_dim = (int(t) for t in target[-3:])
+    if parts * heads * head_dim != cmap.size:
+        return "the last three target dims do not multiply to the channel width"
     transpose = _only_reader(node.outputs[0], ctx)
     if transpose is None or transpose.op != "Transpose":
         return "its output is not read by one Transpose only"
