@@ -228,8 +228,11 @@ def _alias_free_dim(flow: _Flow, node: gs.Node, shape: list, target: list) -> No
 
 def _flatten(flow: _Flow, node: gs.Node) -> object | None:
     shape = flow.shape(node.inputs[0])
+    if flow.state(node.inputs[0]) != BATCH or shape is None:
+        return None
     axis = int(node.attrs.get("axis", 1))
-    if flow.state(node.inputs[0]) != BATCH or shape is None or not 1 <= axis <= len(shape):
+    axis = axis + len(shape) if axis < 0 else axis
+    if not 1 <= axis <= len(shape):
         return None
     return Merged(tuple(shape[1:axis])) if axis > 1 else BATCH
 
@@ -295,8 +298,10 @@ def _shifted(flow: _Flow, node: gs.Node, st: Index, t: gs.Tensor) -> int | None:
 
 
 def _passthrough(flow: _Flow, node: gs.Node) -> Index | None:
+    """Cast to a type that holds the values; Expand (a size-B axis only broadcasts when B = 1,
+    where there is one sample)."""
     st = flow.state(node.inputs[0])
-    if not isinstance(st, Index):
+    if not isinstance(st, Index) or (node.op == "Cast" and node.attrs.get("to") not in _WIDE):
         return None
     if st.kind == "local":
         return st
@@ -346,5 +351,6 @@ def _concat(flow: _Flow, node: gs.Node) -> Index | None:
     return Index("nd", st.axis)
 
 
+_WIDE = (1, 6, 7, 11)  # float, int32, int64, double
 _INDEX = {"Range": _range, "Cast": _passthrough, "Expand": _passthrough,
           "Unsqueeze": _unsqueeze, "Mul": _mul, "Add": _add, "Concat": _concat}
