@@ -188,3 +188,17 @@ def test_reshape_minus_one_zero_keeps_samples_apart():
                    [helper.make_tensor_value_info("y", I64, None)], [_c("t", [-1, 0])])
     assert not _mixing(model), _mixing(model)
     assert _samples_apart(model, {"ids": np.arange(15, dtype=np.int64).reshape(3, 5)})
+
+
+def test_merged_rows_of_rank_one_are_still_checked():
+    """x.view(-1) -> Softmax over it -> view(B, S): the Softmax spans every sample's rows."""
+    nodes = _dims("x") + [
+        helper.make_node("Reshape", ["x", "flat"], ["v"]),
+        helper.make_node("Softmax", ["v"], ["p"], axis=0),
+        helper.make_node("Concat", ["b1", "s1"], ["bs"], axis=0),
+        helper.make_node("Reshape", ["p", "bs"], ["y"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", F, ["batch", "seq"])],
+                   [helper.make_tensor_value_info("y", F, None)], DIM_INITS + [_c("flat", [-1])])
+    assert any("Softmax" in m for m in _mixing(model)), _mixing(model)
+    x = np.random.default_rng(6).standard_normal((3, 4)).astype(np.float32)
+    assert not _samples_apart(model, {"x": x})

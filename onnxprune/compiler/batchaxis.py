@@ -147,8 +147,8 @@ class _Flow:
             return True
         live = {s for s in states if s != FREE and not isinstance(s, Index)}
         self._set(node, next(iter(live)) if len(live) == 1 else BATCH)
-        if all((rank_of(t) or 0) <= 1 for t in data):
-            return True  # shape vectors
+        if all((rank_of(t) or 0) <= 1 for t in data) and not any(isinstance(s, Merged) for s in live):
+            return True  # per-sample vectors (labels); merged rows of rank 1 are still rows
         # a Merged tensor beside a BATCH one (or two blocks) would pair rows of different samples
         return len(live) == 1 and not handler_for(node).mixes_batch(node, self.graph.opset)
 
