@@ -100,7 +100,7 @@ def _assemble(ctx: AnalysisContext) -> Analysis:
             if reasons[gid] else ("only one unit" if units < 2 else None)
         groups.append(Group(gid, units, sizes.get(gid, 1), reason is None,
                             reason, members_of[gid], sources_of[gid]))
-    mixing = batch_mixing(ctx.graph)
+    mixing = batch_mixing(ctx.graph, ctx.sites)
     return Analysis(ctx.graph, ctx.maps, groups, ctx.sites, ch_group, ch_unit, ctx.notes, mixing)
 
 

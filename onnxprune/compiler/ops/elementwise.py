@@ -11,8 +11,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..channels import ChannelMap
-from ..graph import const_value, is_present, rank_of, shape_of
-from .registry import Handler, add, register
+from ..graph import const_value, input_or_attr, is_present, norm_axis, rank_of, shape_of
+from .registry import Handler, add, handler_for, register
 
 UNARY = (
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish",
@@ -129,6 +129,13 @@ class Broadcast(Handler):
             if dim == first.size and const_value(t) is not None:
                 params.append((i, local))
                 ctx.member("param", node, t, local, first.ids)
+            elif "LayerNorm" not in ctx.explain(t) and \
+                    (norm := _layernorm_reading(node.outputs[0], axis, ctx.opset)) is not None:
+                # the untracked operand is a residual stream; tracked or not, the stream and
+                # the channels joining it would be one width, normalized by this LayerNorm
+                return ctx.pin_inputs(node, f"{node.op} joins channels into a residual stream "
+                                      f"that a LayerNorm normalizes ('{norm}'): normalizing over "
+                                      "the hidden width is a barrier")
             else:
                 return ctx.pin_inputs(node, f"{node.op} joins channels from {ctx.explain(t)} "
                                       f"('{t.name}')")
@@ -141,6 +148,24 @@ class Broadcast(Handler):
             return
         for index, axis in rw.note(node) or []:
             rw.slice_input(node, index, axis, keep)
+
+
+def _layernorm_reading(t: gs.Tensor, axis: int, opset: int) -> str | None:
+    """The name of a LayerNorm over `axis` that reads t: LayerNormalization, or the mean of
+    one written out by hand (ReduceMean feeding a Sub, or ReduceSum * 1/C)."""
+    from .norm import LAYERNORM
+    rank = rank_of(t)
+    for c in t.outputs:
+        if rank is None:
+            return None
+        if c.op == "LayerNormalization" and axis >= norm_axis(int(c.attrs.get("axis", -1)), rank):
+            return c.name or c.outputs[0].name
+        if c.op in ("ReduceMean", "ReduceSum") and handler_for(c).explain(c) == LAYERNORM:
+            axes = input_or_attr(c, 1, "axes", 13 if c.op == "ReduceSum" else 18, opset)
+            if axes is not None and not isinstance(axes, str) and np.ndim(axes) <= 1 and \
+                    axis in [norm_axis(int(a), rank) for a in np.atleast_1d(axes)]:
+                return c.name or c.outputs[0].name
+    return None
 
 
 # shape vectors (shapes.py): the arithmetic exporters put between Shape and Reshape

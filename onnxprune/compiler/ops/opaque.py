@@ -63,3 +63,15 @@ class ArgReduce(Handler):
 class TopK(Handler):
     def mixes_batch(self, node, opset):
         return axis_is_batch(node, "axis", -1)
+
+
+@register("CumSum")
+class CumSum(Handler):
+    """A barrier for channels; it keeps samples apart unless it sums along the batch axis
+    (RoBERTa's position ids: a cumulative sum of the mask over the sequence)."""
+
+    def mixes_batch(self, node, opset):
+        rank, axis = rank_of(node.inputs[0]), const_value(node.inputs[1])
+        if rank is None or axis is None or axis.size != 1:
+            return True
+        return norm_axis(int(axis.reshape(-1)[0]), rank) == 0
