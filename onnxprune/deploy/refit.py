@@ -26,6 +26,7 @@ from ..compiler.context import RefitLayout
 from ..compiler.graph import ModelIdentity, to_proto
 from ..compiler.ops import handler_for
 from ..runtime import make_session, run_chunks, single_threaded_blas
+from ..scoring.site_stats import SiteActivations
 
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # relative to the mean variance of the kept inputs
 MAX_STATS_BYTES = 2**30  # Gram matrices held at once: more sites per pass of the model
@@ -49,10 +50,11 @@ _Layer = RefitLayout  # the handlers' (ops/): rows, weight matrix, keep columns,
 
 def refit_consumers(analysis: Analysis, ident: ModelIdentity, keep_channel: np.ndarray,
                     inputs: Mapping[str, np.ndarray], *, device: str = "cpu",
-                    batch: int = 16,
+                    batch: int = 16, activations: SiteActivations | None = None,
                     progress: Callable[[int, int], None] | None = None) -> dict[str, Refit]:
     """Refits per consumer node key, for the consumers this module knows how to refit.
-    `progress(done, total)` is called with layers done after each pass of the model."""
+    `activations`: the mask-site tensors of `inputs` as the means pass kept them (no pass of
+    the model then). `progress(done, total)` is called with layers done after each pass."""
     layers = [lay for site in analysis.sites
               if not keep_channel[site.ids].all()
               and (lay := _layer(analysis, site, keep_channel)) is not None
@@ -60,7 +62,7 @@ def refit_consumers(analysis: Analysis, ident: ModelIdentity, keep_channel: np.n
     out: dict[str, Refit] = {}
     for chunk in _by_memory(layers):
         with single_threaded_blas():  # small matrices: threads only wait on each other
-            stats = _accumulate(analysis, ident, chunk, inputs, device, batch)
+            stats = _accumulate(analysis, ident, chunk, inputs, device, batch, activations)
             for lay, (fit, val, shift) in zip(chunk, stats):
                 if (refit := _solve(lay, fit, val, shift)) is not None:
                     out[lay.site.node] = refit
@@ -151,19 +153,20 @@ def _by_memory(layers: list[_Layer]) -> Iterator[list[_Layer]]:
 
 @np.errstate(invalid="ignore", over="ignore")  # non-finite activations: checked in _solve
 def _accumulate(analysis: Analysis, ident: ModelIdentity, layers: list[_Layer],
-                inputs: Mapping[str, np.ndarray], device: str, batch: int
+                inputs: Mapping[str, np.ndarray], device: str, batch: int,
+                activations: SiteActivations | None = None
                 ) -> list[tuple[_Stats, _Stats, _Shift | None]]:
-    """One pass of the original model; every 4th sample goes to the validation fold."""
+    """One pass of the original model (or the kept activations of one); every 4th sample
+    goes to the validation fold."""
     names = sorted({lay.site.tensor for lay in layers})
-    sess = _site_session(analysis, ident, names, device)
     n = len(next(iter(inputs.values())))
     stats: list[tuple[_Stats, _Stats]] = [(_Stats(), _Stats()) for _ in layers]
     shifts: list[_Shift | None] = [None] * len(layers)
     w_rem = [lay.w_eff[~lay.keep_cols].astype(CHUNK_DTYPE) for lay in layers]
     rng = np.random.default_rng(0)
     val = np.arange(n) % 4 == 3 if n >= 4 else np.zeros(n, dtype=bool)
-    for start, stop, outs in run_chunks(sess, inputs, batch, names):
-        values = dict(zip(names, outs))
+    for start, stop, values in _site_chunks(analysis, ident, names, inputs, device, batch,
+                                            activations):
         for i, (lay, (fit, held)) in enumerate(zip(layers, stats)):
             x = np.asarray(values[lay.site.tensor], dtype=CHUNK_DTYPE)
             in_val = val[start:stop]
@@ -177,6 +180,21 @@ def _accumulate(analysis: Analysis, ident: ModelIdentity, layers: list[_Layer],
                         shifts[i] = _Shift(p_keep.mean(0), r.mean(0))
                     fold.add(p_keep - shifts[i].k, r - shifts[i].r)
     return [(fit, held, shift) for (fit, held), shift in zip(stats, shifts)]
+
+
+def _site_chunks(analysis: Analysis, ident: ModelIdentity, names: list[str],
+                 inputs: Mapping[str, np.ndarray], device: str, batch: int,
+                 activations: SiteActivations | None
+                 ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+    """(start, stop, tensor -> chunk): from `activations` when they hold these tensors in
+    chunks of `batch`, else from a session of the original cut at them."""
+    if (activations is not None and activations.batch == batch and activations.chunks
+            and all(name in activations.chunks[0][2] for name in names)):
+        yield from activations.chunks
+        return
+    sess = _site_session(analysis, ident, names, device)
+    for start, stop, outs in run_chunks(sess, inputs, batch, names):
+        yield start, stop, dict(zip(names, outs))
 
 
 def _site_session(analysis: Analysis, ident: ModelIdentity, names: list[str], device: str):
