@@ -24,7 +24,7 @@ from ..compiler.analysis import Analysis
 from ..compiler.graph import ModelIdentity
 from ..compiler.rewrite import channel_keep, rewrite
 from ..scoring.site_stats import SiteActivations
-from .optimize import finalize
+from .optimize import Finalizer
 from .verify import run_model
 
 
@@ -75,10 +75,11 @@ def deploy(analysis: Analysis, ident: ModelIdentity, keep: Mapping[int, np.ndarr
     `activations`: `refit_data`'s mask-site tensors, kept by the means pass."""
     emit = progress or (lambda event: None)
     candidates: dict[str, onnx.ModelProto] = {}
+    finalize = Finalizer(ident)
     if means is not None:
-        candidates["compensated"] = finalize(rewrite(analysis, keep, means=means), ident)
+        candidates["compensated"] = finalize(rewrite(analysis, keep, means=means))
     if means is None or guard is not None:
-        candidates["plain"] = finalize(rewrite(analysis, keep), ident)
+        candidates["plain"] = finalize(rewrite(analysis, keep))
     layers = 0
     if refit_data is not None:
         from .refit import refit_consumers
@@ -89,7 +90,7 @@ def deploy(analysis: Analysis, ident: ModelIdentity, keep: Mapping[int, np.ndarr
                                                "unit": "layers"}))
         if refits:
             layers = len(refits)
-            candidates["refit"] = finalize(rewrite(analysis, keep, means=means, refits=refits), ident)
+            candidates["refit"] = finalize(rewrite(analysis, keep, means=means, refits=refits))
     if guard is None:
         name = next(iter(candidates))
         return Choice(candidates[name], name, refit_layers=layers, keep=keep)
