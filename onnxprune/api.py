@@ -7,12 +7,13 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -32,7 +33,8 @@ from .scoring.metrics import METRICS, Metric, ScoreContext
 from .scoring.plan import (Forward, ScorePlan, fit_time, flops_per_second, measure_forward,
                            plan_scoring, refit_flops, stage_estimates)
 from .scoring.shapley import GroupScores
-from .scoring.site_stats import site_means, site_stats
+from .scoring.site_stats import (CACHE_BYTES, SiteActivations, means_and_activations,
+                                 site_stats)
 
 __all__ = ["AnalyzedModel", "PruneResult", "analyze_model", "prune", "score_model"]
 
@@ -289,8 +291,10 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
     if data is not None:
         t0 = time.perf_counter()
         emit(progress, "verify", 0, 1)
-        verification = verify_pruned(am.proto, rounds.model, run.held_out or run.scoring,
-                                     run.held_note, opts.latency, opts.min_fidelity)
+        held = run.held_out or run.scoring
+        verification = verify_pruned(am.proto, rounds.model, held, run.held_note, opts.latency,
+                                     opts.min_fidelity, want=guard.reference
+                                     if guard is not None and guard.data is held else None)
         seconds["verify"] = rounds.stage_s["verify"] = time.perf_counter() - t0
     report = build_report(am, rounds.model, rounds.keep, rounds.scores, opts,
                           verification=verification,
@@ -345,9 +349,8 @@ def _prepare(model: Any, calib: Any, options: PruneOptions | None,
         raise OnnxPruneError("no prunable channel group in this model" +
                              (why.replace("no channel groups", "") if why else
                               " (see 'onnxprune analyze')"))
-    _check_runs(am, opts.score.device, data)
+    forward = _check_runs(am, opts.score.device, data)
     scoring, held_out, held_note = _split(data, opts.holdout, opts.score.seed)
-    forward = measure_forward(am.proto, data.inputs) if data is not None else None
     return opts, am, data, _Run(scoring, held_out, held_note, forward, t0, dict(am.seconds))
 
 
@@ -425,10 +428,10 @@ def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, run: _Run,
         return {}, keep, Choice(am.proto, "original"), None
     if reused is not None:  # no scoring, but compensation still needs the means
         scores, plan = _reused(am, reused, _round_groups(am, opts)), None
-        means = _means(am, opts, run, progress)
+        means, acts = _means(am, opts, run, progress)
         took = {"means": time.perf_counter() - t0}
     else:
-        scores, plan, means = _round_plan(am, opts, run, step, progress)
+        scores, plan, means, acts = _round_plan(am, opts, run, step, progress)
         measured = plan.measured_s if plan is not None else {}  # None: scored on Ray workers
         took = {k: v for k, v in measured.items() if k in ("means", "engine", "plan")}
         took["scoring"] = time.perf_counter() - t0 - sum(took.values())
@@ -443,7 +446,8 @@ def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, run: _Run,
         rounds.seconds[f"score{step + 1}"] = t1 - t0
         return scores, keep, Choice(am.proto, "original"), plan
     choice = deploy_allocations(am.analysis, am.ident, keeps, means=means, guard=guard,
-                                refit_data=run.scoring if opts.refit else None, progress=progress)
+                                refit_data=run.scoring if opts.refit else None, progress=progress,
+                                activations=acts)
     keep = dict(choice.keep)
     took["rewrite"] = time.perf_counter() - t1
     for k, v in took.items():
@@ -468,12 +472,16 @@ def _allocations(am: AnalyzedModel, opts: PruneOptions, scores: Mapping[int, np.
     return {"global": allocate(False), "uniform": allocate(True)} if guarded else {"global": allocate(False)}
 
 
-def _means(am: AnalyzedModel, opts: PruneOptions, run: _Run,
-           progress: ProgressFn | None) -> dict[str, np.ndarray] | None:
+def _means(am: AnalyzedModel, opts: PruneOptions, run: _Run, progress: ProgressFn | None
+           ) -> tuple[dict[str, np.ndarray] | None, SiteActivations | None]:
+    """The mask sites' means and, for the refit, the activations they came from (when the
+    refit runs and they are small enough to keep)."""
     if not opts.compensate or run.scoring is None:
-        return None
+        return None, None
     emit(progress, "means", 0, 1)
-    return site_means(am.analysis, am.ident, run.scoring.inputs, device="cpu")
+    means, acts = means_and_activations(am.analysis, am.ident, run.scoring.inputs, device="cpu",
+                                        max_bytes=CACHE_BYTES if opts.refit else 0)
+    return means, acts if opts.refit else None
 
 
 def _round_groups(am: AnalyzedModel, opts: PruneOptions) -> list[int]:
@@ -485,11 +493,13 @@ def _round_groups(am: AnalyzedModel, opts: PruneOptions) -> list[int]:
 
 def _round_plan(am: AnalyzedModel, opts: PruneOptions, run: _Run, step: int,
                 progress: ProgressFn | None, dry_run: bool = False,
-                ) -> tuple[dict[int, GroupScores], ScorePlan | None, dict[str, np.ndarray] | None]:
-    """Means, the engine, the plan (emitted), then, unless `dry_run`, the scores."""
+                ) -> tuple[dict[int, GroupScores], ScorePlan | None, dict[str, np.ndarray] | None,
+                           SiteActivations | None]:
+    """Means (and the activations they came from), the engine, the plan (emitted), then,
+    unless `dry_run`, the scores."""
     gids = _round_groups(am, opts)
     t0 = time.perf_counter()
-    means = _means(am, opts, run, progress)
+    means, acts = _means(am, opts, run, progress)
     spent = {**(run.spent if step == 0 else {}), "means": time.perf_counter() - t0}
     # later rounds: what the command took before this round (the plan's measured_s has the rest)
     elapsed = t0 - run.t0 + sum(v for k, v in run.spent.items() if k != "check") if step else 0.0
@@ -499,7 +509,7 @@ def _round_plan(am: AnalyzedModel, opts: PruneOptions, run: _Run, step: int,
         stages=_round_stages(am, gids, opts, run, step, means_done=True), steps=opts.steps - step,
         allowance=_scoring_allowance(opts.score, elapsed, opts.steps - step), dry_run=dry_run,
         step=step + 1, of=opts.steps, at_cut=_same_cut(opts), round_to=opts.round_multiple())
-    return scores, plan, means
+    return scores, plan, means, acts
 
 
 def _fallback_warnings(am: AnalyzedModel, opts: PruneOptions,
@@ -532,24 +542,37 @@ def _guard(am: AnalyzedModel, data: Calibration | None, note: str | None,
     return Guard(am.proto, data, value_function(am, data, value), f"{data.n_samples} {where}")
 
 
-def _check_runs(am: AnalyzedModel, device: str, data: Calibration | None) -> None:
+def _check_runs(am: AnalyzedModel, device: str, data: Calibration | None) -> Forward | None:
     """ONNX Runtime must accept and run the original (on every calibration sample, in the
     batches verification uses: a model may fail only beyond one sample; and unoptimized: ORT's
     rewrites can hide an inconsistency that the folded, pruned model then shows); its refusal
     is the user's to fix (an op it lacks, an unknown IR version, contradictory attributes), so
     it becomes one line. Also optimized, as the guard and verification run it (ORT's optimizer
-    can throw at initialization on a model the checker accepts), on one batch. Failures on
-    models we build stay bugs with tracebacks."""
+    can throw at initialization on a model the checker accepts): on the CPU the timed forward
+    pass of the plan is that check (one session and pass for both); on another device, one
+    batch there. Failures on models we build stay bugs with tracebacks. Returns the timed
+    forward pass (None without data)."""
     from .runtime import make_session
     from .deploy.verify import run_batches
     device = "cpu" if device == "auto" else device
-    try:
+    with _ort_errors():
         sess = make_session(am.proto, device, optimize=False)
         for _ in run_batches(sess, data.inputs) if data is not None else ():
             pass
-        sess = make_session(am.proto, device)
-        if data is not None:
-            next(run_batches(sess, data.inputs), None)
+        del sess
+        if device != "cpu" or data is None:
+            sess = make_session(am.proto, device)
+            if data is not None:
+                next(run_batches(sess, data.inputs), None)
+            del sess
+        return measure_forward(am.proto, data.inputs) if data is not None else None
+
+
+@contextlib.contextmanager
+def _ort_errors() -> Iterator[None]:
+    """ONNX Runtime's refusal of the user's model as one line (an OnnxPruneError)."""
+    try:
+        yield
     except OnnxPruneError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types

@@ -159,15 +159,18 @@ FEW_SAMPLES = 32
 
 
 def verify_pruned(original: onnx.ModelProto, pruned: onnx.ModelProto, data: Calibration,
-                  note: str, latency: bool, min_fidelity: float) -> Verification:
+                  note: str, latency: bool, min_fidelity: float,
+                  want: list[np.ndarray] | None = None) -> Verification:
     """Fidelity of the pruned model's outputs to the original's on `data` (each output by its
     kind, deploy/verify.py), the quality gate's verdict, accuracy with labels and, with
-    `latency`, both models' latency on a fixed batch."""
+    `latency`, both models' latency on a fixed batch. `want`: the original's outputs on
+    `data` when already computed (the guard's), as `run_model` gives them."""
     from .deploy.latency import compare_latency
     from .deploy.verify import (accuracy, class_output, compare, run_model, tensor_output_names,
                                 verdict)
     names = tensor_output_names(original)
-    want, got = run_model(original, data.inputs), run_model(pruned, data.inputs)
+    want = run_model(original, data.inputs) if want is None else want
+    got = run_model(pruned, data.inputs)
     fidelities = compare(names, want, got)
     result: Verification = {"samples": data.n_samples, "note": note,
                             "outputs": [f.to_json() for f in fidelities],

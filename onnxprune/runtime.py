@@ -3,6 +3,9 @@ and the packaging pitfalls (docs/design.md, Packaging); and the probes of this m
 (free memory, CPU vector width), so that the stages stay pure functions of their inputs."""
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import importlib.metadata as md
 import os
 import platform
@@ -200,6 +203,50 @@ def available_memory_bytes() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 8 << 30
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """numpy's OpenBLAS on one thread while the block runs, restored after. The refit's and
+    the statistics' matrices are small (a few hundred columns): OpenBLAS's threads then cost
+    more than they give, and on a shared machine, or beside ONNX Runtime's own spinning
+    threads, they wait on each other (a 288-column solve took 80 ms on 2 threads under load,
+    under 1 ms on one). Process-wide while it runs (other Python threads' BLAS calls too);
+    a no-op where numpy's BLAS is not an OpenBLAS we can find."""
+    api = _openblas_threads()
+    if api is None:
+        yield
+        return
+    get, set_ = api
+    before = int(get())
+    set_(1)
+    try:
+        yield
+    finally:
+        set_(before)
+
+
+@functools.lru_cache(maxsize=1)
+def _openblas_threads() -> tuple[Any, Any] | None:
+    """(get, set) of the loaded OpenBLAS's thread count, from the libraries this process mapped."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower()})
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""),
+                               ("openblas", "64_"), ("openblas", "")):
+            get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            set_ = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                set_.argtypes, get.restype = [ctypes.c_int], ctypes.c_int
+                return get, set_
+    return None
 
 
 def hardware_multiple(device: str = "cpu") -> int:

@@ -172,3 +172,62 @@ def test_no_compensation_ships_plain_removal_without_a_guard():
     result = onnxprune.prune(model, {"x": _data(model)}, ratio=0.5, metric="l1",
                              compensate=False, refit=False, latency=False, uniform=True)
     assert result.report["deploy"] == {"chosen": "plain", "allocation": "uniform"}
+
+
+def test_refit_solves_the_float64_ridge_far_from_zero(monkeypatch):
+    """Activations whose mean dwarfs their spread (300 against about 1): the statistics are
+    float32 per chunk, and only their shift by the layer's first means keeps the covariance
+    from cancelling. The refit must be the ridge solution computed in float64 from the rows."""
+    import onnxprune.deploy.refit as refit_mod
+    from onnxprune.scoring.site_stats import means_and_activations
+    monkeypatch.setattr(refit_mod, "LAMBDAS", (1e-4,))  # one ridge: no fold to choose it
+    model, h = _model("matmul", duplicate=False, seed=5)
+    am = analyze_model(model)
+    an = am.analysis
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    w1 = inits[model.graph.node[0].input[1]]
+    x0 = np.linalg.pinv(w1.T) @ np.ones(w1.shape[1])  # x0 @ w1 = 1: no channel dies in the Relu
+    data = (_data(model, n=48) + 300 * x0).astype(np.float32)
+    keep_in = np.array([False, True, False, True])
+    keep = channel_keep(an, {int(an.ch_group[an.maps[h].ids[0]]): np.flatnonzero(keep_in)})
+    (fit,) = refit_consumers(an, am.ident, keep, {"x": data}).values()
+    acts = means_and_activations(an, am.ident, {"x": data})[1]
+    p = np.concatenate([c[h] for _, _, c in acts.chunks]).reshape(-1, 4).astype(np.float64)
+    consumer = next(n for n in model.graph.node if n.input[0] == h)
+    w = inits[consumer.input[1]]
+    k, r = p[:, keep_in], p[:, ~keep_in] @ w[~keep_in]
+    kc, rc = k - k.mean(0), r - r.mean(0)
+    cov = kc.T @ kc / len(k)
+    d = np.linalg.solve(cov + 1e-4 * np.trace(cov) / len(cov) * np.eye(len(cov)), kc.T @ rc / len(k))
+    np.testing.assert_allclose(fit.weight[keep_in] - w[keep_in], d, rtol=1e-3, atol=1e-4 * np.abs(d).max())
+    np.testing.assert_allclose(fit.bias, r.mean(0) - k.mean(0) @ d, rtol=1e-3, atol=1e-3)
+
+
+def test_refit_reads_the_activations_the_means_pass_kept():
+    """One pass serves the means and the refit: the same refit as from the refit's own pass,
+    and nothing kept when the activations are over the limit."""
+    from onnxprune.scoring.site_stats import means_and_activations
+    model, h = _model("conv", duplicate=False, seed=2)
+    data = _data(model, n=50)
+    am = analyze_model(model)
+    an = am.analysis
+    keep = channel_keep(an, {int(an.ch_group[an.maps[h].ids[0]]): np.array([0, 2])})
+    means, acts = means_and_activations(an, am.ident, {"x": data})
+    assert acts is not None and acts.chunks[-1][1] == 50
+    np.testing.assert_allclose(means[h], site_means(an, am.ident, {"x": data})[h], rtol=1e-12)
+    own = refit_consumers(an, am.ident, keep, {"x": data})
+    kept = refit_consumers(an, am.ident, keep, {"x": data}, activations=acts)
+    assert own.keys() == kept.keys() and own
+    for node in own:
+        np.testing.assert_allclose(kept[node].weight, own[node].weight, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(kept[node].bias, own[node].bias, rtol=1e-5, atol=1e-6)
+    assert means_and_activations(an, am.ident, {"x": data}, max_bytes=1000)[1] is None
+
+
+def test_single_threaded_blas_restores_the_thread_count():
+    from onnxprune.runtime import _openblas_threads, single_threaded_blas
+    api = _openblas_threads()
+    before = api[0]() if api else None
+    with single_threaded_blas():
+        assert api is None or api[0]() == 1
+    assert api is None or api[0]() == before

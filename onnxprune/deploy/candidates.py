@@ -23,16 +23,19 @@ from ..calib import Calibration
 from ..compiler.analysis import Analysis
 from ..compiler.graph import ModelIdentity
 from ..compiler.rewrite import channel_keep, rewrite
-from .optimize import finalize
+from ..scoring.site_stats import SiteActivations
+from .optimize import Finalizer
 from .verify import run_model
 
 
 class Guard:
-    """The original's outputs on the guard samples and a value function prepared on them."""
+    """The original's outputs on the guard samples (`reference`: verification compares with
+    them too, on the same samples) and a value function prepared on them."""
 
     def __init__(self, original: onnx.ModelProto, data: Calibration, value_fn: Any, note: str):
         self.data, self.value_fn, self.note = data, value_fn, note
-        value_fn.prepare(run_model(original, data.inputs), data.labels)
+        self.reference = run_model(original, data.inputs)
+        value_fn.prepare(self.reference, data.labels)
 
     def value(self, model: onnx.ModelProto) -> float:
         outputs = run_model(model, self.data.inputs)
@@ -66,25 +69,28 @@ class Choice:
 
 def deploy(analysis: Analysis, ident: ModelIdentity, keep: Mapping[int, np.ndarray], *,
            means: Mapping[str, np.ndarray] | None, refit_data: Calibration | None,
-           guard: Guard | None, progress: Callable[[dict], None] | None = None) -> Choice:
-    """Build the candidates and keep the best on the guard samples (the first without one)."""
+           guard: Guard | None, progress: Callable[[dict], None] | None = None,
+           activations: SiteActivations | None = None) -> Choice:
+    """Build the candidates and keep the best on the guard samples (the first without one).
+    `activations`: `refit_data`'s mask-site tensors, kept by the means pass."""
     emit = progress or (lambda event: None)
     candidates: dict[str, onnx.ModelProto] = {}
+    finalize = Finalizer(ident)
     if means is not None:
-        candidates["compensated"] = finalize(rewrite(analysis, keep, means=means), ident)
+        candidates["compensated"] = finalize(rewrite(analysis, keep, means=means))
     if means is None or guard is not None:
-        candidates["plain"] = finalize(rewrite(analysis, keep), ident)
+        candidates["plain"] = finalize(rewrite(analysis, keep))
     layers = 0
     if refit_data is not None:
         from .refit import refit_consumers
         emit({"stage": "refit", "done": 0, "total": 0})
         refits = refit_consumers(
             analysis, ident, channel_keep(analysis, keep), refit_data.inputs,
-            progress=lambda done, total: emit({"stage": "refit", "done": done, "total": total,
+            activations=activations, progress=lambda done, total: emit({"stage": "refit", "done": done, "total": total,
                                                "unit": "layers"}))
         if refits:
             layers = len(refits)
-            candidates["refit"] = finalize(rewrite(analysis, keep, means=means, refits=refits), ident)
+            candidates["refit"] = finalize(rewrite(analysis, keep, means=means, refits=refits))
     if guard is None:
         name = next(iter(candidates))
         return Choice(candidates[name], name, refit_layers=layers, keep=keep)
@@ -98,8 +104,8 @@ def deploy(analysis: Analysis, ident: ModelIdentity, keep: Mapping[int, np.ndarr
 def deploy_allocations(analysis: Analysis, ident: ModelIdentity,
                        keeps: Mapping[str, Mapping[int, np.ndarray]], *,
                        means: Mapping[str, np.ndarray] | None, refit_data: Calibration | None,
-                       guard: Guard | None, progress: Callable[[dict], None] | None = None
-                       ) -> Choice:
+                       guard: Guard | None, progress: Callable[[dict], None] | None = None,
+                       activations: SiteActivations | None = None) -> Choice:
     """Deploy each allocation (`keeps`: name -> kept units; the first is preferred on ties)
     and ship the one whose best candidate has the best value on the guard samples."""
     choices: dict[str, Choice] = {}
@@ -107,7 +113,7 @@ def deploy_allocations(analysis: Analysis, ident: ModelIdentity,
         if any(_same(keep, c.keep) for c in choices.values()):
             continue  # the same selection: nothing to choose between
         choices[name] = deploy(analysis, ident, keep, means=means, refit_data=refit_data,
-                               guard=guard, progress=progress)
+                               guard=guard, progress=progress, activations=activations)
         choices[name].allocation = name
         if guard is None:
             break

@@ -12,13 +12,32 @@ from ..compiler.normalize import infer_shapes
 from ..load import check, is_large
 
 
-def finalize(graph: gs.Graph, ident: ModelIdentity) -> onnx.ModelProto:
+def finalize(graph: gs.Graph, ident: ModelIdentity, *, ranks: bool = True) -> onnx.ModelProto:
+    """`ranks=False` skips `honest_output_ranks` (a shape inference of its own): for a model
+    of the same structure as one where it fixed nothing (`Finalizer`)."""
+    return _finalize(graph, ident, ranks)[0]
+
+
+class Finalizer:
+    """`finalize` for the candidates of one selection (plain, compensated, refit): they differ
+    in weight values only, so once one needed no output rank fixed, the others skip the check."""
+
+    def __init__(self, ident: ModelIdentity) -> None:
+        self.ident, self.ranks = ident, True
+
+    def __call__(self, graph: gs.Graph) -> onnx.ModelProto:
+        model, fixed = _finalize(graph, self.ident, self.ranks)
+        self.ranks = self.ranks and bool(fixed)
+        return model
+
+
+def _finalize(graph: gs.Graph, ident: ModelIdentity, ranks: bool) -> tuple[onnx.ModelProto, list[str]]:
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = to_proto(graph, ident)
-    honest_output_ranks(model)
+    fixed = honest_output_ranks(model) if ranks else []
     model = infer_shapes(model)
     check(model, full_check=True)  # also past 2 GB (load.check)
-    return model
+    return model, fixed
 
 
 def honest_output_ranks(model: onnx.ModelProto) -> list[str]:
