@@ -138,6 +138,8 @@ class Engine:
         names = [o.name for o in sess.get_outputs()]
         self.out_axes = batch_axes(sess, self._inputs, names)  # [T, N, C] outputs: axis 1
         self.reference = self._reference(model, sess)
+        self._labels = calib.labels
+        self._full = (self._inputs, self.reference, calib.labels)  # use_samples restores these
         value_fn.prepare(self.reference, calib.labels)
         self._check_reference_value()
 
@@ -174,6 +176,22 @@ class Engine:
             out[block] = self.value_fn(self._outputs(plan, [m[block] for m in masks]))
         self._count(coalitions.shape[0])
         return out
+
+    def use_samples(self, n: int) -> None:
+        """Evaluate coalitions on the first `n` calibration samples (all of them when n is at
+        least their number): what a time budget too short for the estimators' minimum scales
+        down (scoring/plan.py fit_time). Plans are dropped (their chunks and caches are for
+        the old n); the value function is prepared again on the reference of those samples."""
+        inputs, reference, labels = self._full
+        n = max(1, min(int(n), reference[0].shape[0]))
+        if n == self.n:
+            return
+        self._inputs = {k: v[:n] for k, v in inputs.items()}
+        self.reference = [r[:n] for r in reference]
+        self._labels = None if labels is None else labels[:n]
+        self.n = n
+        self._plans.clear()
+        self.value_fn.prepare(self.reference, self._labels)
 
     def _count(self, k: int) -> None:
         self.evaluations += k
