@@ -316,6 +316,9 @@ def _fewer_samples(plan: ScorePlan, seconds: float) -> None:
         plan.scoring_samples = fewer
         for g in plan.groups:
             g.seconds_per_evaluation *= fewer / n
+        others = [g.setup_s for g in plan.groups[1:]]
+        if others:  # the first group's setup, paid while planning, is paid again on fewer samples
+            plan.groups[0].setup_s = float(np.median(others))
     what = (f"scoring on {fewer} of the {n} calibration samples" if fewer < n else
             f"scoring on all {n} calibration samples")
     fits = plan.scoring_s <= seconds * 1.001
