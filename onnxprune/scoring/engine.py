@@ -421,9 +421,21 @@ class Engine:
         unknown = [n for n, v in state.items() if v is None and n not in self._probed
                    and n in self._source_names]  # ORT's new tensors: their producer joins
         if unknown and self.fixed_rows is None:
-            ok = probe_aligned(self.analysis, self.ident, unknown, self._inputs)
-            self._probed.update({n: n in ok for n in unknown})
+            if not self._probed:  # the first probe asks for every such tensor of the graph:
+                every = self._unknown_tensors(batch_dims)  # one session, not one per group
+                ok = probe_aligned(self.analysis, self.ident, every, self._inputs)
+                if ok:  # (nothing passing may be one tensor failing the whole probe)
+                    self._probed.update({n: n in ok for n in every})
+                unknown = [n for n in unknown if n not in self._probed]
+            if unknown:
+                ok = probe_aligned(self.analysis, self.ident, unknown, self._inputs)
+                self._probed.update({n: n in ok for n in unknown})
         return {n for n, v in state.items() if v or (v is None and self._probed.get(n, False))}
+
+    def _unknown_tensors(self, batch_dims: set) -> list[str]:
+        """Every computed tensor whose inferred dim 0 may or may not be the batch."""
+        return [t.name for t in self.analysis.graph.tensors().values()
+                if isinstance(t, gs.Variable) and t.inputs and batch_dim_state(t, batch_dims) is None]
 
     def _sizes(self, cut: Cut, cache: int) -> tuple[list[Chunk], int, int, dict[str, Any]]:
         """Samples per run n, coalitions per run K (an estimate `_tune` may replace) and the
