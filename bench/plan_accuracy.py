@@ -1,10 +1,15 @@
 """Predicted vs actual wall time of the default prune command (issue 14: the cost preview).
 
     python bench/plan_accuracy.py [--repeats 2]
+    python bench/plan_accuracy.py --real ocr_crnn,det_yolox --samples 32 --time-budget 4
 
 Per model: the plan's expected seconds (printed before scoring) against the seconds the run
-took (the report's `plan.actual_s`, summed; load to verification), scoring alone too, and the
-forward-pass equivalents. Zoo models get 32 seeded random samples (normal floats; BERT: ids in
+took. `--real` runs the real models of bench/real_models.py (their data under bench/.cache,
+the first `--samples` calibration samples) instead of the zoo; `--time-budget` (minutes) and
+`--budget` are passed to `prune`, and the plan's samples per evaluation and warnings printed.
+
+The actual seconds are the report's `plan.actual_s`, summed (load to verification), scoring
+alone too, and the forward-pass equivalents. Zoo models get 32 seeded random samples (normal floats; BERT: ids in
 [0, 100), all-ones mask, seq 16); digits_cnn its own calibration file.
 """
 from __future__ import annotations
@@ -33,22 +38,39 @@ def calibration(name: str):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--real", default="", help="comma-separated real models (bench/.cache/data)")
+    ap.add_argument("--samples", type=int, default=32, help="calibration samples of a real model")
+    ap.add_argument("--time-budget", type=float, default=None, help="minutes")
+    ap.add_argument("--budget", type=int, default=None)
     args = ap.parse_args()
     models = {"digits_cnn": ROOT / "models/digits_cnn.onnx",
               "mobilenetv2": ROOT / "models/zoo/mobilenetv2.onnx",
               "bert_tiny": ROOT / "models/zoo/bert_tiny.onnx"}
+    data = {}
+    if args.real:
+        cache = ROOT / "bench/.cache/data"
+        models = {m: cache / m / "model.onnx" for m in args.real.split(",")}
+        for m in models:
+            with np.load(cache / m / "calib.npz") as z:
+                data[m] = {k: z[k][:args.samples] for k in z.files}
+    keywords = {k: v for k, v in (("budget", args.budget),
+                                  ("time_budget_s", args.time_budget and 60 * args.time_budget))
+                if v is not None}
     print("model        expected_s  actual_s  wall_s  scoring exp/act  evals plan/spent  fwd-pass eq. exp/act")
     for name, path in models.items():
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            r = onnxprune.prune(path, calibration(name), ratio=0.5)
+            r = onnxprune.prune(path, data.get(name) or calibration(name), ratio=0.5, **keywords)
             wall = time.perf_counter() - t0
             p = r.report["plan"]
             fwd = p["forward_s"]
             print(f"{name:<12} {p['total_s']:10.2f} {p['actual_total_s']:9.2f} {wall:7.2f}"
                   f"  {p['expected_s']['scoring']:6.2f}/{p['actual_s']['scoring']:<6.2f}"
                   f"  {p['evaluations']:6d}/{p['actual_evaluations']:<6d}"
-                  f"  {p['total_s'] / fwd:8.0f}/{p['actual_total_s'] / fwd:<8.0f}")
+                  f"  {p['total_s'] / fwd:8.0f}/{p['actual_total_s'] / fwd:<8.0f}"
+                  f"  samples {p.get('scoring_samples') or p.get('samples')}", flush=True)
+            for w in p.get("warnings", []):
+                print("   ", w, flush=True)
 
 
 if __name__ == "__main__":

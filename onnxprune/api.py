@@ -175,6 +175,8 @@ def score_planned(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptio
     plan.stages, plan.steps, plan.time_budget_s = dict(stages or {}), steps, opts.time_budget_s
     if allowance is not None and (seconds := allowance(plan)) is not None:
         fit_time(plan, seconds)
+        if plan.scoring_samples is not None and ctx.engine is not None:
+            ctx.engine.use_samples(plan.scoring_samples)  # the minimum did not fit otherwise
     emit(progress, "plan", 0, 0, plan=plan.to_json())
     if dry_run:
         return {}, plan

@@ -365,7 +365,11 @@ def test_transformer_cut_tensors_are_probed():
     engine = Engine(am, calibration(am), Probe())
     gid = positions(am)[0]
     engine.values(gid, coalitions(am.analysis.group(gid).units, 2, 0))
-    assert engine.path == "batched+prefix" and engine._probed and all(engine._probed.values())
+    assert engine.path == "batched+prefix" and engine._probed["/Add_output_0"]
+    # one probe asked for every tensor of unknown batch dim at once (issue 16): the position
+    # ids and their embeddings (no batch axis) are told apart, not cut
+    assert {n for n, ok in engine._probed.items() if not ok} == {
+        "/Slice_output_0", "/position_embeddings/Gather_output_0"}
 
 
 # ------------------------------------------------------------------------- memory
@@ -714,3 +718,40 @@ def test_batch_axes_refuses_an_output_without_samples():
     x = np.zeros((3, 4, 6), np.float32)
     with pytest.raises(OnnxPruneError, match="output 's'"):
         batch_axes(sess, {"x": x}, ["y", "s"])
+
+
+@pytest.mark.parametrize("built", ["batch_softmax_mlp", "crnn_seq_first"])
+def test_mixing_path_caches_the_prefix_and_stays_exact(built):
+    """Batch-mixing models (one coalition per run over the whole set, or per sample with a
+    fixed batch 1) run only the suffix per coalition (issue 16); values equal plain runs."""
+    import exporters as E
+    model, data = getattr(E, built)()
+    am = analyze_model(model)
+    assert am.analysis.batch_mixing
+    calib = Calibration({k: v for k, v in data.items() if k != "labels"})
+    fixed = built == "crnn_seq_first"
+    cached, plain = Engine(am, calib, Probe()), Engine(am, calib, Probe(), prefix_cache=False)
+    for gid in [g.id for g in am.analysis.prunable]:
+        coal = coalitions(am.analysis.group(gid).units, 4, gid)
+        got = cached.values(gid, coal)
+        assert_same(got, plain.values(gid, coal))  # the path before the cache, unchanged
+        if not fixed:  # plain_values stacks samples on axis 0: not a sequence-first output
+            assert_same(got, plain_values(am, calib, [gid], coal))
+    assert cached.path.endswith("+prefix") and not plain.path.endswith("+prefix")
+
+
+def test_tuning_is_reused_for_a_suffix_of_the_same_size(monkeypatch):
+    """K tuning (a dozen runs) is measured once per suffix size class (issue 16)."""
+    am = zoo("vgg_bn")
+    calib = calibration(am)
+    first, second = positions(am)[-2:]
+    monkeypatch.setattr(Engine, "_size_class", lambda self, plan: (0, 0))
+    engine = Engine(am, calib, Probe(), max_coalitions=4)
+    fixed = Engine(am, calib, Probe(), tune=False)
+    for gid in (first, second):
+        coal = coalitions(am.analysis.group(gid).units, 9, gid)
+        assert_same(engine.values(gid, coal), fixed.values(gid, coal))
+    plans = engine.info()["plans"]
+    assert "tuned_ms_per_coalition" in plans[str(first)]
+    assert plans[str(second)]["tuned_from_size_class"] == [0, 0]
+    assert plans[str(second)]["k_per_run"] == plans[str(first)]["k_per_run"]

@@ -88,6 +88,9 @@ def test_time_budget_lowers_the_evaluations_spent():
     for g in short.groups:  # what the estimator needs, no less
         assert g.evaluations == min_evaluations(g.estimator, g.units)
     assert short.warnings and "cannot cover the minimum" in short.warnings[0]
+    # ... and, since even the minimum does not fit, fewer samples per evaluation (issue 16)
+    assert short.scoring_samples == 4 < short.samples
+    assert "scoring on 4 of the" in short.warnings[0]
 
 
 def test_time_budget_never_exceeds_budget():
@@ -103,3 +106,38 @@ def test_negative_time_budget_is_a_user_error(minutes):
     result = CliRunner().invoke(main, [str(EXAMPLE), "--calib", str(CALIB), "--ratio", "0.5",
                                        "--time-budget", minutes])
     assert result.exit_code == 2 and "error: --time-budget must be a positive" in result.output
+
+
+def test_fit_time_scales_samples_only_when_the_minimum_does_not_fit():
+    from onnxprune.scoring.plan import GroupPlan, ScorePlan, fit_time
+
+    def plan():
+        groups = [GroupPlan(g, 100, "persample", 1000, 200, 0.01, 0.5, 1, True) for g in (0, 1)]
+        return ScorePlan("shapley", groups, options=("auto", None, True), samples=64)
+    roomy = plan()
+    fit_time(roomy, 10.0)  # 2 x 0.5 s setup + 2 x 200 x 0.01 s minimum = 5 s: fits
+    assert roomy.scoring_samples is None and not roomy.warnings
+    tight = plan()
+    fit_time(tight, 3.0)  # the minimum takes 5 s: half the samples take 1 + 2 = 3 s
+    assert tight.scoring_samples == 32 and tight.scoring_s == pytest.approx(3.0)
+    assert "scoring on 32 of the 64" in tight.warnings[0]
+    hopeless = plan()
+    fit_time(hopeless, 0.5)  # the setups alone are over: the floor, and said so
+    assert hopeless.scoring_samples == 4 and "over the budget even so" in hopeless.warnings[0]
+
+
+def test_engine_on_fewer_samples_equals_an_engine_built_on_them():
+    import numpy as np
+    from onnxprune.calib import Calibration
+    from onnxprune.scoring.engine import Engine
+    from onnxprune.scoring.value import NegKL
+    am = analyze_model(EXAMPLE)
+    data = as_calibration(CALIB, am.proto)
+    gid = am.analysis.prunable[0].id
+    coalitions = np.random.default_rng(0).random((6, am.analysis.group(gid).units)) < 0.5
+    full = Engine(am, data, NegKL())
+    full.values(gid, coalitions)  # a plan for all samples exists before the switch
+    full.use_samples(5)
+    small = Engine(am, Calibration({k: v[:5] for k, v in data.inputs.items()}), NegKL())
+    assert full.n == 5
+    np.testing.assert_array_equal(full.values(gid, coalitions), small.values(gid, coalitions))

@@ -136,7 +136,7 @@ def optimized_cpu_model(model: onnx.ModelProto) -> onnx.ModelProto | None:
         try:
             ort().InferenceSession(model.SerializeToString(), opts,
                                    providers=["CPUExecutionProvider"])
-            return onnx.load(path)
+            return onnx.load(path, load_external_data=False)  # ORT saves its graph inline
         except Exception:  # e.g. a model over 2 GB: the source graph's cut still works
             return None
 

@@ -71,6 +71,7 @@ _VALUE_BYTES = 16 << 20   # outputs handed to one value-function call (its overh
 _TUNE_ROUNDS = 3          # timed runs per K when tuning (the minimum counts: load only adds)
 _TUNE_SLOWER = 1.15       # stop doubling K once a coalition costs this much more than the best
 _TUNE_RUN_S = 0.02        # ... or once one run is long enough to amortize its fixed cost
+_TUNE_LONG = 5            # a warm-up at K = 1 this many times _TUNE_RUN_S ends tuning at once
 
 __all__ = ["Engine"]
 
@@ -114,6 +115,7 @@ class Engine:
         self.path = "not run yet"
         self._plans: OrderedDict[tuple[int, ...], Plan] = OrderedDict()
         self._probed: dict[str, bool] = {}  # tensor -> carries the samples on axis 0
+        self._tuned: dict[tuple[int, int], int] = {}  # suffix size class -> K measured there
         self._inputs = self._check_inputs(am.analysis, calib)
         self.n = calib.n_samples
         self.analysis, self.fixed_rows, self.batch = self._batch_mode(
@@ -138,6 +140,8 @@ class Engine:
         names = [o.name for o in sess.get_outputs()]
         self.out_axes = batch_axes(sess, self._inputs, names)  # [T, N, C] outputs: axis 1
         self.reference = self._reference(model, sess)
+        self._labels = calib.labels
+        self._full = (self._inputs, self.reference, calib.labels)  # use_samples restores these
         value_fn.prepare(self.reference, calib.labels)
         self._check_reference_value()
 
@@ -174,6 +178,23 @@ class Engine:
             out[block] = self.value_fn(self._outputs(plan, [m[block] for m in masks]))
         self._count(coalitions.shape[0])
         return out
+
+    def use_samples(self, n: int) -> None:
+        """Evaluate coalitions on the first `n` calibration samples (all of them when n is at
+        least their number): what a time budget too short for the estimators' minimum scales
+        down (scoring/plan.py fit_time). Plans are dropped (their chunks and caches are for
+        the old n); the value function is prepared again on the reference of those samples."""
+        inputs, reference, labels = self._full
+        n = max(1, min(int(n), reference[0].shape[0]))
+        if n == self.n:
+            return
+        self._inputs = {k: v[:n] for k, v in inputs.items()}
+        self.reference = [r[:n] for r in reference]
+        self._labels = None if labels is None else labels[:n]
+        self.n = n
+        self._plans.clear()
+        self._mixing_sessions.clear()
+        self.value_fn.prepare(self.reference, self._labels)
 
     def _count(self, k: int) -> None:
         self.evaluations += k
@@ -237,18 +258,62 @@ class Engine:
         return preoptimized_session(model, self.threads, self.spinning)
 
     def _values_mixing(self, gids: tuple[int, ...], masks: list[np.ndarray]) -> np.ndarray:
-        """One session run per coalition on the whole calibration set, masks of batch 1."""
+        """One suffix run per coalition (and chunk) on the whole calibration set, masks of
+        batch 1. The mask-free prefix runs once per group: a chunk's suffix reads exactly
+        the prefix outputs of that chunk, so no cut tensor needs the samples on axis 0."""
         key = ("mixing", *gids)
         if key not in self._mixing_sessions:
-            graph = instrument(self.analysis, gids, means=self.means)
-            self._mixing_sessions[key] = self._session(to_proto(graph, self.ident), self.device)
-        sess = self._mixing_sessions[key]
+            self._mixing_sessions.clear()  # one group's cached activations at a time
+            self._mixing_sessions[key] = self._mixing_plan(gids)
+        sess, cut, feeds, chunks = self._mixing_sessions[key]
+        names = [t.name for t in self.analysis.graph.outputs]
+        index = {names.index(o): j for j, o in enumerate(cut.outputs)}
         values = []
         for row in range(masks[0].shape[0]):
-            outs = self._run_whole(sess, {mask_name(g): m[row:row + 1] for g, m in zip(gids, masks)})
-            values.append(self.value_fn([o[None] for o in outs])[0])
-        self.path = "one coalition per run (batch-mixing ops)"
+            extra = {mask_name(g): m[row:row + 1] for g, m in zip(gids, masks)}
+            parts = [self._run_mixing_chunk(sess, cut, feed, c, extra) for feed, c in zip(feeds, chunks)]
+            outs = [np.concatenate(p) for p in zip(*parts)]
+            values.append(self.value_fn([(outs[index[i]] if i in index else ref)[None]
+                                         for i, ref in enumerate(self.reference)])[0])
+        self.path = "one coalition per run (batch-mixing ops)" + ("+prefix" if cut.prefix else "")
         return np.stack(values)
+
+    def _mixing_plan(self, gids: tuple[int, ...]) -> tuple[Any, Cut, list[dict], list[Chunk]]:
+        """(suffix session, cut, per-chunk data inputs, chunks) for the mixing path; chunks
+        as `run_chunks` makes them (the whole set, or the fixed batch with the tail padded)."""
+        chunks = make_chunks(self.n, self.n, self.fixed_rows)
+        fill = site_fill(self.analysis, gids, self.fill)
+        cut = cut_model(self.analysis, self.ident, gids, fill, self.prefix_cache,
+                        aligned=lambda ts: {t.name for t in ts}, means=self.means)
+        feeds = self._mixing_feeds(cut, chunks) if cut.prefix is not None else None
+        if feeds is None:  # no prefix, or caching it would not pay or fit
+            cut = cut_model(self.analysis, self.ident, gids, fill, False, means=self.means)
+            feeds = [{k: chunk_rows(v, c) for k, v in self._inputs.items() if k in cut.inputs}
+                     for c in chunks]
+        return self._session(cut.suffix, self.device), cut, feeds, chunks
+
+    def _mixing_feeds(self, cut: Cut, chunks: list[Chunk]) -> list[dict] | None:
+        if cut.mac_share > _MAX_SUFFIX_SHARE:
+            return None  # a source-graph cut costs ORT fusions: worth it only for a short suffix
+        sess = self._session(cut.prefix, self.device)
+        feeds, nbytes = [], 0
+        for c in chunks:
+            data = {k: chunk_rows(v, c) for k, v in self._inputs.items()}
+            outs = sess.run(cut.cached, {i.name: data[i.name] for i in sess.get_inputs()})
+            nbytes += sum(np.asarray(o).nbytes for o in outs)
+            if nbytes > _CACHE_SHARE * self.budget:
+                return None
+            feeds.append({**{k: v for k, v in data.items() if k in cut.inputs},
+                          **dict(zip(cut.cached, outs))})
+        return feeds
+
+    def _run_mixing_chunk(self, sess: Any, cut: Cut, feed: Mapping[str, np.ndarray], c: Chunk,
+                          extra: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The mask-dependent outputs of one chunk, samples on axis 0, padding cut off."""
+        names = [t.name for t in self.analysis.graph.outputs]
+        outs = sess.run(cut.outputs, {**feed, **extra})
+        outs = [np.moveaxis(o, self.out_axes[names.index(n)], 0) for o, n in zip(outs, cut.outputs)]
+        return [o[:c.stop - c.start] for o in outs]
 
     def _run_whole(self, sess: Any, masks: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Every output on the whole calibration set at once (a fixed batch: its own size at a
@@ -356,9 +421,21 @@ class Engine:
         unknown = [n for n, v in state.items() if v is None and n not in self._probed
                    and n in self._source_names]  # ORT's new tensors: their producer joins
         if unknown and self.fixed_rows is None:
-            ok = probe_aligned(self.analysis, self.ident, unknown, self._inputs)
-            self._probed.update({n: n in ok for n in unknown})
+            if not self._probed:  # the first probe asks for every such tensor of the graph:
+                every = self._unknown_tensors(batch_dims)  # one session, not one per group
+                ok = probe_aligned(self.analysis, self.ident, every, self._inputs)
+                if ok:  # (nothing passing may be one tensor failing the whole probe)
+                    self._probed.update({n: n in ok for n in every})
+                unknown = [n for n in unknown if n not in self._probed]
+            if unknown:
+                ok = probe_aligned(self.analysis, self.ident, unknown, self._inputs)
+                self._probed.update({n: n in ok for n in unknown})
         return {n for n, v in state.items() if v or (v is None and self._probed.get(n, False))}
+
+    def _unknown_tensors(self, batch_dims: set) -> list[str]:
+        """Every computed tensor whose inferred dim 0 may or may not be the batch."""
+        return [t.name for t in self.analysis.graph.tensors().values()
+                if isinstance(t, gs.Variable) and t.inputs and batch_dim_state(t, batch_dims) is None]
 
     def _sizes(self, cut: Cut, cache: int) -> tuple[list[Chunk], int, int, dict[str, Any]]:
         """Samples per run n, coalitions per run K (an estimate `_tune` may replace) and the
@@ -423,11 +500,25 @@ class Engine:
             feeds.append(chunk)
         del sess
         if self.tune and not plan.tuned and self.backend.device == "cpu" and plan.k_max > 1:
-            self._tune(plan, feeds[0])
+            size = self._size_class(plan)
+            if size in self._tuned:  # an earlier group's suffix of this size measured it
+                plan.k_run, plan.tuned = min(plan.k_max, self._tuned[size]), True
+                plan.est["tuned_from_size_class"] = list(size)
+            else:
+                self._tune(plan, feeds[0])
+                self._tuned[size] = plan.k_run
         copies = 1 if self.backend.tile_in_graph else plan.k_run
         plan.feeds = [self.backend.hold(f, copies) for f in feeds]
         plan.cache_bytes = nbytes * copies
         return True
+
+    def _size_class(self, plan: Plan) -> tuple[int, int]:
+        """Suffixes within a factor of about 1.4 in bytes per run and in MACs want the same K:
+        what a run costs in memory traffic and in compute (K tuning is a dozen runs)."""
+        rows = plan.chunks[0].rows
+        run_bytes = max(1, int(plan.est["suffix_row_bytes"]) * rows)
+        macs = max(1e-9, float(plan.est["suffix_mac_share"]))
+        return round(2 * np.log2(run_bytes)), round(2 * np.log2(macs))
 
     def _tune(self, plan: Plan, data: Mapping[str, Any]) -> None:
         """CPU: K from timings of the suffix at K = 1, 2, 4, ... up to what the budget allows,
@@ -441,7 +532,10 @@ class Engine:
         while True:
             held = self.backend.hold(data, k)
             masks = [np.ones((k * rows, w), np.float32) for w in widths]
-            self._run(plan, held, masks, k, rows)  # warm-up: the arena grows to this K
+            warm = self._timed_run(plan, held, masks, k, rows)  # the arena grows to this K
+            if k == 1 and warm > _TUNE_LONG * _TUNE_RUN_S:
+                timings[k] = warm  # one coalition already amortizes a run: K = 1, no rounds
+                break
             timings[k] = min(self._timed_run(plan, held, masks, k, rows)
                              for _ in range(_TUNE_ROUNDS)) / k
             del held

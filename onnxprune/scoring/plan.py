@@ -41,6 +41,7 @@ _LATENCY_ROUNDS = (5, 50)
 _REFIT_OVERHEAD = 3.0   # refit: im2col rows and column copies around its Gram products
                         # (digits_cnn, mobilenetv2: measured 2-4x the products alone)
 _ENGINE_METRICS_FIXED = {"loo", "taylor"}  # n + 1 evaluations per group, no budget
+_MIN_SAMPLES = 4        # a time budget never scores on fewer calibration samples than this
 
 __all__ = ["Forward", "GroupPlan", "ScorePlan", "measure_forward", "min_evaluations",
            "fit_time", "plan_scoring", "stage_estimates", "suffix_macs"]
@@ -96,6 +97,8 @@ class ScorePlan:
     warnings: list[str] = field(default_factory=list)
     spent_evaluations: int | None = None  # after scoring: what the estimators spent
     options: tuple[str, int | None, bool] = ("auto", None, False)  # estimator, --budget, per-sample
+    samples: int = 0  # calibration samples each evaluation runs (the engine's N)
+    scoring_samples: int | None = None  # fewer, when a time budget scaled them down (fit_time)
 
     def budgets(self) -> dict[int, int]:
         return {g.gid: g.evaluations for g in self.groups}
@@ -142,6 +145,7 @@ class ScorePlan:
                 "expected_s": self.expected(), "total_s": self.total_s,
                 "forward_equivalents": self.forward_equivalents, "steps": self.steps,
                 "time_budget_s": self.time_budget_s, "scoring_budget_s": self.scoring_budget_s,
+                "samples": self.samples, "scoring_samples": self.scoring_samples,
                 "warnings": list(self.warnings)}
 
 
@@ -208,8 +212,10 @@ def plan_scoring(engine: Any, analysis: Analysis, gids: Sequence[int], *, metric
     is none (metrics without forward passes) or `probe` is off. The first group's setup is
     paid here (its data stays live for scoring), so its plan counts none."""
     per_sample = bool(getattr(engine, "per_sample_masks", False)) and aggregate == "mean"
+    samples = int(getattr(engine, "n", 0) or 0)
     if engine is None or not gids:
-        return ScorePlan(metric, [], forward, options=(estimator, budget, per_sample))
+        return ScorePlan(metric, [], forward, options=(estimator, budget, per_sample),
+                         samples=samples)
     macs = {g: suffix_macs(analysis, g) for g in gids}
     points = _measure(engine, analysis, list(gids), macs) if probe else {}
     groups = []
@@ -220,7 +226,8 @@ def plan_scoring(engine: Any, analysis: Analysis, gids: Sequence[int], *, metric
             _interpolate(points, macs, macs[g]) if points else (0.0, 0.0))
         setup = 0.0 if g == gids[0] and g in points else setup
         groups.append(GroupPlan(g, n, name, evals, minimum, per_eval, setup, macs[g], g in points))
-    return ScorePlan(metric, groups, forward, options=(estimator, budget, per_sample))
+    return ScorePlan(metric, groups, forward, options=(estimator, budget, per_sample),
+                     samples=samples)
 
 
 def _measure(engine: Any, analysis: Analysis, gids: list[int],
@@ -269,7 +276,10 @@ def _interpolate(points: Mapping[int, tuple[float, float]], macs: Mapping[int, i
 
 def fit_time(plan: ScorePlan, seconds: float) -> None:
     """Scale the sampling groups' evaluations so that the plan's scoring takes `seconds`
-    (sets `plan.scoring_budget_s`); says so in `plan.warnings` when the estimators' minimum
+    (sets `plan.scoring_budget_s`). When the estimators' minimum does not fit, the
+    evaluations stay at that minimum and the calibration samples each one runs are scaled
+    down instead (`plan.scoring_samples`; an evaluation's suffix run is about linear in
+    them), to no fewer than _MIN_SAMPLES; `plan.warnings` says so, and says when even that
     does not fit. loo and taylor have a fixed count: nothing to scale."""
     plan.scoring_budget_s = seconds
     if plan.metric in _ENGINE_METRICS_FIXED or not plan.groups:
@@ -290,10 +300,33 @@ def fit_time(plan: ScorePlan, seconds: float) -> None:
             name, evals, minimum = _budgeted(plan.metric, g.units, minimum, estimator, per_sample)
         g.estimator, g.evaluations, g.minimum = name, evals, minimum
     if short or plan.scoring_s > seconds * 1.001:
-        plan.warnings.append(
-            f"the time budget ({seconds:.1f} s for scoring) cannot cover the minimum the "
-            f"estimators need: scoring with at least that ({plan.evaluations} evaluations, "
-            f"~{plan.scoring_s:.1f} s)")
+        _fewer_samples(plan, seconds)
+
+
+def _fewer_samples(plan: ScorePlan, seconds: float) -> None:
+    """The estimators' minimum does not fit `seconds`: scale every evaluation's samples down
+    (every group's, so that scores stay comparable across groups) and say so."""
+    n, minimum_s = plan.samples, plan.scoring_s
+    scaled = plan.groups if n > _MIN_SAMPLES else []
+    fixed = sum(g.setup_s for g in scaled) + sum(g.seconds for g in plan.groups if g not in scaled)
+    variable = sum(g.evaluations * g.seconds_per_evaluation for g in scaled)
+    want = int(n * (seconds - fixed) / variable) if variable > 0 else n
+    fewer = max(_MIN_SAMPLES, min(n - 1, want)) if scaled else n
+    if fewer < n:
+        plan.scoring_samples = fewer
+        for g in plan.groups:
+            g.seconds_per_evaluation *= fewer / n
+        others = [g.setup_s for g in plan.groups[1:]]
+        if others:  # the first group's setup, paid while planning, is paid again on fewer samples
+            plan.groups[0].setup_s = float(np.median(others))
+    what = (f"scoring on {fewer} of the {n} calibration samples" if fewer < n else
+            f"scoring on all {n} calibration samples")
+    fits = plan.scoring_s <= seconds * 1.001
+    plan.warnings.append(
+        f"the time budget ({seconds:.1f} s for scoring) cannot cover the minimum the estimators "
+        f"need ({plan.evaluations} evaluations, ~{minimum_s:.1f} s on all samples): {what}, "
+        + (f"~{plan.scoring_s:.1f} s" if fits else
+           f"~{plan.scoring_s:.1f} s: over the budget even so"))
 
 
 def refit_flops(analysis: Analysis, gids: Sequence[int], ratio: float, samples: int) -> float:
