@@ -31,7 +31,8 @@ import numpy as np
 
 from ..compiler.analysis import Analysis
 from ..compiler.cost import node_macs
-from .estimators import CAPABILITIES, default_budget
+from .estimators import CAPABILITIES, default_budget, truncation_depth
+from .estimators.truncated import planned_chains
 
 _PROBE_S = 0.2          # seconds of timed evaluations per measured group (after the first)
 _PROBE_MAX = 128        # ... at most this many coalitions in one call (estimators send <= 256)
@@ -189,21 +190,27 @@ def min_evaluations(estimator: str, n: int) -> int:
 
 
 def _budgeted(metric: str, n: int, budget: int | None, estimator: str,
-              per_sample: bool) -> tuple[str, int, int]:
-    """(estimator, planned evaluations, minimum) of one group, as shapley_group decides."""
+              per_sample: bool, removal: float | None = None,
+              n_samples: int = 0) -> tuple[str, int, int]:
+    """(estimator, planned evaluations, minimum) of one group, as shapley_group decides
+    (`removal`: the share of units the run removes, None when not known)."""
     from .shapley import pick_estimator
     if metric in _ENGINE_METRICS_FIXED:
         return metric, n + 1, n + 1
     budget = budget or default_budget(n)
-    name = pick_estimator(n, budget, estimator, per_sample)
+    name = pick_estimator(n, budget, estimator, per_sample, cut_known=removal is not None)
     if CAPABILITIES[name].exhaustive:
         budget = max(budget, 2 ** n)
+    if CAPABILITIES[name].needs_depth and n_samples:  # stops at its marginal count
+        d = truncation_depth(n, removal)
+        budget = min(int(budget), 2 + d * planned_chains(n, n_samples, d))
     return name, int(budget), min_evaluations(name, n)
 
 
 def plan_scoring(engine: Any, analysis: Analysis, gids: Sequence[int], *, metric: str,
                  estimator: str = "auto", budget: int | None = None, aggregate: str = "mean",
-                 forward: Forward | None = None, probe: bool = True) -> ScorePlan:
+                 forward: Forward | None = None, probe: bool = True,
+                 removal: float | None = None) -> ScorePlan:
     """The scoring plan of `gids` (scored in this order); measures the engine unless there
     is none (metrics without forward passes) or `probe` is off. The first group's setup is
     paid here (its data stays live for scoring), so its plan counts none."""
@@ -215,7 +222,8 @@ def plan_scoring(engine: Any, analysis: Analysis, gids: Sequence[int], *, metric
     groups = []
     for g in gids:
         n = analysis.group(g).units
-        name, evals, minimum = _budgeted(metric, n, budget, estimator, per_sample)
+        name, evals, minimum = _budgeted(metric, n, budget, estimator, per_sample, removal,
+                                         int(getattr(engine, "n", 0) or 0))
         setup, per_eval = points[g] if g in points else (
             _interpolate(points, macs, macs[g]) if points else (0.0, 0.0))
         setup = 0.0 if g == gids[0] and g in points else setup
