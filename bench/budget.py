@@ -37,6 +37,7 @@ import onnxprune.api as api  # noqa: E402
 from low_data import HOLDOUT, MODELS, Model, accuracy, log  # noqa: E402
 from onnxprune.api import score_model  # noqa: E402
 from onnxprune.deploy.select import DEFAULT_MIN_KEEP  # noqa: E402
+from onnxprune.scoring.estimators import truncated as truncated_mod  # noqa: E402
 from onnxprune.scoring.site_stats import site_means  # noqa: E402
 
 DEPLOYS = {"plain": (False, False), "default": (True, True)}
@@ -91,8 +92,16 @@ def main() -> None:
     ap.add_argument("--allocs", nargs="*", default=["global", "uniform", "guarded"])
     ap.add_argument("--min-keeps", nargs="*", type=float, default=[0.0, 0.1, 0.25])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--marginals", type=int, default=None,
+                    help="truncated: per-unit marginal count (default: the library's)")
+    ap.add_argument("--margin", type=float, default=None,
+                    help="truncated: depth margin (default: the library's)")
     ap.add_argument("--out", default="/tmp/budget.jsonl")
     args = ap.parse_args()
+    if args.marginals is not None:
+        truncated_mod.DEFAULT_MARGINALS = args.marginals
+    if args.margin is not None:
+        truncated_mod.DEPTH_MARGIN = args.margin
     out = open(args.out, "a")
     for name in args.models:
         run_model(name, args, out)
@@ -120,7 +129,9 @@ def run_model(name: str, args, out) -> None:
                                   min_keep=mk)
                         rec.update(model=name, metric=metric, deploy=deploy, ratio=ratio,
                                    alloc=allocation, min_keep=mk, score_seconds=secs,
-                                   evaluations=evals, seed=args.seed)
+                                   evaluations=evals, seed=args.seed,
+                                   marginals=truncated_mod.DEFAULT_MARGINALS,
+                                   margin=truncated_mod.DEPTH_MARGIN)
                         out.write(json.dumps(rec) + "\n")
                         out.flush()
                         log(name, metric, deploy, ratio, allocation, mk, f"{rec['acc']:.3f}",

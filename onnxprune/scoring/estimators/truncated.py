@@ -44,15 +44,19 @@ DEFAULT_MARGINALS = 128  # per-sample marginals per unit (mean over units) the c
 DEPTH_MARGIN = 1.5  # depth = margin x the units expected to go, so units past the cut rank too
 
 
-def truncation_depth(n: int, removed_share: float | None, margin: float = DEPTH_MARGIN) -> int:
+def truncation_depth(n: int, removed_share: float | None, margin: float | None = None) -> int:
     """Removal steps per chain for a group of n units of which ``removed_share`` are expected
-    to go (None: not known, half the group): ceil(margin x share x n), in [1, n - 1]."""
+    to go (None: not known, half the group): ceil(margin x share x n), in [1, n - 1]
+    (margin: ``DEPTH_MARGIN`` when None)."""
     share = 0.5 if removed_share is None else removed_share
+    margin = DEPTH_MARGIN if margin is None else margin
     return int(min(max(n - 1, 1), max(1, math.ceil(margin * share * n))))
 
 
-def planned_chains(n: int, n_samples: int, depth: int, marginals: int = DEFAULT_MARGINALS) -> int:
-    """Chains for ``marginals`` per-sample marginals per unit on average (at least 2)."""
+def planned_chains(n: int, n_samples: int, depth: int, marginals: int | None = None) -> int:
+    """Chains for ``marginals`` (None: ``DEFAULT_MARGINALS``) per-sample marginals per unit on
+    average (at least 2)."""
+    marginals = DEFAULT_MARGINALS if marginals is None else marginals
     return max(2, -(-marginals * n // max(1, n_samples * depth)))
 
 
@@ -98,16 +102,17 @@ def estimate_truncated(
     budget: int | None = None,
     seed: Any = 0,
     batch: int = DEFAULT_BATCH,
-    marginals: int = DEFAULT_MARGINALS,
+    marginals: int | None = None,
     cache: bool = False,
 ) -> Estimate:
     """Truncated per-sample removal chains (module doc): each sample walks its own random
     removal order from the full group ``depth`` steps down (None: half the group; capped at
     n - 1); a unit's value is the mean of its marginals. Chains: enough for ``marginals``
-    per-sample marginals per unit on average, within ``budget``. Not Shapley values of the
+    per-sample marginals per unit on average (None: ``DEFAULT_MARGINALS``), within ``budget``. Not Shapley values of the
     full game. ``cache`` is accepted for a uniform signature and ignored."""
     if n >= 2 and not supports_per_sample(value_fn):
         raise ValueError("the truncated estimator needs a value function with per_sample_masks")
+    marginals = DEFAULT_MARGINALS if marginals is None else marginals
     if marginals < 1:
         raise ValueError(f"marginals must be >= 1, got {marginals}")
     game = open_game(value_fn, n, budget, batch, cache=False)
