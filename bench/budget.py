@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--ratios", nargs="*", type=float, default=[0.3, 0.5])
     ap.add_argument("--metrics", nargs="*", default=["shapley", "l1", "truncated"])
     ap.add_argument("--allocs", nargs="*", default=["global", "uniform", "guarded"])
+    ap.add_argument("--deploys", nargs="*", default=list(DEPLOYS))
     ap.add_argument("--min-keeps", nargs="*", type=float, default=[0.0, 0.1, 0.25])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--marginals", type=int, default=None,
@@ -115,7 +116,7 @@ def run_model(name: str, args, out) -> None:
     cal = m.calib(128, args.seed, False)
     scoring, _ = cal.split(HOLDOUT, args.seed)
     for metric in args.metrics:
-        for deploy in DEPLOYS:
+        for deploy in args.deploys:
             game = DEPLOYS[deploy][0]
             cache = None
             for ratio in args.ratios:
@@ -145,7 +146,8 @@ def summary(path: str) -> str:
         r = json.loads(line)
         if r.get("alloc") == "global" and r.get("min_keep") != DEFAULT_MIN_KEEP:
             continue
-        key = (r["deploy"], r["ratio"], r["alloc"], r["metric"])
+        knobs = f" m{r.get('marginals', 128)} x{r.get('margin', 1.5)}" if r["metric"] == "truncated" else ""
+        key = (r["deploy"], r["ratio"], r["alloc"], r["metric"] + knobs)
         cells.setdefault(key, []).append((r["acc"], r.get("evaluations", 0), r["model"]))
     rows = ["| deploy | params budget | allocation | metric | models | mean test acc | mean evaluations |",
             "|---|---|---|---|---|---|---|"]

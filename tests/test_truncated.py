@@ -95,10 +95,11 @@ def test_seeded_determinism_and_budget():
 
 
 def test_depth_is_capped_and_chains_follow_the_marginal_count():
-    assert E.truncation_depth(10, 0.9) == 9  # 1.5 x 9 units, capped at n - 1
+    assert E.truncation_depth(10, 0.9, margin=1.5) == 9  # 13.5 steps, capped at n - 1
     assert E.truncation_depth(10, 0.0) == 1
-    assert E.truncation_depth(10, None) == 8  # not known: half the group, with the margin
-    assert E.truncation_depth(1000, 0.3) == 450
+    assert E.truncation_depth(10, None, margin=1.0) == 5  # not known: half the group
+    assert E.truncation_depth(1000, 0.3, margin=1.5) == 450
+    assert E.truncation_depth(7, 0.3, margin=1.0) == 3  # rounded up
     x = np.random.default_rng(5).standard_normal((4, 4)).astype(np.float32)
     engine, gid, _ = engine_and_contributions(x)
     est = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=50, budget=10_000,
@@ -132,4 +133,4 @@ def test_auto_resolves_to_truncated_when_the_cut_is_known():
     assert pick_estimator(40, 400, per_sample=True, cut_known=True) == shapley.DEFAULT_ESTIMATOR
     scores = shapley_group(engine, gid, budget=200, removal=0.3, estimator="truncated")
     assert scores.method == "shapley/truncated"
-    assert "truncated" in scores.to_json()["game"] and "5 of 10" in scores.to_json()["game"]
+    assert "truncated" in scores.to_json()["game"] and "3 of 10" in scores.to_json()["game"]

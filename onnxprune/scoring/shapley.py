@@ -23,14 +23,15 @@ from .estimators import (
     truncation_depth,
 )
 
-# What auto samples with when the run's cut (units removed per group) is known, and
-# PLAIN_ESTIMATOR when it is not (best Spearman/overlap per evaluation in
-# bench/estimators.py). `cutaware` (a per-sample first pass, then draws only near the cut)
-# did not earn the default in bench/cost.py: on the trained models the cut is contested,
-# it spends the whole budget like persample, and held-out quality was not better
-# (docs/benchmarks.md, Cost). Both need per-sample coalitions from the engine (and mean
-# aggregation); without them auto falls back to FALLBACK_ESTIMATOR.
-DEFAULT_ESTIMATOR = "persample"
+# What auto samples with when the run's cut is known (the share of units each group loses:
+# always in prune), and PLAIN_ESTIMATOR when it is not (`onnxprune score` without --ratio).
+# `truncated` scores the game pruning visits (removal orders from the full group down to the
+# expected cut) at about 128 n / N evaluations per group, 6x fewer than persample's 10 n,
+# and with plain removal it beats l1 where persample loses to it (bench/budget.py,
+# docs/benchmarks.md, Budget allocation). `cutaware` did not earn the default
+# (docs/benchmarks.md, Cost). All three need per-sample coalitions from the engine (and
+# mean aggregation); without them auto falls back to FALLBACK_ESTIMATOR.
+DEFAULT_ESTIMATOR = "truncated"
 PLAIN_ESTIMATOR = "persample"
 FALLBACK_ESTIMATOR = "antithetic"
 # estimators that keep per-sample values, as the --aggregate error names them
