@@ -58,6 +58,7 @@ from onnxprune.scoring.estimators import (  # noqa: E402
     truncation_depth,
 )
 from onnxprune.scoring import shapley  # noqa: E402
+from onnxprune.scoring.estimators import truncated as truncated_mod  # noqa: E402
 from onnxprune.scoring.shapley import shapley_group  # noqa: E402
 from onnxprune.scoring.site_stats import site_means  # noqa: E402
 
@@ -134,6 +135,7 @@ def timed_prune(path: Path, calib: dict, estimator: str, profile: bool = False):
 
 
 SHARE = 1 - 0.5 ** 0.5  # units per group a params budget of 0.5 is expected to remove
+REF_MARGINALS = DEFAULT_MARGINALS  # the truncated reference: ref-mult x the library default
 
 
 def reference(name: str, path: Path, calib: dict, mult: int, estimator: str = "persample"
@@ -157,7 +159,7 @@ def reference(name: str, path: Path, calib: dict, mult: int, estimator: str = "p
         if estimator == "truncated" and g.units > 8:
             out[g.id] = estimate_truncated(
                 shapley._GroupValue(engine, g.id), g.units, budget=budget * 100,
-                depth=truncation_depth(g.units, SHARE), marginals=mult * DEFAULT_MARGINALS,
+                depth=truncation_depth(g.units, SHARE), marginals=mult * REF_MARGINALS,
                 seed=10_000 + g.id, batch=256).values
             continue
         name = "persample" if g.units > 8 else "auto"  # auto: exact for small groups
@@ -240,7 +242,11 @@ def main() -> None:
     ap.add_argument("--old", default="persample")
     ap.add_argument("--new", default="truncated")
     ap.add_argument("--profile", default=None, help="cProfile the commands on this model")
+    ap.add_argument("--marginals", type=int, default=None,
+                    help="truncated: per-unit marginal count of the command (default: the library's)")
     args = ap.parse_args()
+    if args.marginals is not None:
+        truncated_mod.DEFAULT_MARGINALS = args.marginals
     rows = []
     for name in args.models:
         rows += measure(name, args)
