@@ -9,6 +9,8 @@ from click.testing import CliRunner
 from conftest import ROOT
 from onnxprune import OnnxPruneError, ScoreOptions
 from onnxprune.api import analyze_model, as_calibration, plan_prune, score_planned
+from onnxprune.scoring.estimators import truncation_depth
+from onnxprune.scoring.estimators.truncated import planned_chains
 from onnxprune.scoring.plan import min_evaluations
 from onnxprune_cli.main import main
 from onnxprune_cli.progress import eta_seconds
@@ -26,8 +28,15 @@ def test_plan_numbers_add_up():
     assert plan["expected_s"]["scoring"] == pytest.approx(plan["scoring_s"])
     assert plan["total_s"] == pytest.approx(sum(plan["expected_s"].values()))
     assert plan["forward_equivalents"] == pytest.approx(plan["total_s"] / plan["forward_s"])
-    for g in groups:  # the default budget, 10 x units, unless exact (2^n)
-        assert g["evaluations"] == (2 ** g["units"] if g["estimator"] == "exact" else 10 * g["units"])
+    share, scoring = 1 - 0.5 ** 0.5, 48  # a params budget of 0.5; 64 samples less the hold-out
+    for g in groups:  # the default budget, 10 x units, unless exact (2^n) or truncated
+        n, want = g["units"], 10 * g["units"]
+        if g["estimator"] == "exact":
+            want = 2 ** n
+        elif g["estimator"] == "truncated":  # stops at its marginal count, within the budget
+            d = truncation_depth(n, share)
+            want = min(want, 2 + d * planned_chains(n, scoring, d))
+        assert g["evaluations"] == want
         assert g["seconds_per_evaluation"] > 0 and g["minimum"] <= g["evaluations"]
 
 
