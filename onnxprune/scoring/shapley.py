@@ -113,7 +113,8 @@ def shapley_group(engine, gid: int, *, estimator: str = "auto", budget: int | No
     if can.exhaustive:
         kwargs.pop("seed")
     if can.needs_depth:
-        kwargs["depth"] = truncation_depth(n, k / n if k is not None else removal)
+        share = removal if removal is not None else (k / n if k is not None else None)
+        kwargs["depth"] = truncation_depth(n, share)  # as the plan computes it
     t0 = time.perf_counter()
     try:
         est: Estimate = estimate(name, fn, n, **kwargs)
