@@ -134,3 +134,15 @@ def test_auto_resolves_to_truncated_when_the_cut_is_known():
     scores = shapley_group(engine, gid, budget=200, removal=0.3, estimator="truncated")
     assert scores.method == "shapley/truncated"
     assert "truncated" in scores.to_json()["game"] and "3 of 10" in scores.to_json()["game"]
+
+
+def test_a_tight_time_budget_still_affords_one_chain():
+    """--time-budget cuts the plan to the estimator's minimum: one chain, at any depth."""
+    from conftest import ROOT
+    from onnxprune.api import analyze_model, as_calibration, score_model
+
+    am = analyze_model(ROOT / "models/digits_cnn.onnx")
+    data = as_calibration(ROOT / "models/digits_calib.npz", am.proto)
+    scores = score_model(am, data, ratio=0.9, time_budget_s=1e-3)
+    sampled = [s for s in scores.values() if s.method == "shapley/truncated"]
+    assert sampled and all(s.evaluations <= len(s.values) + 1 for s in sampled)
