@@ -1,7 +1,7 @@
 """What the whole default command costs, in forward-pass equivalents, and how good its cut is.
 
     PYTHONPATH=.:cli python bench/cost.py [--models digits_cnn mobilenetv2 c2f bert_tiny]
-        [--samples 64] [--ref-mult 20] [--new cutaware] [--old persample] [--profile MODEL]
+        [--samples 64] [--ref-mult 20] [--new truncated] [--old persample] [--profile MODEL]
 
 Per model, in one process (docs/design.md, Measuring):
 
@@ -12,10 +12,12 @@ Per model, in one process (docs/design.md, Measuring):
   the progress events (means, score, rewrite = candidates, refit, guard, verify; setup =
   load/normalize/analyze + the ORT check before the first event), all in forward-pass
   equivalents (FPE = seconds / one forward pass);
-- the cut's quality: per group the bottom-k (k = units removed at 0.5) of each command's
-  scores against the bottom-k of a long-run reference (persample at ref-mult x the default
-  budget, on the same scoring samples and the same mean-compensated game, other seed),
-  as the share of units whose keep/remove decision agrees; the new estimator's expected
+- the cut's quality: per group the bottom-k (k = the units a params budget of 0.5 is
+  expected to remove, 1 - 0.5^0.5 of each group) of each command's scores against the
+  bottom-k of a long-run reference OF THE SAME GAME (on the same scoring samples and the same
+  mean-compensated game, other seed: persample at ref-mult x the default budget for the full
+  game, truncated at ref-mult x its marginal count and the command's depth for the truncated
+  game), as the share of units whose keep/remove decision agrees; the new estimator's expected
   number of units on the wrong side of the cut (its own estimate); and held-out quality:
   the default value function of the shipped model on 256 fresh samples (digits: the test
   set, with accuracy) for both commands.
@@ -49,8 +51,14 @@ from onnxprune.api import _split, as_calibration, make_engine, value_function  #
 from onnxprune.deploy.select import n_removed  # noqa: E402
 from onnxprune.deploy.verify import run_model  # noqa: E402
 from onnxprune.runtime import make_session  # noqa: E402
-from onnxprune.scoring.estimators import default_budget  # noqa: E402
+from onnxprune.scoring.estimators import (  # noqa: E402
+    DEFAULT_MARGINALS,
+    default_budget,
+    estimate_truncated,
+    truncation_depth,
+)
 from onnxprune.scoring import shapley  # noqa: E402
+from onnxprune.scoring.estimators import truncated as truncated_mod  # noqa: E402
 from onnxprune.scoring.shapley import shapley_group  # noqa: E402
 from onnxprune.scoring.site_stats import site_means  # noqa: E402
 
@@ -126,11 +134,19 @@ def timed_prune(path: Path, calib: dict, estimator: str, profile: bool = False):
     return res, end - t0, stages
 
 
-def reference(name: str, path: Path, calib: dict, mult: int) -> dict[int, np.ndarray]:
-    """Long-run persample scores on the command's scoring samples and game (cached)."""
+SHARE = 1 - 0.5 ** 0.5  # units per group a params budget of 0.5 is expected to remove
+REF_MARGINALS = DEFAULT_MARGINALS  # the truncated reference: ref-mult x the library default
+
+
+def reference(name: str, path: Path, calib: dict, mult: int, estimator: str = "persample"
+              ) -> dict[int, np.ndarray]:
+    """Long-run scores of the game `estimator` scores, on the command's scoring samples and
+    mean-compensated game (cached): persample at mult x the default budget (the full game),
+    or truncated at mult x its marginal count, at the command's depth (the truncated game)."""
     digest = hashlib.sha256(path.read_bytes() + repr(sorted((k, v.tobytes()[:4096])
                             for k, v in calib.items())).encode()).hexdigest()[:12]
-    file = CACHE / f"cost_ref_{name}_{len(next(iter(calib.values())))}_{mult}x_{digest}.npz"
+    game = "" if estimator == "persample" else f"_{estimator}"
+    file = CACHE / f"cost_ref_{name}_{len(next(iter(calib.values())))}_{mult}x{game}_{digest}.npz"
     if file.exists():
         return {int(k): v for k, v in np.load(file).items()}
     am = onnxprune.analyze_model(str(path))
@@ -140,6 +156,12 @@ def reference(name: str, path: Path, calib: dict, mult: int) -> dict[int, np.nda
     out = {}
     for g in am.analysis.prunable:
         budget = mult * default_budget(g.units)
+        if estimator == "truncated" and g.units > 8:
+            out[g.id] = estimate_truncated(
+                shapley._GroupValue(engine, g.id), g.units, budget=budget * 100,
+                depth=truncation_depth(g.units, SHARE), marginals=mult * REF_MARGINALS,
+                seed=10_000 + g.id, batch=256).values
+            continue
         name = "persample" if g.units > 8 else "auto"  # auto: exact for small groups
         out[g.id] = shapley_group(engine, g.id, budget=budget, seed=10_000 + g.id,
                                   estimator=name).values
@@ -148,11 +170,12 @@ def reference(name: str, path: Path, calib: dict, mult: int) -> dict[int, np.nda
     return out
 
 
-def agreement(scores: dict[int, np.ndarray], ref: dict[int, np.ndarray]) -> float:
-    """Share of units whose keep/remove decision at ratio 0.5 agrees with the reference's."""
+def agreement(scores: dict[int, np.ndarray], ref: dict[int, np.ndarray], share: float) -> float:
+    """Share of units whose keep/remove decision agrees with the reference's when each group
+    loses `share` of its units (the units a params budget of 0.5 is expected to remove)."""
     same = total = 0
     for gid, r in ref.items():
-        k = n_removed(len(r), 0.5)
+        k = n_removed(len(r), share)
         mine = np.zeros(len(r), bool)
         mine[np.argsort(scores[gid], kind="stable")[:k]] = True
         theirs = np.zeros(len(r), bool)
@@ -178,7 +201,6 @@ def measure(name: str, args) -> list[dict]:
     proto = onnx.load(str(path))
     calib, held, labels = data(name, proto, args.samples)
     am = onnxprune.analyze_model(str(path))
-    ref = reference(name, path, calib, args.ref_mult)
     fwd: list[float] = []
     rows = []
     for label, est in (("old", args.old), ("new", args.new)):
@@ -187,8 +209,9 @@ def measure(name: str, args) -> list[dict]:
         fwd += forward_seconds(proto, calib)
         value, acc = held_out(am, res, held, labels, calib)
         wrong = sum(g.get("wrong_side", 0.0) for g in res.report["groups"])
+        ref = reference(name, path, calib, args.ref_mult, est)
         rows.append({"model": name, "which": label, "estimator": est, "wall": wall,
-                     "stages": stages, "agree": agreement(res.scores, ref), "wrong": wrong,
+                     "stages": stages, "agree": agreement(res.scores, ref, SHARE), "wrong": wrong,
                      "evals": sum(g.get("evaluations", 0) for g in res.report["groups"]),
                      "value": value, "acc": acc})
     unit = statistics.median(fwd)
@@ -217,9 +240,13 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--ref-mult", type=int, default=20)
     ap.add_argument("--old", default="persample")
-    ap.add_argument("--new", default="cutaware")
+    ap.add_argument("--new", default="truncated")
     ap.add_argument("--profile", default=None, help="cProfile the commands on this model")
+    ap.add_argument("--marginals", type=int, default=None,
+                    help="truncated: per-unit marginal count of the command (default: the library's)")
     args = ap.parse_args()
+    if args.marginals is not None:
+        truncated_mod.DEFAULT_MARGINALS = args.marginals
     rows = []
     for name in args.models:
         rows += measure(name, args)

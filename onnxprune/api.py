@@ -120,17 +120,19 @@ def score_model(am: AnalyzedModel, calib: Calibration | None, options: ScoreOpti
                 *, means: Mapping[str, np.ndarray] | None = None, ratio: float | None = None,
                 at_cut: bool = True, round_to: int = 1,
                 groups: Sequence[int] | None = None, progress: ProgressFn | None = None,
-                **keywords: Any) -> dict[int, GroupScores]:
+                removal: float | None = None, **keywords: Any) -> dict[int, GroupScores]:
     """A score per unit of each group (default: every prunable group). Keywords (metric=,
     seed=, estimator=, ...) amend `options`. `ratio`, the fraction of units the run removes
     (None: not known, scores for any ratio), steers the cut-aware estimators (cutaware,
     adaptive) when `at_cut` says every group is cut at that ratio (kept widths rounded up to
-    multiples of `round_to` channels, as selection does).
+    multiples of `round_to` channels, as selection does). `removal`, the share of each
+    group's units the run is expected to remove (default: `ratio` when `at_cut`), sets the
+    depth of the truncated estimator.
     With `time_budget_s` the evaluations are planned to fit it (scoring/plan.py)."""
     opts = (options or ScoreOptions()).updated(**keywords).validate()
     return score_planned(am, calib, opts, means=means, ratio=ratio, groups=groups,
                          progress=progress, allowance=_scoring_allowance(opts), at_cut=at_cut,
-                         round_to=round_to)[0]
+                         round_to=round_to, removal=removal)[0]
 
 
 Allowance = Callable[[ScorePlan], "float | None"]
@@ -153,10 +155,11 @@ def score_planned(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptio
                   at_cut: bool = True, round_to: int = 1, forward: Forward | None = None, stages: Mapping[str, float] | None = None,
                   spent: Mapping[str, float] | None = None, steps: int = 1,
                   allowance: Allowance | None = None, dry_run: bool = False,
-                  step: int = 1, of: int = 1) -> tuple[dict[int, GroupScores], ScorePlan | None]:
+                  step: int = 1, of: int = 1, removal: float | None = None,
+                  ) -> tuple[dict[int, GroupScores], ScorePlan | None]:
     """Plan (emitted as a `plan` event before scoring), then score unless `dry_run`.
     `stages` and `spent`: the other stages' expected and already measured seconds; `ratio`,
-    `at_cut` and `round_to` as for `score_model`."""
+    `at_cut`, `round_to` and `removal` as for `score_model`."""
     metric = METRICS[opts.metric]
     gids = list(groups) if groups is not None else [g.id for g in am.analysis.prunable]
     if metric.needs_data and calib is None:
@@ -167,10 +170,13 @@ def score_planned(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptio
                                  ratio=ratio, progress=progress), None
     t0 = time.perf_counter()
     ctx = _score_context(am, calib, opts, means, ratio if at_cut else None, round_to)
+    if removal is None and at_cut:
+        removal = ratio
+    ctx = dataclasses.replace(ctx, removal=removal)
     t1 = time.perf_counter()
     plan = plan_scoring(ctx.engine, am.analysis, gids, metric=opts.metric,
                         estimator=opts.estimator, budget=opts.budget, aggregate=opts.aggregate,
-                        forward=forward)
+                        forward=forward, removal=removal)
     plan.measured_s = {**(spent or {}), "engine": t1 - t0, "plan": time.perf_counter() - t1}
     plan.stages, plan.steps, plan.time_budget_s = dict(stages or {}), steps, opts.time_budget_s
     if allowance is not None and (seconds := allowance(plan)) is not None:
@@ -510,8 +516,17 @@ def _round_plan(am: AnalyzedModel, opts: PruneOptions, run: _Run, step: int,
         progress=progress, forward=run.forward, spent=spent,
         stages=_round_stages(am, gids, opts, run, step, means_done=True), steps=opts.steps - step,
         allowance=_scoring_allowance(opts.score, elapsed, opts.steps - step), dry_run=dry_run,
-        step=step + 1, of=opts.steps, at_cut=_same_cut(opts), round_to=opts.round_multiple())
+        step=step + 1, of=opts.steps, at_cut=_same_cut(opts), round_to=opts.round_multiple(),
+        removal=_unit_share(opts))
     return scores, plan, means, acts
+
+
+def _unit_share(opts: PruneOptions) -> float:
+    """The share of each group's units a round is expected to remove, for the depth of the
+    truncated game: the step ratio of units, or, for a params/MACs budget, the width cut that
+    removes that share of a conv chain's cost (both ends of its weights shrink: 1-(1-R)^0.5)."""
+    r = opts.step_ratio()
+    return r if opts.target == "units" else 1 - (1 - r) ** 0.5
 
 
 def _fallback_warnings(am: AnalyzedModel, opts: PruneOptions,

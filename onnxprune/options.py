@@ -22,7 +22,7 @@ from .scoring.value import VALUE_FUNCTIONS
 MetricName = Literal["shapley", "random", "l1", "l2", "bn_gamma", "mean_activation", "apoz",
                      "loo", "taylor"]
 EstimatorName = Literal["auto", "exact", "permutation", "antithetic", "persample", "kernelshap",
-                        "adaptive", "cutaware", "joint"]
+                        "adaptive", "cutaware", "truncated", "joint"]
 ValueName = Literal["neg_kl", "neg_nmse", "cosine", "neg_cross_entropy", "accuracy"]
 Target = Literal["units", "params", "macs"]
 Device = Literal["auto", "cpu", "cuda"]

@@ -40,6 +40,7 @@ class GroupRow(TypedDict, total=False):
     seconds: float
     scores: list[float]
     stderr: list[float] | None
+    game: str  # a truncated game: what the scores are (shapley/truncated only)
     kept_units: list[int]  # when pruned in one round
 
 

@@ -378,7 +378,7 @@ def test_value_function_output_is_validated():
 
 
 def test_registry_and_defaults():
-    assert set(E.ESTIMATORS) == {*SAMPLING, "exact", "joint"}
+    assert set(E.ESTIMATORS) == {*SAMPLING, "exact", "joint", "truncated"}
     value, _ = toy_game()
     by_name = E.estimate("exact", value, 4).values
     np.testing.assert_array_equal(by_name, E.estimate_exact(value, 4).values)

@@ -9,6 +9,8 @@ from click.testing import CliRunner
 from conftest import ROOT
 from onnxprune import OnnxPruneError, ScoreOptions
 from onnxprune.api import analyze_model, as_calibration, plan_prune, score_planned
+from onnxprune.scoring.estimators import truncation_depth
+from onnxprune.scoring.estimators.truncated import planned_chains
 from onnxprune.scoring.plan import min_evaluations
 from onnxprune_cli.main import main
 from onnxprune_cli.progress import eta_seconds
@@ -26,8 +28,15 @@ def test_plan_numbers_add_up():
     assert plan["expected_s"]["scoring"] == pytest.approx(plan["scoring_s"])
     assert plan["total_s"] == pytest.approx(sum(plan["expected_s"].values()))
     assert plan["forward_equivalents"] == pytest.approx(plan["total_s"] / plan["forward_s"])
-    for g in groups:  # the default budget, 10 x units, unless exact (2^n)
-        assert g["evaluations"] == (2 ** g["units"] if g["estimator"] == "exact" else 10 * g["units"])
+    share, scoring = 1 - 0.5 ** 0.5, 48  # a params budget of 0.5; 64 samples less the hold-out
+    for g in groups:  # the default budget, 10 x units, unless exact (2^n) or truncated
+        n, want = g["units"], 10 * g["units"]
+        if g["estimator"] == "exact":
+            want = 2 ** n
+        elif g["estimator"] == "truncated":  # stops at its marginal count, within the budget
+            d = truncation_depth(n, share)
+            want = min(want, 2 + d * planned_chains(n, scoring, d))
+        assert g["evaluations"] == want
         assert g["seconds_per_evaluation"] > 0 and g["minimum"] <= g["evaluations"]
 
 
@@ -113,7 +122,7 @@ def test_fit_time_scales_samples_only_when_the_minimum_does_not_fit():
 
     def plan():
         groups = [GroupPlan(g, 100, "persample", 1000, 200, 0.01, 0.5, 1, True) for g in (0, 1)]
-        return ScorePlan("shapley", groups, options=("auto", None, True), samples=64)
+        return ScorePlan("shapley", groups, options=("auto", None, True, None, 64), samples=64)
     roomy = plan()
     fit_time(roomy, 10.0)  # 2 x 0.5 s setup + 2 x 200 x 0.01 s minimum = 5 s: fits
     assert roomy.scoring_samples is None and not roomy.warnings

@@ -279,14 +279,14 @@ def test_k_ratio_zero_ships_the_original(tmp_path):
 
 
 def test_l_label_branch_is_not_batch_mixing(tmp_path):
-    """Today: every group of the skl2onnx MLP is scored 'shapley/antithetic' (auto picks
-    persample only when per-sample coalitions can be evaluated)."""
+    """Today: every group of the skl2onnx MLP is scored 'shapley/antithetic' (auto picks the
+    per-sample estimators only when per-sample coalitions can be evaluated)."""
     result, _ = prune_cli(tmp_path, "mlp", E.skl2onnx_mlp(), "--no-latency", "--no-compensate",
                           "--no-refit", "--min-fidelity", 0)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "mlp.json").read_text())
     methods = {g["method"] for g in report["groups"] if g.get("method")}
-    assert methods == {"shapley/persample"}, methods
+    assert methods == {"shapley/truncated"}, methods  # the default where the cut is known
 
 
 def test_l_estimator_fallback_is_said(tmp_path):

@@ -240,8 +240,9 @@ def _scores_metric(options: PruneOptions, metric: str | None, path: str) -> Prun
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the scores (JSON).")
 @click.option("--ratio", default=None, type=float,
-              help="The ratio the scores are for: the cut-aware estimators refine units near "
-                   "it (default: none, scores for any ratio).")
+              help="The share of each group's units the scores are for: the truncated default "
+                   "scores removal orders down to it, the cut-aware estimators refine units "
+                   "near it (default: none, scores for any ratio, full game).")
 @scoring_options
 @guarded
 def score_cmd(model: str, calib: str, **params: Any) -> None:

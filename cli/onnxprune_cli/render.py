@@ -31,6 +31,16 @@ _DEPLOY_NAMES = {"plain": "plain removal", "compensated": "mean compensation",
                  "original": "the original model, unchanged (no unit was removed)"}
 
 
+def _scores_line(report: dict) -> str | None:
+    """Say when the scores are a truncated game's, not the full game's Shapley values."""
+    games = [g["game"] for g in report.get("groups", []) if g.get("game")]
+    if not games:
+        return None
+    return (f"scores: shapley/truncated in {len(games)} group(s): a truncated game (per-sample "
+            "removal orders from the full group down to the expected cut), not the Shapley "
+            "values of the full game")
+
+
 def _deploy_line(deploy) -> str | None:
     """Which variant shipped and, when a guard chose, the figures it chose by."""
     last = deploy[-1] if isinstance(deploy, list) and deploy else deploy
@@ -85,6 +95,8 @@ def prune_table(report: Report) -> str:
     if line := _removed_line(report):
         out.append(line)
     if line := _deploy_line(report.get("deploy")):
+        out.append(line)
+    if line := _scores_line(report):
         out.append(line)
     if lat:
         out.append(f"latency: median [quartiles] of {bl['runs']} interleaved runs each; "

@@ -36,6 +36,7 @@ class ScoreContext:
     site_stat: Mapping[str, np.ndarray] | None = None  # per site tensor: the metric's statistic
     round_to: int = 1  # kept widths rounded up to multiples of this many channels (select)
     budgets: Mapping[int, int] | None = None  # per group, the plan's (scoring/plan.py) budget
+    removal: float | None = None  # share of each group's units the run is expected to remove
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ def _shapley(ctx: ScoreContext, gid: int) -> GroupScores:
     k = None if ctx.ratio is None else n_removed(group.units, ctx.ratio, multiple)
     budget = ctx.budgets.get(gid, ctx.budget) if ctx.budgets else ctx.budget
     return shapley_group(ctx.engine, gid, estimator=ctx.estimator, budget=budget,
-                         seed=ctx.seed + gid, aggregate=ctx.aggregate, k=k)
+                         seed=ctx.seed + gid, aggregate=ctx.aggregate, k=k,
+                         removal=ctx.removal)
 
 
 def _static(name: str, fn: Callable[[ScoreContext, int], np.ndarray]) -> Callable[[ScoreContext, int], GroupScores]:

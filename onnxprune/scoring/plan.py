@@ -31,7 +31,8 @@ import numpy as np
 
 from ..compiler.analysis import Analysis
 from ..compiler.cost import node_macs
-from .estimators import CAPABILITIES, default_budget
+from .estimators import CAPABILITIES, default_budget, truncation_depth
+from .estimators.truncated import planned_chains
 
 _PROBE_S = 0.2          # seconds of timed evaluations per measured group (after the first)
 _PROBE_MAX = 128        # ... at most this many coalitions in one call (estimators send <= 256)
@@ -96,7 +97,8 @@ class ScorePlan:
     steps: int = 1  # rounds left, this one included
     warnings: list[str] = field(default_factory=list)
     spent_evaluations: int | None = None  # after scoring: what the estimators spent
-    options: tuple[str, int | None, bool] = ("auto", None, False)  # estimator, --budget, per-sample
+    # estimator, --budget, per-sample, the share of units removed (truncated depth), samples
+    options: tuple[str, int | None, bool, float | None, int] = ("auto", None, False, None, 0)
     samples: int = 0  # calibration samples each evaluation runs (the engine's N)
     scoring_samples: int | None = None  # fewer, when a time budget scaled them down (fit_time)
 
@@ -189,45 +191,52 @@ def min_evaluations(estimator: str, n: int) -> int:
     if n <= 1:
         return 2 * n
     return {"exact": 2 ** n, "permutation": n + 1, "antithetic": 2 * n, "persample": 2 * n,
-            "adaptive": 2 + 4 * (n - 1), "kernelshap": 4, "joint": 2}.get(estimator, 2)
+            "adaptive": 2 + 4 * (n - 1), "kernelshap": 4, "joint": 2,
+            "truncated": n + 1}.get(estimator, 2)  # truncated: one chain at most n - 1 deep
 
 
 def _budgeted(metric: str, n: int, budget: int | None, estimator: str,
-              per_sample: bool) -> tuple[str, int, int]:
-    """(estimator, planned evaluations, minimum) of one group, as shapley_group decides."""
+              per_sample: bool, removal: float | None = None,
+              n_samples: int = 0) -> tuple[str, int, int]:
+    """(estimator, planned evaluations, minimum) of one group, as shapley_group decides
+    (`removal`: the share of units the run removes, None when not known)."""
     from .shapley import pick_estimator
     if metric in _ENGINE_METRICS_FIXED:
         return metric, n + 1, n + 1
     budget = budget or default_budget(n)
-    name = pick_estimator(n, budget, estimator, per_sample)
+    name = pick_estimator(n, budget, estimator, per_sample, cut_known=removal is not None)
     if CAPABILITIES[name].exhaustive:
         budget = max(budget, 2 ** n)
+    if CAPABILITIES[name].needs_depth and n_samples:  # stops at its marginal count
+        d = truncation_depth(n, removal)
+        budget = min(int(budget), 2 + d * planned_chains(n, n_samples, d))
     return name, int(budget), min_evaluations(name, n)
 
 
 def plan_scoring(engine: Any, analysis: Analysis, gids: Sequence[int], *, metric: str,
                  estimator: str = "auto", budget: int | None = None, aggregate: str = "mean",
-                 forward: Forward | None = None, probe: bool = True) -> ScorePlan:
+                 forward: Forward | None = None, probe: bool = True,
+                 removal: float | None = None) -> ScorePlan:
     """The scoring plan of `gids` (scored in this order); measures the engine unless there
     is none (metrics without forward passes) or `probe` is off. The first group's setup is
     paid here (its data stays live for scoring), so its plan counts none."""
     per_sample = bool(getattr(engine, "per_sample_masks", False)) and aggregate == "mean"
-    samples = int(getattr(engine, "n", 0) or 0)
+    n_samples = int(getattr(engine, "n", 0) or 0)
+    options = (estimator, budget, per_sample, removal, n_samples)
     if engine is None or not gids:
-        return ScorePlan(metric, [], forward, options=(estimator, budget, per_sample),
-                         samples=samples)
+        return ScorePlan(metric, [], forward, options=options, samples=n_samples)
     macs = {g: suffix_macs(analysis, g) for g in gids}
     points = _measure(engine, analysis, list(gids), macs) if probe else {}
     groups = []
     for g in gids:
         n = analysis.group(g).units
-        name, evals, minimum = _budgeted(metric, n, budget, estimator, per_sample)
+        name, evals, minimum = _budgeted(metric, n, budget, estimator, per_sample, removal,
+                                         n_samples)
         setup, per_eval = points[g] if g in points else (
             _interpolate(points, macs, macs[g]) if points else (0.0, 0.0))
         setup = 0.0 if g == gids[0] and g in points else setup
         groups.append(GroupPlan(g, n, name, evals, minimum, per_eval, setup, macs[g], g in points))
-    return ScorePlan(metric, groups, forward, options=(estimator, budget, per_sample),
-                     samples=samples)
+    return ScorePlan(metric, groups, forward, options=options, samples=n_samples)
 
 
 def _measure(engine: Any, analysis: Analysis, gids: list[int],
@@ -284,7 +293,7 @@ def fit_time(plan: ScorePlan, seconds: float) -> None:
     plan.scoring_budget_s = seconds
     if plan.metric in _ENGINE_METRICS_FIXED or not plan.groups:
         return
-    estimator, cap, per_sample = plan.options
+    estimator, cap, per_sample, removal, n_samples = plan.options
     fixed = [g for g in plan.groups if g.estimator == "exact" and g.units <= 8]
     flexible = [g for g in plan.groups if g not in fixed]
     left = seconds - sum(g.seconds for g in fixed) - sum(g.setup_s for g in flexible)
@@ -294,10 +303,12 @@ def fit_time(plan: ScorePlan, seconds: float) -> None:
     for g in flexible:
         ceiling = cap if cap is not None else _MAX_STRETCH * default_budget(g.units)
         want = min(ceiling, int(math.floor(g.evaluations * scale)))
-        name, evals, minimum = _budgeted(plan.metric, g.units, max(2, want), estimator, per_sample)
+        name, evals, minimum = _budgeted(plan.metric, g.units, max(2, want), estimator,
+                                         per_sample, removal, n_samples)
         if want < minimum:
             short = True
-            name, evals, minimum = _budgeted(plan.metric, g.units, minimum, estimator, per_sample)
+            name, evals, minimum = _budgeted(plan.metric, g.units, minimum, estimator,
+                                             per_sample, removal, n_samples)
         g.estimator, g.evaluations, g.minimum = name, evals, minimum
     if short or plan.scoring_s > seconds * 1.001:
         _fewer_samples(plan, seconds)

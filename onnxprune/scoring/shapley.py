@@ -20,16 +20,18 @@ from .estimators import (
     default_budget,
     estimate,
     supports_per_sample,
+    truncation_depth,
 )
 
-# What auto samples with when the run's cut (units removed per group) is known, and
-# PLAIN_ESTIMATOR when it is not (best Spearman/overlap per evaluation in
-# bench/estimators.py). `cutaware` (a per-sample first pass, then draws only near the cut)
-# did not earn the default in bench/cost.py: on the trained models the cut is contested,
-# it spends the whole budget like persample, and held-out quality was not better
-# (docs/benchmarks.md, Cost). Both need per-sample coalitions from the engine (and mean
-# aggregation); without them auto falls back to FALLBACK_ESTIMATOR.
-DEFAULT_ESTIMATOR = "persample"
+# What auto samples with when the run's cut is known (the share of units each group loses:
+# always in prune), and PLAIN_ESTIMATOR when it is not (`onnxprune score` without --ratio).
+# `truncated` scores the game pruning visits (removal orders from the full group down to the
+# expected cut) at about 128 n / N evaluations per group, 6x fewer than persample's 10 n,
+# and with plain removal it beats l1 where persample loses to it (bench/budget.py,
+# docs/benchmarks.md, Budget allocation). `cutaware` did not earn the default
+# (docs/benchmarks.md, Cost). All three need per-sample coalitions from the engine (and
+# mean aggregation); without them auto falls back to FALLBACK_ESTIMATOR.
+DEFAULT_ESTIMATOR = "truncated"
 PLAIN_ESTIMATOR = "persample"
 FALLBACK_ESTIMATOR = "antithetic"
 # estimators that keep per-sample values, as the --aggregate error names them
@@ -51,7 +53,8 @@ class GroupScores:
                 "seconds": round(self.seconds, 4), "scores": self.values.tolist(),
                 "stderr": None if self.stderr is None else self.stderr.tolist(),
                 **({"wrong_side": round(self.extra["wrong_side"], 4)}
-                   if "wrong_side" in self.extra else {})}
+                   if "wrong_side" in self.extra else {}),
+                **({"game": self.extra["game"]} if "game" in self.extra else {})}
 
 
 def pick_estimator(n: int, budget: int, name: str = "auto", per_sample: bool = False,
@@ -82,13 +85,17 @@ class _GroupValue:
 
 
 def shapley_group(engine, gid: int, *, estimator: str = "auto", budget: int | None = None,
-                  seed: int = 0, aggregate: str = "mean", k: int | None = None) -> GroupScores:
-    """Shapley values of one group's units, all other groups intact."""
+                  seed: int = 0, aggregate: str = "mean", k: int | None = None,
+                  removal: float | None = None) -> GroupScores:
+    """Shapley values of one group's units, all other groups intact. `k`: the units this
+    group loses, when every group is cut at the same ratio; `removal`: the share of its units
+    the run is expected to remove (a budget's global allocation), which sets the depth of the
+    truncated game (`truncated`, the default when either is known)."""
     n = engine.analysis.group(gid).units
     budget = budget or default_budget(n)
     fn = _GroupValue(engine, gid)
     name = pick_estimator(n, budget, estimator, supports_per_sample(fn) and aggregate == "mean",
-                          cut_known=k is not None)
+                          cut_known=k is not None or removal is not None)
     can = CAPABILITIES[name]
     if can.per_sample and n >= 2 and not supports_per_sample(fn):
         raise OnnxPruneError(f"the {name} estimator needs an engine that evaluates per-sample "
@@ -105,6 +112,9 @@ def shapley_group(engine, gid: int, *, estimator: str = "auto", budget: int | No
         kwargs["k"] = k if k is not None else max(1, n // 2)
     if can.exhaustive:
         kwargs.pop("seed")
+    if can.needs_depth:
+        share = removal if removal is not None else (k / n if k is not None else None)
+        kwargs["depth"] = truncation_depth(n, share)  # as the plan computes it
     t0 = time.perf_counter()
     try:
         est: Estimate = estimate(name, fn, n, **kwargs)
@@ -114,6 +124,10 @@ def shapley_group(engine, gid: int, *, estimator: str = "auto", budget: int | No
         raise OnnxPruneError(f"--budget {budget} is too small for group {gid} ({n} units, "
                              f"estimator {name}): {exc}") from None
     extra = {"wrong_side": est.info["wrong_side"]} if "wrong_side" in est.info else {}
+    if est.info.get("truncated_game"):  # say what the values are: not the full game's
+        extra["game"] = (f"truncated: removal orders {est.info['depth']} of {n} units deep, "
+                         f"{est.info['marginals_per_unit']:.0f} marginals per unit; "
+                         f"{est.info['unseen']} never removed (ranked most important)")
     return GroupScores(gid, est.values, est.stderr, est.evaluations, f"shapley/{name}",
                        time.perf_counter() - t0, extra)
 

@@ -45,6 +45,8 @@ persample    antithetic pairs drawn independently per sample     pooled per-samp
 kernelshap   paired kernel samples, constrained least squares   sandwich over pairs
 adaptive     antithetic rounds until the bottom-k cut is clear  per-unit sd / sqrt(draws), shrunk
 cutaware     per-sample first pass, then draws for contested units  as persample, per-unit counts
+truncated    per-sample removal chains, full group down to depth d  sd of a unit's marginals / sqrt(count)
+             (a truncated game, not the full game's Shapley value; stops at a marginal count per unit)
 joint        ridge over random sub-models of several groups     ridge sandwich (not Shapley)
 
 References
@@ -76,6 +78,7 @@ from .game import (
 )
 from .joint import estimate_joint
 from .kernelshap import estimate_kernelshap
+from .truncated import DEFAULT_MARGINALS, estimate_truncated, truncation_depth
 from .permutation import (
     estimate_antithetic,
     estimate_permutation,
@@ -103,6 +106,9 @@ __all__ = [
     "estimate_kernelshap",
     "estimate_permutation",
     "estimate_persample",
+    "estimate_truncated",
+    "DEFAULT_MARGINALS",
+    "truncation_depth",
     "supports_per_sample",
     "wrong_side",
 ]
@@ -125,6 +131,7 @@ ESTIMATORS: dict[str, Callable[..., Estimate]] = {
     "kernelshap": estimate_kernelshap,
     "adaptive": estimate_adaptive,
     "cutaware": estimate_cutaware,
+    "truncated": estimate_truncated,
     "joint": _joint_single,
 }
 
@@ -137,6 +144,7 @@ class Capability:
     aggregates: bool = False  # takes aggregate="mean+2std" (keeps per-sample values)
     exhaustive: bool = False  # evaluates all 2^n coalitions: no seed, budget >= 2^n
     needs_k: bool = False  # steered by k, the number of units the run removes
+    needs_depth: bool = False  # steered by depth, the removal steps of a truncated game
     shapley: bool = True  # False: another attribution (joint: ridge over sub-models)
 
 
@@ -148,6 +156,7 @@ CAPABILITIES: dict[str, Capability] = {
     "kernelshap": Capability(),
     "adaptive": Capability(needs_k=True),
     "cutaware": Capability(per_sample=True, needs_k=True),
+    "truncated": Capability(per_sample=True, needs_depth=True, shapley=False),
     "joint": Capability(shapley=False),
 }
 

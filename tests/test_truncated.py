@@ -1,0 +1,148 @@
+"""The truncated per-sample estimator (scoring/estimators/truncated.py) on a tiny graph through
+ONNX Runtime: y = (x W1) W2 has one group of 10 hidden units and no nonlinearity, so with a
+linear probe value function the game is additive, v_s(S) = sum_{i in S} c_si, and every
+marginal of unit i on sample s is exactly c_si."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxprune.scoring.estimators as E
+from onnxprune.calib import Calibration
+from onnxprune.model import analyze_model
+from onnxprune.scoring import shapley
+from onnxprune.scoring.engine import Engine
+from onnxprune.scoring.shapley import pick_estimator, shapley_group
+
+UNITS = 10
+
+
+class Probe:
+    """v_s = <output_s, w>: linear in the output, hence additive in the hidden units."""
+
+    name = "probe"
+    needs_labels = False
+
+    def prepare(self, reference, labels) -> None:
+        self.w = np.linspace(-1.0, 2.0, reference[0].shape[1])
+
+    def __call__(self, outputs) -> np.ndarray:
+        return (outputs[0].astype(np.float64) * self.w).sum(-1)
+
+
+def linear_mlp(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((4, UNITS)).astype(np.float32)
+    w2 = rng.standard_normal((UNITS, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])],
+        "linear_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return analyze_model(model), w1, w2
+
+
+def engine_and_contributions(x: np.ndarray):
+    """The engine on inputs x [N, 4] and the exact per-sample contributions c [N, UNITS]."""
+    am, w1, w2 = linear_mlp()
+    (group,) = am.analysis.prunable
+    assert group.units == UNITS
+    probe = Probe()
+    engine = Engine(am, Calibration({"x": x}), probe, device="cpu")
+    c = (x.astype(np.float64) @ w1) * (w2.astype(np.float64) @ probe.w)
+    return engine, group.id, c
+
+
+def value_fn(engine, gid):
+    fn = lambda masks: engine.values(gid, masks)  # noqa: E731
+    fn.per_sample_masks = engine.per_sample_masks
+    return fn
+
+
+def test_additive_game_gives_each_unit_its_contribution_exactly():
+    x = np.tile(np.random.default_rng(1).standard_normal((1, 4)).astype(np.float32), (6, 1))
+    engine, gid, c = engine_and_contributions(x)  # the 6 samples are equal: c_si = c_i
+    est = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=4, budget=400, seed=0)
+    assert est.method == "truncated" and est.info["truncated_game"]
+    assert est.info["unseen"] == 0
+    np.testing.assert_allclose(est.values, c[0], rtol=1e-5, atol=1e-5)
+    assert est.evaluations <= 400
+
+
+def test_per_sample_orders_average_per_sample_contributions():
+    """Samples differ: each marginal is c_si, a unit's value the mean over the samples that
+    removed it; with many chains, close to mean_s c_si within the reported stderr."""
+    x = np.random.default_rng(2).standard_normal((8, 4)).astype(np.float32)
+    engine, gid, c = engine_and_contributions(x)
+    est = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=3, budget=2000,
+                               marginals=400, seed=3)
+    assert np.all(np.abs(est.values - c.mean(0)) <= 4 * est.stderr + 1e-6)
+    assert np.all(np.isfinite(est.stderr))
+
+
+def test_seeded_determinism_and_budget():
+    x = np.random.default_rng(4).standard_normal((5, 4)).astype(np.float32)
+    engine, gid, _ = engine_and_contributions(x)
+    runs = [E.estimate_truncated(value_fn(engine, gid), UNITS, depth=5, budget=60, seed=s,
+                                 batch=7) for s in (11, 11, 12)]
+    np.testing.assert_array_equal(runs[0].values, runs[1].values)
+    np.testing.assert_array_equal(runs[0].stderr, runs[1].stderr)
+    assert not np.array_equal(runs[0].values, runs[2].values)
+    assert all(r.evaluations <= 60 for r in runs)
+
+
+def test_depth_is_capped_and_chains_follow_the_marginal_count():
+    assert E.truncation_depth(10, 0.9, margin=1.5) == 9  # 13.5 steps, capped at n - 1
+    assert E.truncation_depth(10, 0.0) == 1
+    assert E.truncation_depth(10, None, margin=1.0) == 5  # not known: half the group
+    assert E.truncation_depth(1000, 0.3, margin=1.5) == 450
+    assert E.truncation_depth(7, 0.3, margin=1.0) == 3  # rounded up
+    x = np.random.default_rng(5).standard_normal((4, 4)).astype(np.float32)
+    engine, gid, _ = engine_and_contributions(x)
+    est = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=50, budget=10_000,
+                               marginals=20, seed=0)
+    assert est.info["depth"] == UNITS - 1
+    chains = -(-20 * UNITS // (4 * (UNITS - 1)))  # ceil(marginals n / (N d))
+    assert est.info["chains"] == chains and est.evaluations == 2 + chains * (UNITS - 1)
+
+
+def test_a_unit_never_removed_ranks_as_most_important():
+    x = np.random.default_rng(6).standard_normal((2, 4)).astype(np.float32)
+    engine, gid, _ = engine_and_contributions(x)
+    # 3 one-step chains on 2 samples: at most 6 of the 10 units are ever removed
+    est = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=1, budget=5, seed=0)
+    unseen = est.samples == 0
+    assert est.info["unseen"] == unseen.sum() >= 4
+    assert np.all(est.values[unseen] == est.values.max())
+    assert np.all(np.isinf(est.stderr[unseen]))
+    order = np.argsort(est.values, kind="stable")
+    assert not np.any(unseen[order[: (~unseen).sum() - 1]])  # never among the first to go
+
+
+def test_needs_per_sample_masks():
+    with pytest.raises(ValueError, match="per_sample_masks"):
+        E.estimate_truncated(lambda m: np.zeros((len(m), 2)), 5)
+
+
+def test_auto_resolves_to_truncated_when_the_cut_is_known():
+    x = np.random.default_rng(7).standard_normal((6, 4)).astype(np.float32)
+    engine, gid, _ = engine_and_contributions(x)
+    assert pick_estimator(40, 400, per_sample=True, cut_known=True) == shapley.DEFAULT_ESTIMATOR
+    scores = shapley_group(engine, gid, budget=200, removal=0.3, estimator="truncated")
+    assert scores.method == "shapley/truncated"
+    assert "truncated" in scores.to_json()["game"] and "3 of 10" in scores.to_json()["game"]
+
+
+def test_a_tight_time_budget_still_affords_one_chain():
+    """--time-budget cuts the plan to the estimator's minimum: one chain, at any depth."""
+    from conftest import ROOT
+    from onnxprune.api import analyze_model, as_calibration, score_model
+
+    am = analyze_model(ROOT / "models/digits_cnn.onnx")
+    data = as_calibration(ROOT / "models/digits_calib.npz", am.proto)
+    scores = score_model(am, data, ratio=0.9, time_budget_s=1e-3)
+    sampled = [s for s in scores.values() if s.method == "shapley/truncated"]
+    assert sampled and all(s.evaluations <= len(s.values) + 1 for s in sampled)
