@@ -85,6 +85,9 @@ def torch_module(name: str, proto: onnx.ModelProto, test: dict):
     from train_study import SPECS
     module = SPECS[name][0]().eval()
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for n in proto.graph.node:  # the exporter dedups equal tensors into Identity nodes (resnet:
+        if n.op_type == "Identity" and n.input[0] in inits:  # two BN biases trained equal)
+            inits[n.output[0]] = inits[n.input[0]]
     state = module.state_dict()
     loaded, pool = {}, [v for k, v in inits.items() if k not in state]
     for key, ref in state.items():
@@ -436,7 +439,8 @@ def stages(args) -> list[tuple[int, list[str], bool]]:
     return out + [(s, args.metrics, True) for s in others]
 
 
-def run(args, cached: list[dict]) -> tuple[list[dict], list[str]]:
+def run(args, save: Callable[[list[dict], list[str]], None]
+        ) -> tuple[list[dict], list[str]]:
     t_start, records, skipped = time.perf_counter(), [], []
     late = lambda: (time.perf_counter() - t_start) / 60 > args.max_minutes  # noqa: E731
     models: dict[str, Model] = {}
@@ -462,8 +466,7 @@ def run(args, cached: list[dict]) -> tuple[list[dict], list[str]]:
                     records.append({**common, **r})
             for r in onnxprune_rows(m, seed, args.budgets, metrics, first, late, skipped):
                 records.append({**common, **r})
-    if args.onnxprune_only:
-        records = [r for r in cached if r.get("tool") in PEERS or r.get("kind") == "load_check"] + records
+            save(list(records), list(skipped))  # a crash or a kill keeps what is done
     return records, skipped
 
 
@@ -478,18 +481,25 @@ def main(argv=None) -> int:
             args.models, args.budgets, args.seeds = (old["meta"]["models"], old["meta"]["budgets"],
                                                      old["meta"]["seeds"])
         t0 = time.perf_counter()
-        records, skipped = run(args, old["records"] if old else [])
-        meta = dict(command=" ".join(["python bench/peers.py", *(argv if argv is not None else sys.argv[1:])]),
+
+        def save(records, skipped, partial=True):
+            meta = dict(command=" ".join(["python bench/peers.py", *(argv if argv is not None else sys.argv[1:])]),
                     models=args.models, budgets=args.budgets, seeds=args.seeds, metrics=args.metrics,
                     calib=CALIB, holdout=HOLDOUT, onnxprune_commit=git_commit(),
                     default_estimator=DEFAULT_ESTIMATOR, versions=versions(), skipped=skipped,
-                    minutes=round((time.perf_counter() - t0) / 60, 1))
-        if old is not None:
-            meta["peer_commit"] = old["meta"].get("peer_commit", old["meta"]["onnxprune_commit"])
-            meta["skipped"] = old["meta"]["skipped"] + skipped
-        doc = {"meta": meta, "records": records}
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps(doc, indent=1) + "\n")
+                    minutes=round((time.perf_counter() - t0) / 60, 1), partial=partial)
+            if old is not None:
+                meta["peer_commit"] = old["meta"].get("peer_commit", old["meta"]["onnxprune_commit"])
+                meta["skipped"] = old["meta"]["skipped"] + skipped
+                records = [r for r in old["records"] if r.get("tool") in PEERS
+                           or r.get("kind") == "load_check"] + records
+            doc = {"meta": meta, "records": records}
+            out_json.parent.mkdir(parents=True, exist_ok=True)
+            out_json.write_text(json.dumps(doc, indent=1) + "\n")
+            return doc
+
+        records, skipped = run(args, save)
+        doc = save(records, skipped, partial=False)
     text = markdown(doc)
     out_md.write_text(text)
     print(text)
