@@ -324,7 +324,7 @@ def table(records, models, budget) -> str:
     lines = [f"| method (budget {budget}) | " + " | ".join(models) + " | mean |",
              "|---" * (len(models) + 2) + "|"]
     for lab in labels:
-        accs, row = [], []
+        accs, row, short = [], [], False
         for mod in models:
             c = cells.get((lab, mod, budget))
             if c is None:
@@ -332,8 +332,10 @@ def table(records, models, budget) -> str:
                 continue
             a, rem = float(np.mean(c["acc"])), float(np.mean(c["removed"]))
             accs.append(a)
+            short |= rem < budget - MISS
             row.append(f"{a:.3f} ({rem:.2f}){'*' if rem < budget - MISS else ''}")
-        mean = f"{np.mean(accs):.3f}" if len(accs) == len(models) else "-"
+        # no mean where a model was missing or short of the budget (not a matched count)
+        mean = f"{np.mean(accs):.3f}" if len(accs) == len(models) and not short else "-"
         lines.append(f"| {lab} | " + " | ".join(row) + f" | {mean} |")
     return "\n".join(lines)
 
