@@ -431,6 +431,8 @@ def parse(argv=None):
                     help="past this, the remaining (seed, model) units are skipped and recorded")
     ap.add_argument("--onnxprune-only", action="store_true",
                     help="keep the peer rows of --out-json, recompute onnxprune's rows")
+    ap.add_argument("--append", action="store_true",
+                    help="add this run's rows to --out-json (a row of the same cell is replaced)")
     ap.add_argument("--from-json", action="store_true", help="only the tables from --out-json")
     ap.add_argument("--out-json", default=str(ROOT / "docs" / "peers.json"))
     ap.add_argument("--out-md", default=str(ROOT / "docs" / "peers.md"))
@@ -483,14 +485,38 @@ def run(args, save: Callable[[list[dict], list[str]], None]
     return records, skipped
 
 
+def cell_key(r: dict) -> tuple:
+    return tuple(str(r.get(k)) for k in ("kind", "model", "tool", "method", "alloc", "deploy",
+                                          "budget", "seeds"))
+
+
+def save_appended(out_json: Path, old: dict, meta: dict, records: list[dict]) -> dict:
+    """The old document plus this run's rows (replacing a row of the same cell); the skipped
+    units this run did are dropped from the old list, the run's own command is appended."""
+    new = {cell_key(r) for r in records}
+    done = {f"{r['model']} seed {s}" for r in records if r.get("kind") == "prune"
+            and r["seeds"] != "all" for s in r["seeds"]}
+    merged = dict(old["meta"])
+    merged["command"] = old["meta"]["command"] + "; then " + meta["command"]
+    merged["skipped"] = [u for u in old["meta"]["skipped"] if u.split(" (")[0] not in done] + \
+        meta["skipped"]
+    merged["minutes"] = old["meta"]["minutes"] + meta["minutes"]
+    merged["onnxprune_commit"] = meta["onnxprune_commit"]
+    doc = {"meta": merged, "records": [r for r in old["records"] if cell_key(r) not in new
+                                       or r.get("kind") == "base"] +
+           [r for r in records if r.get("kind") != "base"]}
+    out_json.write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     out_json, out_md = Path(args.out_json), Path(args.out_md)
     if args.from_json:
         doc = json.loads(out_json.read_text())
     else:
-        old = json.loads(out_json.read_text()) if args.onnxprune_only else None
-        if old is not None:  # the peers' grid is the cached one
+        old = json.loads(out_json.read_text()) if args.onnxprune_only or args.append else None
+        if old is not None and not args.append:  # the peers' grid is the cached one
             args.models, args.budgets, args.seeds = (old["meta"]["models"], old["meta"]["budgets"],
                                                      old["meta"]["seeds"])
         t0 = time.perf_counter()
@@ -501,6 +527,8 @@ def main(argv=None) -> int:
                     calib=CALIB, holdout=HOLDOUT, onnxprune_commit=git_commit(),
                     default_estimator=DEFAULT_ESTIMATOR, versions=versions(), skipped=skipped,
                     minutes=round((time.perf_counter() - t0) / 60, 1), partial=partial)
+            if args.append:
+                return save_appended(out_json, old, meta, records)
             if old is not None:
                 meta["peer_commit"] = old["meta"].get("peer_commit", old["meta"]["onnxprune_commit"])
                 meta["skipped"] = old["meta"]["skipped"] + skipped
