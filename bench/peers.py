@@ -117,7 +117,6 @@ def torch_weight_params(module) -> int:
 def tp_prune(module, example, calib_x, pseudo, importance: str, global_pruning: bool,
              ratio: float):
     """A pruned deep copy at Torch-Pruning's channel `ratio`."""
-    import torch
     import torch.nn as nn
     import torch.nn.functional as F
     import torch_pruning as tp
@@ -179,10 +178,10 @@ def tp_rows(m: Model, module, seed: int, budgets, first_seed: bool) -> list[dict
             for b in budgets:
                 t0 = time.perf_counter()
 
-                def run(r):
+                def attempt(r):
                     q = tp_prune(module, calib_x[:2], calib_x, pseudo, importance, glob, r)
                     return 1 - torch_weight_params(q) / w0, q
-                knob, reached, q = bisect(run, b)
+                knob, reached, q = bisect(attempt, b)
                 acc = accuracy(export_proto(q, x[:2]), m.test)
                 rows.append(dict(tool="torch-pruning", method=f"tp-{importance}",
                                  alloc="global" if glob else "uniform", deploy="plain", budget=b,
@@ -214,12 +213,12 @@ def onnxsim_rows(m: Model, seed: int, budgets, first_seed: bool) -> list[dict]:
         for b in budgets:
             t0 = time.perf_counter()
 
-            def run(s):
+            def attempt(s):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     q = fn(s)
                 return 1 - weight_params(q) / w, q
-            knob, reached, q = bisect(run, b)
+            knob, reached, q = bisect(attempt, b)
             acc = accuracy(q, m.test)
             rows.append(dict(tool="onnxsim", method=tool, alloc="-", deploy="plain", budget=b,
                              knob=knob, removed=reached, acc=acc, seconds=time.perf_counter() - t0,
