@@ -113,6 +113,7 @@ SEED_METRICS = ["l1", "l2", "bn_gamma", "loo", "taylor"]
 EXTRA_SEEDS = tuple(range(3, 10))
 FRACTIONS = np.linspace(0.0, 1.0, 11)
 BEGIN, END = "<!-- reading:begin -->", "<!-- reading:end -->"
+KEEP_BEGIN, KEEP_END = "<!-- peers:begin -->", "<!-- peers:end -->"  # bench/peers.py's section
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -1356,11 +1357,13 @@ def write_md(R: Results, md_path: Path, img_dir: Path, images: list[str]) -> lis
     head, exceptions = headline(R, 0.5)
     peers_head, peer_exc = headline_peers(R, 0.5)
     meta_ = R.meta
-    reading = "\n(to be written after the run)\n"
+    reading, kept = "\n(to be written after the run)\n", ""
     if md_path.exists():
         old = md_path.read_text()
         if BEGIN in old and END in old:
             reading = old.split(BEGIN, 1)[1].split(END, 1)[0]
+        if KEEP_BEGIN in old and KEEP_END in old:  # written by bench/peers.py's runs: kept
+            kept = KEEP_BEGIN + old.split(KEEP_BEGIN, 1)[1].split(KEEP_END, 1)[0] + KEEP_END + "\n"
     holdout = meta_.get("holdout", 0)
     n_guard = int(round(holdout * R.calib_main))
     parts = [
@@ -1552,7 +1555,7 @@ def write_md(R: Results, md_path: Path, img_dir: Path, images: list[str]) -> lis
     if "results_time.png" in images:
         parts += [f"![accuracy vs scoring time]({rel}/results_time.png)", ""]
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text("\n".join(parts) + "\n")
+    md_path.write_text("\n".join(parts) + "\n" + ("\n" + kept if kept else ""))
     return [e for e in exceptions if e["beaten_by"]] + peer_exc
 
 
