@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT / "models"))
 
 import onnxprune  # noqa: E402
 from low_data import HOLDOUT, MODELS, Model, accuracy, compute_scores, draw, log, weight_params  # noqa: E402
+from onnxprune.api import score_model  # noqa: E402
 from onnxprune.scoring.metrics import METRICS  # noqa: E402
 from onnxprune.scoring.shapley import DEFAULT_ESTIMATOR  # noqa: E402
 from onnxprune.scoring.site_stats import site_means  # noqa: E402
@@ -262,12 +263,17 @@ def onnxprune_rows(m: Model, seed: int, budgets, metrics, first_seed: bool,
             game = DEPLOYS[deploy][0]
             means = site_means(m.am.analysis, m.am.ident, scoring.inputs) if game else None
             t0 = time.perf_counter()
-            scores, secs, *_ = compute_scores(m, scoring, metric, seed, means, None)
+            per_budget = {b: default_scores(m, scoring, seed, means, b) for b in budgets} \
+                if metric == "shapley" else None
+            if per_budget is None:
+                scores, secs, *_ = compute_scores(m, scoring, metric, seed, means, None)
             for alloc in ALLOCS:
                 fixed = metric in DATA_FREE and deploy == "plain" and alloc == "uniform"
                 if fixed and not first_seed:
                     continue
                 for b in budgets:
+                    if per_budget is not None:
+                        scores, secs = per_budget[b]
                     ratio, reached, res = op_prune(m, cal, scores, b, deploy, alloc, seed)
                     d = res.report["deploy"]
                     acc = accuracy(res.model, m.test)
@@ -280,6 +286,16 @@ def onnxprune_rows(m: Model, seed: int, budgets, metrics, first_seed: bool,
                         f" ratio {ratio:.3f} removed {reached:.3f} acc {acc:.3f} "
                         f"({d.get('allocation')}, {d.get('chosen')})")
     return rows
+
+
+def default_scores(m: Model, scoring, seed: int, means, budget: float) -> tuple[dict, float]:
+    """Shapley scores as prune() computes them for a params budget: the default estimator
+    (auto: the truncated game where the cut is known) with the depth of that budget's
+    expected width cut, 1-(1-R)^0.5 of each group's units (api._unit_share)."""
+    t0 = time.perf_counter()
+    out = score_model(m.am, scoring, metric="shapley", seed=seed, means=means,
+                      removal=1 - (1 - budget) ** 0.5)
+    return out, time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------- tables
