@@ -295,7 +295,7 @@ def default_scores(m: Model, scoring, seed: int, means, budget: float) -> tuple[
     t0 = time.perf_counter()
     out = score_model(m.am, scoring, metric="shapley", seed=seed, means=means,
                       removal=1 - (1 - budget) ** 0.5)
-    return out, time.perf_counter() - t0
+    return {g: np.asarray(s.values, dtype=np.float64) for g, s in out.items()}, time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------- tables
