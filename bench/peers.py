@@ -516,7 +516,10 @@ def save_appended(out_json: Path, old: dict, meta: dict, records: list[dict]) ->
     merged["skipped"] = [u for u in old["meta"]["skipped"] if u.split(" (")[0] not in done] + \
         meta["skipped"]
     merged["minutes"] = old["meta"]["minutes"] + meta["minutes"]
+    merged["peer_commit"] = meta.get("peer_commit") or old["meta"].get(
+        "peer_commit", old["meta"]["onnxprune_commit"])  # before the commit is overwritten
     merged["onnxprune_commit"] = meta["onnxprune_commit"]
+    merged["default_estimator"] = meta["default_estimator"]  # the latest run's (its rows replace)
     doc = {"meta": merged, "records": [r for r in old["records"] if cell_key(r) not in new
                                        or r.get("kind") == "base"] +
            [r for r in records if r.get("kind") != "base"]}
