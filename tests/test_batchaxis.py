@@ -338,3 +338,33 @@ def test_sequence_first_masked_values_equal_single_sample_runs():
             out = sess.run(None, {"x": x[i:i + 1], mask_name(gid): coal[k, i][None].astype(np.float32)})[0]
             want[k, i] = engine.value_fn([np.moveaxis(out, 1, 0)[None]])[0, 0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("file", ["hf_gpt2.onnx", "hf_gpt2_dynamo.onnx"])
+def test_gpt2_conv1d_sites_take_per_sample_masks(file):
+    """GPT-2's Conv1D sites (x.view(-1, C)): per-sample masks on every group, with
+    compensation, give each sample of a batch what it gets alone."""
+    from pathlib import Path
+    from onnxprune.compiler.graph import ModelIdentity, to_proto
+    from onnxprune.compiler.instrument import instrument, mask_name
+    from onnxprune.load import load_model
+    model = load_model(Path(__file__).resolve().parent.parent / "models/zoo" / file)
+    analysis = analyze(normalize(model))
+    assert not analysis.batch_mixing, analysis.batch_mixing
+    rng = np.random.default_rng(0)
+    means = {s.tensor: rng.standard_normal(len(s.ids)) for s in analysis.sites}
+    sess = session(to_proto(instrument(analysis, means=means), ModelIdentity.of(model)))
+    feeds = {}
+    for i in sess.get_inputs():
+        if i.name.startswith("onnxprune_mask_"):
+            continue
+        shape = [3, *[d if isinstance(d, int) else 5 for d in i.shape[1:]]]
+        feeds[i.name] = rng.integers(1, 4, shape).astype(np.int64) if "int" in i.type else \
+            rng.standard_normal(shape).astype(np.float32)
+    for g in analysis.prunable:
+        feeds[mask_name(g.id)] = (rng.random((3, g.units)) < 0.5).astype(np.float32)
+    both = sess.run(None, feeds)
+    for i in range(3):
+        one = sess.run(None, {k: v[i:i + 1] for k, v in feeds.items()})
+        for a, b in zip(both, one):
+            np.testing.assert_allclose(a[i:i + 1], b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
