@@ -368,3 +368,30 @@ def test_gpt2_conv1d_sites_take_per_sample_masks(file):
         one = sess.run(None, {k: v[i:i + 1] for k, v in feeds.items()})
         for a, b in zip(both, one):
             np.testing.assert_allclose(a[i:i + 1], b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+
+
+def test_gpt2_engine_per_sample_values_equal_single_sample_runs():
+    """The engine's per-sample coalitions (K x N mask rows, cached prefix) on GPT-2's merged
+    rows give each sample the value of its own single-sample run."""
+    from pathlib import Path
+    from onnxprune.compiler.graph import to_proto
+    from onnxprune.compiler.instrument import instrument, mask_name
+    from onnxprune.load import load_model
+    from onnxprune.model import analyze_model
+    from onnxprune.scoring.engine import Engine
+    from test_engine import Probe, calibration
+    am = analyze_model(load_model(Path(__file__).resolve().parent.parent / "models/zoo/hf_gpt2.onnx"))
+    calib = calibration(am, n=3)
+    engine = Engine(am, calib, Probe())
+    assert not engine.mixing
+    group = am.analysis.prunable[-1]
+    coal = np.random.default_rng(1).random((2, 3, group.units)) < 0.5
+    got = engine.values(group.id, coal)
+    sess = session(to_proto(instrument(am.analysis, [group.id]), am.ident))
+    for i in range(3):
+        engine.value_fn.prepare([r[i:i + 1] for r in engine.reference], None)
+        for k in range(2):
+            feeds = {n: v[i:i + 1] for n, v in calib.inputs.items()}
+            outs = sess.run(None, {**feeds, mask_name(group.id): coal[k, i][None].astype(np.float32)})
+            want = engine.value_fn([np.moveaxis(o, a, 0)[None] for o, a in zip(outs, engine.out_axes)])
+            np.testing.assert_allclose(got[k, i], want[0, 0], rtol=1e-5, atol=1e-5 * abs(want[0, 0]))

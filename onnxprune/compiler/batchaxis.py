@@ -207,7 +207,7 @@ class _Flow:
             return True
         live = {s for s in states if s != FREE and not isinstance(s, Index)}
         if any(isinstance(s, Axis) for s in live):  # only ops with a rule for it keep it
-            rule = _AXIS_RULES.get(node.op) if len(live) == 1 else None
+            rule = seqaxis.AXIS_RULES.get(node.op) if len(live) == 1 else None
             out = rule(self, node, next(iter(live))) if rule else None
             self._set(node, next(iter(live)) if out is None else out)
             return out is not None
@@ -358,7 +358,7 @@ def _gather(flow: _Flow, node: gs.Node) -> object | None:
         return None
     if data == FREE and idx == BATCH:
         return BATCH  # a lookup in a sample-independent table, row by row of the indices
-    if not isinstance(data, Merged):
+    if not isinstance(data, Merged) or data.outer:  # rows b * d + s: sample-major blocks only
         return None
     ok = isinstance(idx, Index) and idx.kind == "rowsel" and idx.axis == 0 \
         and _same_product([idx.size], list(data.inner))
@@ -389,11 +389,12 @@ def _gather_elements(flow: _Flow, node: gs.Node) -> object | None:
     return BATCH if data == FREE and idx == BATCH else None
 
 
-from .seqaxis import AXIS_RULES as _AXIS_RULES, recurrent as _recurrent, transpose as _transpose  # noqa: E402
+from . import seqaxis  # noqa: E402  (its rules read this module's states: looked up at call time)
 
 _SPECIAL = {"Reshape": _reshape, "Flatten": _flatten, "Gather": _gather, "GatherND": _gather_nd,
-            "GatherElements": _gather_elements, "Transpose": _transpose,
-            "LSTM": _recurrent, "GRU": _recurrent, "RNN": _recurrent}
+            "GatherElements": _gather_elements,
+            "Transpose": lambda flow, node: seqaxis.transpose(flow, node),
+            **{op: lambda flow, node: seqaxis.recurrent(flow, node) for op in ("LSTM", "GRU", "RNN")}}
 
 
 # -- index arithmetic on FREE tensors -------------------------------------------------------
