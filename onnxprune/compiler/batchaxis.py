@@ -12,7 +12,7 @@ batch axis is followed through the graph (issue 17 Q). Every tensor has a state:
 - FREE: computed from constants and shapes only (no sample's data reaches it);
 - BATCH: axis 0 is the sample axis, each row one sample's;
 - Axis(k): axis k >= 1 is the sample axis (sequence-first recurrent layers: Transpose to
-  [T, N, C], LSTM/GRU/RNN with layout 0); only ops with a rule for it keep it (_AXIS_RULES),
+  [T, N, C], LSTM/GRU/RNN with layout 0); only ops with a rule for it keep it (seqaxis.AXIS_RULES),
   anything else on such a tensor counts as mixing;
 - Merged(inner, outer): axis 0 holds outer x batch x inner dims row-major (`x.view(-1, C)`,
   Flatten; a CRNN's `view(T * b, h)` has outer = (T,)); ops that keep rows apart keep it,
@@ -24,53 +24,18 @@ Only these exact forms are trusted; anything else falls back on the handler's ru
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from . import seqaxis
+from .batchstate import BATCH, FREE, Axis, B, Index, Merged, Prod, at_axis, axis_of, factors_of
 from .graph import const_value, input_or_attr, rank_of
 from .ops import handler_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from .analysis import MaskSite
-
-B = "<batch>"  # the batch size, as a dim token
-FREE, BATCH = "free", "batch"
-
-
-@dataclass(frozen=True)
-class Axis:
-    k: int  # the sample axis, >= 1 (axis 0 is BATCH)
-
-
-@dataclass(frozen=True)
-class Merged:
-    inner: tuple  # dims merged into axis 0 after the batch (ints or dim names)
-    outer: tuple = ()  # dims merged into axis 0 before the batch
-
-
-@dataclass(frozen=True)
-class Prod:
-    """A dim that is the product of dims (a Reshape target's `T * b`), factors sorted."""
-    factors: tuple
-
-
-def _at(k: int) -> object:
-    return BATCH if k == 0 else Axis(k)
-
-
-def _axis_of(state: object) -> int | None:
-    return 0 if state == BATCH else state.k if isinstance(state, Axis) else None
-
-
-@dataclass(frozen=True)
-class Index:
-    kind: str  # "b", "bs", "local", "rowsel", "nd"
-    axis: int = 0  # the axis that carries the batch coordinate ("local": unused)
-    size: object = None  # "bs"/"rowsel": the block d; "local": the bound
-
 
 def batch_mixing(graph: gs.Graph, sites: Iterable["MaskSite"] = ()) -> list[str]:
     """Ops on activations (rank >= 2, not constant) that may combine, reorder or resize samples.
@@ -158,7 +123,7 @@ class _Flow:
         dims, st = self.shape(x), self.state(x)
         if dims is None:
             return None
-        axis = _axis_of(st)
+        axis = axis_of(st)
         if isinstance(st, Index) and st.kind != "local":
             axis = st.axis
         if axis is not None and axis < len(dims):
@@ -173,7 +138,7 @@ class _Flow:
             return None
         if isinstance(a[0], int) and isinstance(b[0], int):
             return None  # plain arithmetic: the handler's
-        factors = _factors(a[0]) + _factors(b[0])
+        factors = factors_of(a[0]) + factors_of(b[0])
         if any(f is None or (isinstance(f, int) and f < 1) for f in factors):
             return None
         return [Prod(tuple(sorted(factors, key=repr)))]
@@ -237,14 +202,10 @@ class _Flow:
                     self.alias[b] = a
 
 
-def _factors(d) -> list:
-    return list(d.factors) if isinstance(d, Prod) else [d]
-
-
 def _same_product(a: list, b: list) -> bool:
     """prod(a) == prod(b) for every value of the dim names (equal numbers, equal names)."""
     def split(dims):
-        dims = [f for d in dims for f in _factors(d)]
+        dims = [f for d in dims for f in factors_of(d)]
         if any(d is None or d == B or (isinstance(d, int) and d < 1) for d in dims):
             return None
         return (int(np.prod([d for d in dims if isinstance(d, int)], dtype=np.int64)),
@@ -267,7 +228,7 @@ def _reshape(flow: _Flow, node: gs.Node) -> object | None:
     axis, as the row-major order of the data allows (see `_regroup`)."""
     x = node.inputs[0]
     st, shape = flow.state(x), flow.shape(x)
-    k = _axis_of(st)
+    k = axis_of(st)
     if shape is None or (k is not None and k >= len(shape)):
         return None
     if k is not None:
@@ -284,7 +245,7 @@ def _reshape(flow: _Flow, node: gs.Node) -> object | None:
 
 def _layout(st: object, shape: list) -> tuple[list, list] | None:
     """(dims before the samples, dims after them) in the row-major order of the data."""
-    k = _axis_of(st)
+    k = axis_of(st)
     if k is not None:
         return shape[:k], shape[k + 1:]
     if isinstance(st, Merged):
@@ -306,7 +267,7 @@ def _regroup(before: list, after: list, target: list) -> object | None:
         return None
     if hits:
         j = hits[0]
-        entry: list | None = _factors(target[j])
+        entry: list | None = factors_of(target[j])
         entry.remove(B)
         if B in entry:
             return None
@@ -321,7 +282,7 @@ def _regroup(before: list, after: list, target: list) -> object | None:
                     (-1 in tail or _same_product(tail, after[c:])) and \
                     (entry is None or _same_product(entry, before[a:] + after[:c])):
                 if a == len(before) and c == 0:
-                    return _at(j)
+                    return at_axis(j)
                 return Merged(tuple(after[:c]), tuple(before[a:])) if j == 0 else None
     return None
 
@@ -371,7 +332,7 @@ def _gather_other_axis(node: gs.Node, k: int) -> object | None:
     if rank is None or r_idx is None:
         return None
     g = int(node.attrs.get("axis", 0)) % rank
-    return None if g == k else _at(k if g > k else k - 1 + r_idx)
+    return None if g == k else at_axis(k if g > k else k - 1 + r_idx)
 
 
 def _gather_nd(flow: _Flow, node: gs.Node) -> object | None:
@@ -389,12 +350,10 @@ def _gather_elements(flow: _Flow, node: gs.Node) -> object | None:
     return BATCH if data == FREE and idx == BATCH else None
 
 
-from . import seqaxis  # noqa: E402  (its rules read this module's states: looked up at call time)
-
 _SPECIAL = {"Reshape": _reshape, "Flatten": _flatten, "Gather": _gather, "GatherND": _gather_nd,
             "GatherElements": _gather_elements,
-            "Transpose": lambda flow, node: seqaxis.transpose(flow, node),
-            **{op: lambda flow, node: seqaxis.recurrent(flow, node) for op in ("LSTM", "GRU", "RNN")}}
+            "Transpose": seqaxis.transpose, "LSTM": seqaxis.recurrent, "GRU": seqaxis.recurrent,
+            "RNN": seqaxis.recurrent}
 
 
 # -- index arithmetic on FREE tensors -------------------------------------------------------

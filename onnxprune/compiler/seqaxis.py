@@ -5,47 +5,49 @@ each op that keeps samples apart on axis k has its own rule here; an op without 
 output state (a list: one per output) or None."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from . import batchaxis as ba
+from . import batchstate as bst
 from .graph import const_value, input_or_attr, rank_of
 from .ops.elementwise import UNARY
 from .ops.pool import REDUCE
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .batchaxis import Axis, _Flow
+    from .batchstate import Axis
+
+Flow = Any  # batchaxis._Flow: state(t), graph (not imported: batchaxis imports this module)
 
 
-def transpose(flow: "_Flow", node: gs.Node) -> object | None:
+def transpose(flow: Flow, node: gs.Node) -> object | None:
     """The batch axis goes where the perm puts it (None: no perm, let the handler say)."""
-    perm, k = node.attrs.get("perm"), ba._axis_of(flow.state(node.inputs[0]))
+    perm, k = node.attrs.get("perm"), bst.axis_of(flow.state(node.inputs[0]))
     if perm is None or k is None or k not in perm:
         return None
-    return ba._at(list(perm).index(k))
+    return bst.at_axis(list(perm).index(k))
 
 
-def recurrent(flow: "_Flow", node: gs.Node) -> list | None:
+def recurrent(flow: Flow, node: gs.Node) -> list | None:
     """LSTM/GRU/RNN run each sample's sequence on its own: X [T, N, I] (layout 0) or
     [N, T, I] (layout 1); the initial states [D, N, H] / [N, D, H] and sequence_lens [N]
     carry the batch there or are sample-free; Y [T, D, N, H] / [N, T, D, H]."""
     layout = int(node.attrs.get("layout", 0))
     x_k, state_k, y_k = (1, 1, 2) if layout == 0 else (0, 0, 0)
-    want = {0: ba._at(x_k), 4: ba.BATCH, 5: ba._at(state_k), 6: ba._at(state_k)}
+    want = {0: bst.at_axis(x_k), 4: bst.BATCH, 5: bst.at_axis(state_k), 6: bst.at_axis(state_k)}
     if flow.state(node.inputs[0]) != want[0]:
         return None
     for i, t in enumerate(node.inputs[1:], start=1):
         if t is None or not t.name:
             continue
         st = flow.state(t)
-        if st != ba.FREE and st != want.get(i):  # W, R, B, P: sample-free only
+        if st != bst.FREE and st != want.get(i):  # W, R, B, P: sample-free only
             return None
-    return [ba._at(y_k)] + [ba._at(state_k)] * (len(node.outputs) - 1)
+    return [bst.at_axis(y_k)] + [bst.at_axis(state_k)] * (len(node.outputs) - 1)
 
 
-def _elementwise(flow: "_Flow", node: gs.Node, st: "Axis") -> object | None:
+def _elementwise(flow: Flow, node: gs.Node, st: "Axis") -> object | None:
     """Right-aligned broadcasting: every input in state `st` puts its batch at one axis."""
     r_out = rank_of(node.outputs[0])
     ks = set()
@@ -55,20 +57,20 @@ def _elementwise(flow: "_Flow", node: gs.Node, st: "Axis") -> object | None:
             if r is None or r_out is None or r_out < r:
                 return None
             ks.add(st.k + r_out - r)
-    return ba._at(ks.pop()) if len(ks) == 1 else None
+    return bst.at_axis(ks.pop()) if len(ks) == 1 else None
 
 
-def _matmul(flow: "_Flow", node: gs.Node, st: "Axis") -> object | None:
+def _matmul(flow: Flow, node: gs.Node, st: "Axis") -> object | None:
     """X @ W with a constant W contracts X's last axis only."""
     a, b = node.inputs[:2]
     ra, r_out = rank_of(a), rank_of(node.outputs[0])
     if const_value(b) is None or flow.state(a) != st or ra is None or r_out is None \
             or ra < 2 or st.k >= ra - 1 or r_out < ra:
         return None
-    return ba._at(st.k + r_out - ra)
+    return bst.at_axis(st.k + r_out - ra)
 
 
-def _softmax(flow: "_Flow", node: gs.Node, st: "Axis") -> object | None:
+def _softmax(flow: Flow, node: gs.Node, st: "Axis") -> object | None:
     """Softmax over another axis (before opset 13: over all axes from `axis` on)."""
     rank, opset = rank_of(node.inputs[0]), flow.graph.opset
     if rank is None:
@@ -77,7 +79,7 @@ def _softmax(flow: "_Flow", node: gs.Node, st: "Axis") -> object | None:
     return st if (axis != st.k if opset >= 13 else st.k < axis) else None
 
 
-def _axes(flow: "_Flow", node: gs.Node, since: int) -> list[int] | None:
+def _axes(flow: Flow, node: gs.Node, since: int) -> list[int] | None:
     rank = rank_of(node.inputs[0])
     axes = input_or_attr(node, 1, "axes", since, flow.graph.opset)
     if rank is None or axes is None or isinstance(axes, str):
@@ -85,33 +87,33 @@ def _axes(flow: "_Flow", node: gs.Node, since: int) -> list[int] | None:
     return sorted(int(a) % rank for a in np.atleast_1d(axes))
 
 
-def _reduce(flow: "_Flow", node: gs.Node, st: "Axis") -> object | None:
+def _reduce(flow: Flow, node: gs.Node, st: "Axis") -> object | None:
     axes = _axes(flow, node, 13 if node.op == "ReduceSum" else 18)
     if not axes or st.k in axes:  # no axes: all of them (or a no-op, not worth a rule)
         return None
     if node.attrs.get("keepdims", 1):
         return st
-    return ba._at(st.k - sum(a < st.k for a in axes))
+    return bst.at_axis(st.k - sum(a < st.k for a in axes))
 
 
-def _squeeze(flow: "_Flow", node: gs.Node, st: "Axis") -> object | None:
+def _squeeze(flow: Flow, node: gs.Node, st: "Axis") -> object | None:
     axes = _axes(flow, node, 13)
     if not axes or st.k in axes:  # no axes: every size-1 axis, the batch's too when N = 1
         return None
-    return ba._at(st.k - sum(a < st.k for a in axes))
+    return bst.at_axis(st.k - sum(a < st.k for a in axes))
 
 
-def _unsqueeze(flow: "_Flow", node: gs.Node, st: "Axis") -> object | None:
+def _unsqueeze(flow: Flow, node: gs.Node, st: "Axis") -> object | None:
     rank = rank_of(node.outputs[0])
     axes = input_or_attr(node, 1, "axes", 13, flow.graph.opset)
     if rank is None or axes is None or isinstance(axes, str):
         return None
     inserted = {int(a) % rank for a in np.atleast_1d(axes)}
     kept = [i for i in range(rank) if i not in inserted]
-    return ba._at(kept[st.k]) if st.k < len(kept) else None
+    return bst.at_axis(kept[st.k]) if st.k < len(kept) else None
 
 
-def _concat(flow: "_Flow", node: gs.Node, st: "Axis") -> object | None:
+def _concat(flow: Flow, node: gs.Node, st: "Axis") -> object | None:
     """Along another axis, every input of the output's rank (bidirectional halves)."""
     rank = rank_of(node.outputs[0])
     if rank is None or any(rank_of(t) != rank for t in node.inputs):
@@ -119,14 +121,14 @@ def _concat(flow: "_Flow", node: gs.Node, st: "Axis") -> object | None:
     return st if int(node.attrs.get("axis", 0)) % rank != st.k else None
 
 
-def _split(flow: "_Flow", node: gs.Node, st: "Axis") -> object | None:
+def _split(flow: Flow, node: gs.Node, st: "Axis") -> object | None:
     rank = rank_of(node.inputs[0])
     if rank is None or int(node.attrs.get("axis", 0)) % rank == st.k:
         return None
     return [st] * len(node.outputs)
 
 
-def _slice(flow: "_Flow", node: gs.Node, st: "Axis") -> object | None:
+def _slice(flow: Flow, node: gs.Node, st: "Axis") -> object | None:
     """Constant axes, none of them the batch's (opset >= 10: axes is an input)."""
     rank = rank_of(node.inputs[0])
     if rank is None or flow.graph.opset < 10:
