@@ -11,10 +11,12 @@ Exporters write per-sample computations that a per-op rule cannot see as such, s
 batch axis is followed through the graph (issue 17 Q). Every tensor has a state:
 - FREE: computed from constants and shapes only (no sample's data reaches it);
 - BATCH: axis 0 is the sample axis, each row one sample's;
-- Merged(inner): axis 0 holds batch x inner dims row-major (`x.view(-1, C)`, Flatten), so
-  sample b owns a contiguous block of prod(inner) rows; ops that keep rows apart keep it,
-  and a Reshape whose target starts with the batch size (or -1) and whose other dims make
-  up the block restores BATCH;
+- Axis(k): axis k >= 1 is the sample axis (sequence-first recurrent layers: Transpose to
+  [T, N, C], LSTM/GRU/RNN with layout 0); only ops with a rule for it keep it (seqaxis.AXIS_RULES),
+  anything else on such a tensor counts as mixing;
+- Merged(inner, outer): axis 0 holds outer x batch x inner dims row-major (`x.view(-1, C)`,
+  Flatten; a CRNN's `view(T * b, h)` has outer = (T,)); ops that keep rows apart keep it,
+  and a Reshape that splits the rows back with the batch on an axis of its own restores it;
 - Index: a FREE integer tensor whose values are pinned to the batch coordinate: Range(0, B)
   ("b"), b * d ("bs"), b * d + Range(0, d) ("rowsel": row of sample b in a Merged tensor
   with block d), or a GatherND index whose first component is b ("nd").
@@ -22,41 +24,27 @@ Only these exact forms are trusted; anything else falls back on the handler's ru
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from . import seqaxis
+from .batchstate import BATCH, FREE, Axis, B, Index, Merged, Prod, at_axis, axis_of, factors_of
 from .graph import const_value, input_or_attr, rank_of
 from .ops import handler_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from .analysis import MaskSite
 
-B = "<batch>"  # the batch size, as a dim token
-FREE, BATCH = "free", "batch"
-
-
-@dataclass(frozen=True)
-class Merged:
-    inner: tuple  # dims merged into axis 0 after the batch (ints or dim names)
-
-
-@dataclass(frozen=True)
-class Index:
-    kind: str  # "b", "bs", "local", "rowsel", "nd"
-    axis: int = 0  # the axis that carries the batch coordinate ("local": unused)
-    size: object = None  # "bs"/"rowsel": the block d; "local": the bound
-
-
 def batch_mixing(graph: gs.Graph, sites: Iterable["MaskSite"] = ()) -> list[str]:
     """Ops on activations (rank >= 2, not constant) that may combine, reorder or resize samples.
 
     Anywhere in the graph: upstream of a mask site such an op makes the site's batch differ
     from the inputs' samples; downstream it mixes the coalitions. A mask site whose tensor
-    holds the batch merged with other axes counts too: a per-sample mask [N, units] does not
-    broadcast over its B x inner rows (instrument.py reshapes masks to [N, 1.., C])."""
+    holds the batch merged behind other axes counts too: a per-sample mask [N, units] does not
+    broadcast over its rows; with the batch first (B x inner rows) instrument.py reshapes the
+    rows to [N, -1, ..] around the mask (`merged_sites`)."""
     flow = _Flow(graph)
     found: list[str] = []
     for node in graph.nodes:
@@ -64,9 +52,23 @@ def batch_mixing(graph: gs.Graph, sites: Iterable["MaskSite"] = ()) -> list[str]
             found.append(f"{node.op} '{node.name or node.outputs[0].name}'")
     for tensor in dict.fromkeys(site.tensor for site in sites):
         state = flow.states.get(tensor)
-        if isinstance(state, Merged):
-            found.append(f"mask site '{tensor}' (axis 0 holds the batch merged with {list(state.inner)})")
+        if isinstance(state, Merged) and state.outer:
+            found.append(f"mask site '{tensor}' (axis 0 holds the batch merged with "
+                         f"{list(state.outer + state.inner)})")
+        elif isinstance(state, Axis):  # a mask [N, C] broadcasts along axis 0 only
+            found.append(f"mask site '{tensor}' (the batch is on axis {state.k})")
     return found
+
+
+def merged_sites(graph: gs.Graph, sites: Iterable["MaskSite"]) -> set[str]:
+    """Site tensors whose axis 0 holds B x inner rows, sample-major (GPT-2's Conv1D input)."""
+    tensors = {site.tensor for site in sites}
+    if not tensors:
+        return set()
+    flow = _Flow(graph)
+    for node in graph.nodes:
+        flow.visit(node)
+    return {t for t in tensors if isinstance(flow.states.get(t), Merged) and not flow.states[t].outer}
 
 
 def _batch_moved_to_output(node: gs.Node, graph: gs.Graph) -> bool:
@@ -111,6 +113,8 @@ class _Flow:
             return self._shape_dims(node)
         if node.op == "Slice":
             return self._slice_dims(node, depth)
+        if node.op == "Mul" and (prod := self._product(node, depth)) is not None:
+            return prod
         out = handler_for(node).eval_shape(node, lambda u: self.dims(u, depth + 1))
         return None if out is None else [self.name(d) for d in out]
 
@@ -119,11 +123,25 @@ class _Flow:
         dims, st = self.shape(x), self.state(x)
         if dims is None:
             return None
-        axis = 0 if st == BATCH else st.axis if isinstance(st, Index) and st.kind != "local" else None
+        axis = axis_of(st)
+        if isinstance(st, Index) and st.kind != "local":
+            axis = st.axis
         if axis is not None and axis < len(dims):
             dims[axis] = B
         start, end = int(node.attrs.get("start", 0)), node.attrs.get("end")
         return dims[start:None if end is None else int(end)]
+
+    def _product(self, node: gs.Node, depth: int) -> list | None:
+        """[Prod] for a product of two scalar dims, one of them not a number (T * b)."""
+        a, b = (self.dims(t, depth + 1) for t in node.inputs[:2])
+        if a is None or b is None or len(a) != 1 or len(b) != 1:
+            return None
+        if isinstance(a[0], int) and isinstance(b[0], int):
+            return None  # plain arithmetic: the handler's
+        factors = factors_of(a[0]) + factors_of(b[0])
+        if any(f is None or (isinstance(f, int) and f < 1) for f in factors):
+            return None
+        return [Prod(tuple(sorted(factors, key=repr)))]
 
     def _slice_dims(self, node: gs.Node, depth: int) -> list | None:
         """x[-1:] of a shape vector (GPT-2's `size()[-1:]`): constant bounds, step 1."""
@@ -153,6 +171,11 @@ class _Flow:
             self._set(node, out)
             return True
         live = {s for s in states if s != FREE and not isinstance(s, Index)}
+        if any(isinstance(s, Axis) for s in live):  # only ops with a rule for it keep it
+            rule = seqaxis.AXIS_RULES.get(node.op) if len(live) == 1 else None
+            out = rule(self, node, next(iter(live))) if rule else None
+            self._set(node, next(iter(live)) if out is None else out)
+            return out is not None
         self._set(node, next(iter(live)) if len(live) == 1 else BATCH)
         if all((rank_of(t) or 0) <= 1 for t in data) and not any(isinstance(s, Merged) for s in live):
             return True  # per-sample vectors (labels); merged rows of rank 1 are still rows
@@ -160,8 +183,10 @@ class _Flow:
         return len(live) == 1 and not handler_for(node).mixes_batch(node, self.graph.opset)
 
     def _set(self, node: gs.Node, state: object) -> None:
-        for o in node.outputs:
-            self.states[o.name] = state
+        """One state for every output, or a list of them (LSTM's Y and Y_h differ)."""
+        states = state if isinstance(state, list) else [state] * len(node.outputs)
+        for o, s in zip(node.outputs, states):
+            self.states[o.name] = s
 
     def _learn_aliases(self, node: gs.Node) -> None:
         """Dim names that shape inference gave two names: a Reshape's 0 copies its input's dim."""
@@ -180,6 +205,7 @@ class _Flow:
 def _same_product(a: list, b: list) -> bool:
     """prod(a) == prod(b) for every value of the dim names (equal numbers, equal names)."""
     def split(dims):
+        dims = [f for d in dims for f in factors_of(d)]
         if any(d is None or d == B or (isinstance(d, int) and d < 1) for d in dims):
             return None
         return (int(np.prod([d for d in dims if isinstance(d, int)], dtype=np.int64)),
@@ -198,26 +224,66 @@ def _target(flow: _Flow, node: gs.Node, in_shape: list) -> list | None:
 
 
 def _reshape(flow: _Flow, node: gs.Node) -> object | None:
-    """Merge (batch with the dims after it), restore (Merged back to BATCH) or keep BATCH."""
+    """Merge the batch with the dims around it, split merged rows back, or move the batch
+    axis, as the row-major order of the data allows (see `_regroup`)."""
     x = node.inputs[0]
     st, shape = flow.state(x), flow.shape(x)
-    if st == BATCH and shape:
-        shape = [B] + shape[1:]  # a 0 at the front copies the batch size
-    target = None if shape is None else _target(flow, node, shape)
-    if target is None or not target or target.count(-1) > 1:
+    k = axis_of(st)
+    if shape is None or (k is not None and k >= len(shape)):
         return None
-    if st == BATCH:
-        if target[0] == B:
-            _alias_free_dim(flow, node, shape, target)
-            return BATCH  # [B, ...]: every row keeps its sample's elements
-        if target[0] == -1 and B not in target:
-            for k in range(1, len(shape) + 1):  # -1 = B x shape[1:k]
-                if _same_product(shape[k:], target[1:]):
-                    return Merged(tuple(shape[1:k])) if k > 1 else BATCH
+    if k is not None:
+        shape = shape[:k] + [B] + shape[k + 1:]  # a 0 there copies the batch size
+    layout = _layout(st, shape)
+    target = _target(flow, node, shape)
+    if layout is None or not target:
         return None
-    if isinstance(st, Merged) and target[0] in (B, -1) and -1 not in target[1:] \
-            and _same_product(target[1:], list(st.inner) + shape[1:]):
-        return BATCH  # each sample's block of rows becomes its row again
+    out = _regroup(*layout, target)
+    if out == BATCH and st == BATCH and target[0] == B:
+        _alias_free_dim(flow, node, shape, target)
+    return out
+
+
+def _layout(st: object, shape: list) -> tuple[list, list] | None:
+    """(dims before the samples, dims after them) in the row-major order of the data."""
+    k = axis_of(st)
+    if k is not None:
+        return shape[:k], shape[k + 1:]
+    if isinstance(st, Merged):
+        return list(st.outer), list(st.inner) + shape[1:]
+    return None
+
+
+def _regroup(before: list, after: list, target: list) -> object | None:
+    """The state after a Reshape to `target` of data laid out as before x B x after.
+
+    The target entry holding the batch (B, a product with B, or else its one -1) must cover
+    before[a:] x B x after[:c], the entries ahead of it before[:a] and those behind it
+    after[c:] (a side holding the -1 is implied by the others). Alone on its axis the batch
+    keeps an axis of its own; merged into axis 0 it is Merged; anything else: None."""
+    if target.count(-1) > 1:
+        return None
+    hits = [j for j, d in enumerate(target) if d == B or (isinstance(d, Prod) and B in d.factors)]
+    if len(hits) > 1:
+        return None
+    if hits:
+        j = hits[0]
+        entry: list | None = factors_of(target[j])
+        entry.remove(B)
+        if B in entry:
+            return None
+    elif -1 in target:
+        j, entry = target.index(-1), None
+    else:
+        return None
+    head, tail = target[:j], target[j + 1:]
+    for a in range(len(before), -1, -1):
+        for c in range(len(after) + 1):
+            if (-1 in head or _same_product(head, before[:a])) and \
+                    (-1 in tail or _same_product(tail, after[c:])) and \
+                    (entry is None or _same_product(entry, before[a:] + after[:c])):
+                if a == len(before) and c == 0:
+                    return at_axis(j)
+                return Merged(tuple(after[:c]), tuple(before[a:])) if j == 0 else None
     return None
 
 
@@ -247,15 +313,26 @@ def _flatten(flow: _Flow, node: gs.Node) -> object | None:
 def _gather(flow: _Flow, node: gs.Node) -> object | None:
     """Rows b*d .. b*d+d-1 of a Merged tensor with block d (HF mask builders)."""
     data, idx = flow.state(node.inputs[0]), flow.state(node.inputs[1])
+    if isinstance(data, Axis):
+        return _gather_other_axis(node, data.k) if idx == FREE else None
     if int(node.attrs.get("axis", 0)) != 0:
         return None
     if data == FREE and idx == BATCH:
         return BATCH  # a lookup in a sample-independent table, row by row of the indices
-    if not isinstance(data, Merged):
+    if not isinstance(data, Merged) or data.outer:  # rows b * d + s: sample-major blocks only
         return None
     ok = isinstance(idx, Index) and idx.kind == "rowsel" and idx.axis == 0 \
         and _same_product([idx.size], list(data.inner))
     return BATCH if ok else None
+
+
+def _gather_other_axis(node: gs.Node, k: int) -> object | None:
+    """Constant indices on an axis other than the batch's (SVTR's q/k/v part at axis 0)."""
+    rank, r_idx = rank_of(node.inputs[0]), rank_of(node.inputs[1])
+    if rank is None or r_idx is None:
+        return None
+    g = int(node.attrs.get("axis", 0)) % rank
+    return None if g == k else at_axis(k if g > k else k - 1 + r_idx)
 
 
 def _gather_nd(flow: _Flow, node: gs.Node) -> object | None:
@@ -274,7 +351,9 @@ def _gather_elements(flow: _Flow, node: gs.Node) -> object | None:
 
 
 _SPECIAL = {"Reshape": _reshape, "Flatten": _flatten, "Gather": _gather, "GatherND": _gather_nd,
-            "GatherElements": _gather_elements}
+            "GatherElements": _gather_elements,
+            "Transpose": seqaxis.transpose, "LSTM": seqaxis.recurrent, "GRU": seqaxis.recurrent,
+            "RNN": seqaxis.recurrent}
 
 
 # -- index arithmetic on FREE tensors -------------------------------------------------------
