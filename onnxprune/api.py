@@ -164,14 +164,15 @@ def score_planned(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptio
     gids = list(groups) if groups is not None else [g.id for g in am.analysis.prunable]
     if metric.needs_data and calib is None:
         raise OnnxPruneError(f"metric '{opts.metric}' needs calibration data (--calib)")
+    if removal is None and at_cut:
+        removal = ratio
     if (opts.workers or opts.ray_address) and metric.needs_engine and not dry_run:
         from .scoring.distributed import score_distributed  # the only way Ray gets imported
         return score_distributed(am, calib, opts, gids, context=_score_context, means=means,
-                                 ratio=ratio, progress=progress), None
+                                 ratio=ratio if at_cut else None, removal=removal,
+                                 round_to=round_to, progress=progress), None
     t0 = time.perf_counter()
     ctx = _score_context(am, calib, opts, means, ratio if at_cut else None, round_to)
-    if removal is None and at_cut:
-        removal = ratio
     ctx = dataclasses.replace(ctx, removal=removal)
     t1 = time.perf_counter()
     plan = plan_scoring(ctx.engine, am.analysis, gids, metric=opts.metric,
