@@ -116,7 +116,7 @@ class RunStats:
 
 def score_distributed(am: AnalyzedModel, calib: Calibration, opts: Any, gids: Sequence[int], *,
                       context: ContextFn, means: Mapping[str, np.ndarray] | None = None,
-                      ratio: float | None = 0.5, removal: float | None = None,
+                      ratio: float | None = None, removal: float | None = None,
                       round_to: int = 1, progress: ProgressFn | None = None, stats: RunStats | None = None,
                       _die_after: Mapping[int, int] | None = None) -> dict[int, GroupScores]:
     """Score `gids` on Ray workers; the same result as api.score_model's local loop, whose
