@@ -1,6 +1,6 @@
 """What the whole default command costs, in forward-pass equivalents, and how good its cut is.
 
-    PYTHONPATH=.:cli python bench/cost.py [--models digits_cnn mobilenetv2 c2f bert_tiny]
+    PYTHONPATH=.:cli python bench/cost.py [--models digits_cnn mobilenetv2 c2f bert_tiny minilm_l6]
         [--samples 64] [--ref-mult 20] [--new truncated] [--old persample] [--profile MODEL]
 
 Per model, in one process (docs/design.md, Measuring):
@@ -9,7 +9,8 @@ Per model, in one process (docs/design.md, Measuring):
   (median of 7, re-measured before each command and the median of all taken): the unit;
 - the whole command, `onnxprune.prune(model, calib, ratio=0.5, latency=False)` with the old
   default estimator and with the new one (`estimator=`), its wall time split by stage from
-  the progress events (means, score, rewrite = candidates, refit, guard, verify; setup =
+  the progress events (means, engine = the scoring engine and the plan's probes, from the
+  report's plan, score, rewrite = candidates, refit, guard, verify; setup =
   load/normalize/analyze + the ORT check before the first event), all in forward-pass
   equivalents (FPE = seconds / one forward pass);
 - the cut's quality: per group the bottom-k (k = the units a params budget of 0.5 is
@@ -21,6 +22,10 @@ Per model, in one process (docs/design.md, Measuring):
   number of units on the wrong side of the cut (its own estimate); and held-out quality:
   the default value function of the shipped model on 256 fresh samples (digits: the test
   set, with accuracy) for both commands.
+
+minilm_l6 (a MiniLM-L6-sized encoder, 6 x 1,536 FFN neurons) is built by `python
+bench/build_minilm.py` into bench/.cache/minilm_l6.onnx (torch + transformers, for the build
+only); its calibration is `build_minilm.inputs(64, 32, 0)`, held out `inputs(256, 32, 1)`.
 
 The reference is cached in bench/.cache (it costs ref-mult x the scoring). Scoring samples are
 48 of 64 (a quarter is held out by the command).
@@ -64,12 +69,14 @@ from onnxprune.scoring.site_stats import site_means  # noqa: E402
 
 MODELS = ["digits_cnn", "resnet_mnist", "mobilenetv2", "c2f", "bert_tiny"]
 CACHE = ROOT / "bench" / ".cache"
-STAGES = ("setup", "means", "score", "rewrite", "refit", "guard", "verify")
+STAGES = ("setup", "means", "engine", "score", "rewrite", "refit", "guard", "verify")
 EVENT_STAGE = {"means": "means", "score": "score", "rewrite": "rewrite", "refit": "refit",
                "deploy": "guard", "verify": "verify"}
 
 
 def model_path(name: str) -> Path:
+    if name == "minilm_l6":
+        return CACHE / "minilm_l6.onnx"
     if name == "digits_cnn":
         return ROOT / "models" / "digits_cnn.onnx"
     if name == "resnet_mnist":
@@ -87,6 +94,9 @@ def data(name: str, proto: onnx.ModelProto, n: int):
         c = np.load(ROOT / "models/trained/mnist_calib.npz")
         t = np.load(ROOT / "models/trained/mnist_test.npz")
         return {"input": c["input"][:n]}, {"input": t["input"][:256]}, t["labels"][:256]
+    if name == "minilm_l6":
+        from build_minilm import inputs
+        return inputs(n, 32, 0), inputs(256, 32, 1), None
     return synthetic(proto, n, 0, 16), synthetic(proto, 256, 1, 16), None
 
 
@@ -131,6 +141,11 @@ def timed_prune(path: Path, calib: dict, estimator: str, profile: bool = False):
     bounds = [("setup", t0), *marks, ("end", end)]
     for (stage, start), (_, stop) in zip(bounds, bounds[1:]):
         stages[stage] += stop - start
+    # the engine and the plan's probes run between the means and the score events
+    actual = (res.report.get("plan") or {}).get("actual_s", {})
+    engine = actual.get("engine", 0.0) + actual.get("plan", 0.0)
+    stages["engine"] = min(engine, stages["means"])
+    stages["means"] -= stages["engine"]
     return res, end - t0, stages
 
 

@@ -16,6 +16,7 @@ keeps a refit only when held-out fidelity says it helps.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
@@ -69,6 +70,24 @@ def refit_consumers(analysis: Analysis, ident: ModelIdentity, keep_channel: np.n
         if progress is not None:
             progress(len(out), len(layers))
     return out
+
+
+def time_layer(analysis: Analysis, ident: ModelIdentity, keep_channel: np.ndarray,
+               inputs: Mapping[str, np.ndarray], activations: SiteActivations, node: str,
+               batch: int = 16) -> float | None:
+    """Seconds the refit of consumer `node` takes (statistics and solves) on the kept
+    `activations`, for the plan's refit estimate (scoring/plan.py); None when the refit would
+    not fit this layer or the activations do not hold its tensor (no extra model pass)."""
+    site = next((s for s in analysis.sites if s.node == node and s.input_index == 0), None)
+    lay = _layer(analysis, site, keep_channel) if site is not None else None
+    if (lay is None or lay.keep_cols.sum() > MAX_KEPT_COLUMNS or activations.batch != batch
+            or not activations.chunks or site.tensor not in activations.chunks[0][2]):
+        return None
+    t0 = time.perf_counter()
+    with single_threaded_blas():
+        (fit, val, shift), = _accumulate(analysis, ident, [lay], inputs, "cpu", batch, activations)
+        _solve(lay, fit, val, shift)
+    return time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------

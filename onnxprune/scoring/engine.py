@@ -115,7 +115,8 @@ class Engine:
         self.path = "not run yet"
         self._plans: OrderedDict[tuple[int, ...], Plan] = OrderedDict()
         self._probed: dict[str, bool] = {}  # tensor -> carries the samples on axis 0
-        self._tuned: dict[tuple[int, int], int] = {}  # suffix size class -> K measured there
+        # suffix size class -> (K measured there, its seconds per coalition on one chunk)
+        self._tuned: dict[tuple[int, int], tuple[int, float]] = {}
         self._inputs = self._check_inputs(am.analysis, calib)
         self.n = calib.n_samples
         self.analysis, self.fixed_rows, self.batch = self._batch_mode(
@@ -195,6 +196,18 @@ class Engine:
         self._plans.clear()
         self._mixing_sessions.clear()
         self.value_fn.prepare(self.reference, self._labels)
+
+    def tuned_seconds_per_evaluation(self, gid: int) -> float | None:
+        """ORT seconds of one coalition of group `gid` over all samples, from the K tuning of
+        its plan (the best of its timed runs at the chosen K, scaled from the first chunk's
+        rows to all chunks); None when the group has no plan or its K was not measured (not
+        CPU, K = 1 by the memory budget). The plan (scoring/plan.py) reads it instead of
+        timing extra probe runs."""
+        plan = self._plans.get((int(gid),))
+        seconds = plan.est.get("tuned_s_per_coalition") if plan is not None else None
+        if seconds is None:
+            return None
+        return float(seconds) * sum(c.rows for c in plan.chunks) / plan.chunks[0].rows
 
     def _count(self, k: int) -> None:
         self.evaluations += k
@@ -502,11 +515,13 @@ class Engine:
         if self.tune and not plan.tuned and self.backend.device == "cpu" and plan.k_max > 1:
             size = self._size_class(plan)
             if size in self._tuned:  # an earlier group's suffix of this size measured it
-                plan.k_run, plan.tuned = min(plan.k_max, self._tuned[size]), True
+                k, seconds = self._tuned[size]
+                plan.k_run, plan.tuned = min(plan.k_max, k), True
                 plan.est["tuned_from_size_class"] = list(size)
+                plan.est["tuned_s_per_coalition"] = seconds
             else:
                 self._tune(plan, feeds[0])
-                self._tuned[size] = plan.k_run
+                self._tuned[size] = (plan.k_run, plan.est["tuned_s_per_coalition"])
         copies = 1 if self.backend.tile_in_graph else plan.k_run
         plan.feeds = [self.backend.hold(f, copies) for f in feeds]
         plan.cache_bytes = nbytes * copies
@@ -545,6 +560,7 @@ class Engine:
             k = min(2 * k, plan.k_max)
         plan.k_run, plan.tuned = min(timings, key=timings.__getitem__), True
         plan.est["tuned_ms_per_coalition"] = {k: round(t * 1e3, 3) for k, t in timings.items()}
+        plan.est["tuned_s_per_coalition"] = timings[plan.k_run]
 
     # -- running
 
