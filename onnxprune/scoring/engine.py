@@ -68,10 +68,12 @@ _CACHE_SHARE = 0.5      # cached activations may use at most this share of the b
 _MAX_SUFFIX_SHARE = 0.75  # cut only when the suffix has at most this share of the MACs
 _CPU_RUN_BYTES = 2 << 20  # CPU, untuned: largest activation of one run (about one L2 cache)
 _VALUE_BYTES = 16 << 20   # outputs handed to one value-function call (its overhead is per call)
-_TUNE_ROUNDS = 3          # timed runs per K when tuning (the minimum counts: load only adds)
+_TUNE_ROUNDS = 2          # timed runs per K when tuning (the minimum counts: load only adds)
 _TUNE_SLOWER = 1.15       # stop doubling K once a coalition costs this much more than the best
-_TUNE_RUN_S = 0.02        # ... or once one run is long enough to amortize its fixed cost
-_TUNE_LONG = 5            # a warm-up at K = 1 this many times _TUNE_RUN_S ends tuning at once
+_TUNE_RUN_S = 0.01        # ... or once one run is long enough to amortize its fixed cost (a
+                          # run's fixed cost is 0.1-0.3 ms: 10 ms amortize it; tuning was 90%
+                          # of the engine stage on digits_cnn at 20 ms and 3 rounds)
+_TUNE_LONG = 10           # a warm-up at K = 1 this many times _TUNE_RUN_S ends tuning at once
 
 __all__ = ["Engine"]
 
