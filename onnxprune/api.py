@@ -375,7 +375,8 @@ def _round_stages(am: AnalyzedModel, gids: list[int], opts: PruneOptions, run: _
     est = stage_estimates(run.forward, scoring=run.scoring.n_samples,
                           held=(run.held_out or run.scoring).n_samples,
                           compensate=opts.compensate, refit=opts.refit, latency=opts.latency,
-                          refit_s=refit_s, allocations=_allocation_count(opts))
+                          refit_s=refit_s, allocations=_allocation_count(opts),
+                          refit_pass=acts is None)
     left = opts.steps - step
     out = {"rewrite": est["rewrite"] * left, "verify": est["verify"]}
     if "means" in est:
@@ -385,9 +386,10 @@ def _round_stages(am: AnalyzedModel, gids: list[int], opts: PruneOptions, run: _
 
 def _refit_timer(am: AnalyzedModel, gids: list[int], ratio: float, run: _Run,
                  acts: SiteActivations | None) -> Callable[[str], "float | None"] | None:
-    """Times the refit of one layer on the kept activations, each scored group cut to
-    `ratio` of its channels (which ones does not matter for the time); None without them."""
-    if acts is None or run.scoring is None:
+    """Times the refit of one layer (on the kept activations, else on its tensor computed
+    for it), each scored group cut to `ratio` of its channels (which ones does not matter
+    for the time)."""
+    if run.scoring is None:
         return None
     from .deploy.refit import time_layer
     keep = np.ones(len(am.analysis.ch_group), dtype=bool)

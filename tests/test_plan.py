@@ -202,4 +202,6 @@ def test_time_layer_runs_one_refit_layer_on_kept_activations():
     nodes = [s.node for s in am.analysis.sites]
     seconds = [time_layer(am.analysis, am.ident, keep, inputs, acts, n) for n in nodes]
     assert any(s is not None and s > 0 for s in seconds)
+    node = nodes[[s is not None for s in seconds].index(True)]  # not kept: computed for it
+    assert time_layer(am.analysis, am.ident, keep, inputs, None, node) > 0
     assert time_layer(am.analysis, am.ident, keep, inputs, acts, "no such node") is None

@@ -446,19 +446,22 @@ def refit_seconds(analysis: Analysis, gids: Sequence[int], ratio: float, samples
 
 def stage_estimates(forward: Forward, *, scoring: int, held: int, compensate: bool,
                     refit: bool, latency: bool, refit_s: float = 0.0,
-                    allocations: int = 1) -> dict[str, float]:
+                    allocations: int = 1, refit_pass: bool = False) -> dict[str, float]:
     """Expected seconds of the stages around scoring, each a few session builds and passes:
     means (an instrumented session, one pass over the scoring samples); rewrite (the guard's
     original once, then per allocation deployed (`allocations`: the global one and the
     uniform fallback under the guard) each candidate: a session and a pass over the held-out
     samples, and `refit_s` of refit statistics and solves on the activations the means pass
-    kept); verify (both models on the held-out samples, then latency: both on up to 32
+    kept, or with `refit_pass` (too large to keep) after a session and a pass of its own);
+    verify (both models on the held-out samples, then latency: both on up to 32
     samples, interleaved)."""
     s, held_pass = forward.session_s, forward.pass_s(held)
     candidates = 1 + int(compensate) + int(refit)
     out = {"means": s + forward.pass_s(scoring)} if compensate else {}
     out["rewrite"] = (2 * s + held_pass
-                      + allocations * (candidates * (2 * s + held_pass) + (refit_s if refit else 0.0)))
+                      + allocations * (candidates * (2 * s + held_pass) + (
+                          refit_s + (s + forward.pass_s(scoring) if refit_pass else 0.0)
+                          if refit else 0.0)))
     out["verify"] = 2 * (s + held_pass)
     if latency:
         run = forward.pass_s(min(32, held))
