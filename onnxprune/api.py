@@ -534,13 +534,15 @@ def _round_plan(am: AnalyzedModel, opts: PruneOptions, run: _Run, step: int,
     gids = _round_groups(am, opts)
     t0 = time.perf_counter()
     means, acts = _means(am, opts, run, progress)
+    stages = _round_stages(am, gids, opts, run, step, means_done=True, acts=acts)
+    # "means" holds the refit layer timed for the estimate too (measured, not lost in scoring)
     spent = {**(run.spent if step == 0 else {}), "means": time.perf_counter() - t0}
     # later rounds: what the command took before this round (the plan's measured_s has the rest)
     elapsed = t0 - run.t0 + sum(v for k, v in run.spent.items() if k != "check") if step else 0.0
     scores, plan = score_planned(
         am, run.scoring, opts.score, means=means, ratio=opts.step_ratio(), groups=gids,
         progress=progress, forward=run.forward, spent=spent,
-        stages=_round_stages(am, gids, opts, run, step, means_done=True, acts=acts), steps=opts.steps - step,
+        stages=stages, steps=opts.steps - step,
         allowance=_scoring_allowance(opts.score, elapsed, opts.steps - step), dry_run=dry_run,
         step=step + 1, of=opts.steps, at_cut=_same_cut(opts), round_to=opts.round_multiple(),
         removal=_unit_share(opts))
