@@ -73,6 +73,8 @@ _TUNE_SLOWER = 1.15       # stop doubling K once a coalition costs this much mor
 _TUNE_RUN_S = 0.01        # ... or once one run is long enough to amortize its fixed cost (a
                           # run's fixed cost is 0.1-0.3 ms: 10 ms amortize it; tuning was 90%
                           # of the engine stage on digits_cnn at 20 ms and 3 rounds)
+_TUNE_GAIN = 0.9          # ... or once doubling K gains under 10% on runs over _TUNE_RUN_S / 4
+                          # (the last doublings are most of the tuning's time)
 _TUNE_LONG = 10           # a warm-up at K = 1 this many times _TUNE_RUN_S ends tuning at once
 
 __all__ = ["Engine"]
@@ -539,13 +541,14 @@ class Engine:
 
     def _tune(self, plan: Plan, data: Mapping[str, Any]) -> None:
         """CPU: K from timings of the suffix at K = 1, 2, 4, ... up to what the budget allows,
-        stopping once a coalition costs clearly more than at the best K so far or one run gets
-        long (tuning stays a small part of scoring a group). The cache-size estimate was off
+        stopping once a coalition costs clearly more than at the best K so far, once doubling
+        K gains little on runs already a few ms long, or once one run gets long (tuning stays a
+        small part of scoring a group). The cache-size estimate was off
         both ways: a late group's small suffix wanted 4-8x more rows per run."""
         rows = plan.chunks[0].rows
         widths = [self.analysis.group(g).units for g in plan.gids]
         timings: dict[int, float] = {}
-        k = 1
+        k = prev = 1
         while True:
             held = self.backend.hold(data, k)
             masks = [np.ones((k * rows, w), np.float32) for w in widths]
@@ -557,9 +560,12 @@ class Engine:
                              for _ in range(_TUNE_ROUNDS)) / k
             del held
             best = min(timings.values())
-            if k >= plan.k_max or timings[k] > _TUNE_SLOWER * best or timings[k] * k > _TUNE_RUN_S:
+            flat = (k > 1 and timings[k] * k > _TUNE_RUN_S / 4
+                    and timings[k] > _TUNE_GAIN * timings[prev])
+            if (k >= plan.k_max or timings[k] > _TUNE_SLOWER * best or flat
+                    or timings[k] * k > _TUNE_RUN_S):
                 break
-            k = min(2 * k, plan.k_max)
+            prev, k = k, min(2 * k, plan.k_max)
         plan.k_run, plan.tuned = min(timings, key=timings.__getitem__), True
         plan.est["tuned_ms_per_coalition"] = {k: round(t * 1e3, 3) for k, t in timings.items()}
         plan.est["tuned_s_per_coalition"] = timings[plan.k_run]
