@@ -1,7 +1,8 @@
 """What the whole default command costs, in forward-pass equivalents, and how good its cut is.
 
-    PYTHONPATH=.:cli python bench/cost.py [--models digits_cnn mobilenetv2 c2f bert_tiny]
+    PYTHONPATH=.:cli python bench/cost.py [--models digits_cnn mobilenetv2 c2f bert_tiny minilm_l6]
         [--samples 64] [--ref-mult 20] [--new truncated] [--old persample] [--profile MODEL]
+    PYTHONPATH=.:cli python bench/cost.py --before REV [--rounds 2] [--models ...]
 
 Per model, in one process (docs/design.md, Measuring):
 
@@ -9,7 +10,8 @@ Per model, in one process (docs/design.md, Measuring):
   (median of 7, re-measured before each command and the median of all taken): the unit;
 - the whole command, `onnxprune.prune(model, calib, ratio=0.5, latency=False)` with the old
   default estimator and with the new one (`estimator=`), its wall time split by stage from
-  the progress events (means, score, rewrite = candidates, refit, guard, verify; setup =
+  the progress events (means, engine = the scoring engine and the plan's probes, from the
+  report's plan, score, rewrite = candidates, refit, guard, verify; setup =
   load/normalize/analyze + the ORT check before the first event), all in forward-pass
   equivalents (FPE = seconds / one forward pass);
 - the cut's quality: per group the bottom-k (k = the units a params budget of 0.5 is
@@ -22,6 +24,15 @@ Per model, in one process (docs/design.md, Measuring):
   the default value function of the shipped model on 256 fresh samples (digits: the test
   set, with accuracy) for both commands.
 
+minilm_l6 (a MiniLM-L6-sized encoder, 6 x 1,536 FFN neurons) is built by `python
+bench/build_minilm.py` into bench/.cache/minilm_l6.onnx (torch + transformers, for the build
+only); its calibration is `build_minilm.inputs(64, 32, 0)`, held out `inputs(256, 32, 1)`.
+
+With `--before REV` the rows are this checkout ("after") against REV ("before"), both with
+the `--new` default estimator, alternately in fresh processes (before, after, ...), medians
+over `--rounds`; "keep" is a digest of the kept units (the same digest: the same pruned
+model), agreement is computed on the "after" rows (`--ref-mult 0`: not at all).
+
 The reference is cached in bench/.cache (it costs ref-mult x the scoring). Scoring samples are
 48 of 64 (a quarter is held out by the command).
 """
@@ -32,6 +43,7 @@ import cProfile
 import datetime
 import hashlib
 import io
+import json
 import os
 import pstats
 import statistics
@@ -64,12 +76,14 @@ from onnxprune.scoring.site_stats import site_means  # noqa: E402
 
 MODELS = ["digits_cnn", "resnet_mnist", "mobilenetv2", "c2f", "bert_tiny"]
 CACHE = ROOT / "bench" / ".cache"
-STAGES = ("setup", "means", "score", "rewrite", "refit", "guard", "verify")
+STAGES = ("setup", "means", "engine", "score", "rewrite", "refit", "guard", "verify")
 EVENT_STAGE = {"means": "means", "score": "score", "rewrite": "rewrite", "refit": "refit",
                "deploy": "guard", "verify": "verify"}
 
 
 def model_path(name: str) -> Path:
+    if name == "minilm_l6":
+        return CACHE / "minilm_l6.onnx"
     if name == "digits_cnn":
         return ROOT / "models" / "digits_cnn.onnx"
     if name == "resnet_mnist":
@@ -87,6 +101,9 @@ def data(name: str, proto: onnx.ModelProto, n: int):
         c = np.load(ROOT / "models/trained/mnist_calib.npz")
         t = np.load(ROOT / "models/trained/mnist_test.npz")
         return {"input": c["input"][:n]}, {"input": t["input"][:256]}, t["labels"][:256]
+    if name == "minilm_l6":
+        from build_minilm import inputs
+        return inputs(n, 32, 0), inputs(256, 32, 1), None
     return synthetic(proto, n, 0, 16), synthetic(proto, 256, 1, 16), None
 
 
@@ -131,6 +148,11 @@ def timed_prune(path: Path, calib: dict, estimator: str, profile: bool = False):
     bounds = [("setup", t0), *marks, ("end", end)]
     for (stage, start), (_, stop) in zip(bounds, bounds[1:]):
         stages[stage] += stop - start
+    # the engine and the plan's probes run between the means and the score events
+    actual = (res.report.get("plan") or {}).get("actual_s", {})
+    engine = actual.get("engine", 0.0) + actual.get("plan", 0.0)
+    stages["engine"] = min(engine, stages["means"])
+    stages["means"] -= stages["engine"]
     return res, end - t0, stages
 
 
@@ -234,6 +256,68 @@ def render(rows: list[dict], args) -> str:
     return "\n".join(lines)
 
 
+def child(args) -> None:
+    """In a process of the tree under test (--before): per model, the default command with
+    the `--new` estimator, one JSON line (FPE unit taken around it, as in `measure`)."""
+    for name in args.models:
+        path = model_path(name)
+        proto = onnx.load(str(path))
+        calib, held, labels = data(name, proto, args.samples)
+        am = onnxprune.analyze_model(str(path))
+        fwd = forward_seconds(proto, calib)
+        res, wall, stages = timed_prune(path, calib, args.new)
+        fwd += forward_seconds(proto, calib)
+        value, acc = held_out(am, res, held, labels, calib)
+        keep = hashlib.sha256(repr(sorted((g, list(map(int, k))) for g, k in res.keep.items()))
+                              .encode()).hexdigest()[:8]
+        agree = (agreement(res.scores, reference(name, path, calib, args.ref_mult, args.new), SHARE)
+                 if args.ref_mult else None)
+        print(json.dumps({"model": name, "wall": wall, "fwd": statistics.median(fwd),
+                          "stages": stages, "value": value, "acc": acc, "keep": keep,
+                          "agree": agree, "wrong": 0.0, "estimator": args.new,
+                          "evals": sum(g.get("evaluations", 0) for g in res.report["groups"])}),
+              flush=True)
+
+
+def before_after(args) -> None:
+    """This checkout ("after") against REV ("before", `git archive` into a temporary
+    directory), alternately in fresh processes, `--rounds` times; medians per model."""
+    import subprocess
+    import tempfile
+    rows: dict[tuple[str, str], list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="cost-before-") as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        for _ in range(args.rounds):
+            for which, tree in (("before", Path(tmp)), ("after", ROOT)):
+                env = {**os.environ, "PYTHONPATH": f"{tree}:{tree / 'cli'}"}
+                cmd = [sys.executable, str(ROOT / "bench" / "cost.py"), "--child", "--models",
+                       *args.models, "--samples", str(args.samples), "--new", args.new,
+                       "--ref-mult", str(args.ref_mult if which == "after" else 0)]
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                for line in out.stdout.splitlines():
+                    if line.startswith("{"):
+                        r = json.loads(line)
+                        rows.setdefault((r["model"], which), []).append(r)
+    table = []
+    for name in args.models:
+        for which in ("before", "after"):
+            runs = rows.get((name, which), [])
+            if not runs:
+                continue
+            med = {k: statistics.median(r[k] for r in runs) for k in ("wall", "fwd")}
+            stages = {s: statistics.median(r["stages"][s] * med["fwd"] / r["fwd"] for r in runs)
+                      for s in STAGES}
+            agree = next((r["agree"] for r in runs if r["agree"] is not None), float("nan"))
+            table.append({**runs[0], "which": which, "estimator": f"{runs[0]['estimator']} "
+                          f"(keep {runs[0]['keep']})", "wall": med["wall"], "fwd": med["fwd"],
+                          "stages": stages, "agree": agree})
+    print(f"\n{datetime.date.today()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, "
+          f"before = {args.before}, {args.rounds} rounds (medians), {args.samples} samples")
+    print(render(table, args))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=MODELS)
@@ -244,7 +328,15 @@ def main() -> None:
     ap.add_argument("--profile", default=None, help="cProfile the commands on this model")
     ap.add_argument("--marginals", type=int, default=None,
                     help="truncated: per-unit marginal count of the command (default: the library's)")
+    ap.add_argument("--before", default=None,
+                    help="git revision: the default command (--new) on it against this checkout")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        return child(args)
+    if args.before:
+        return before_after(args)
     if args.marginals is not None:
         truncated_mod.DEFAULT_MARGINALS = args.marginals
     rows = []

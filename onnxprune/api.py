@@ -30,8 +30,8 @@ from .options import PruneOptions, ScoreOptions
 from .progress import ProgressFn, emit
 from .report import build_report, verify_pruned
 from .scoring.metrics import METRICS, Metric, ScoreContext
-from .scoring.plan import (Forward, ScorePlan, fit_time, flops_per_second, measure_forward,
-                           plan_scoring, refit_flops, stage_estimates)
+from .scoring.plan import (Forward, ScorePlan, fit_time, measure_forward, plan_scoring,
+                           refit_seconds, stage_estimates)
 from .scoring.shapley import GroupScores
 from .scoring.site_stats import (CACHE_BYTES, SiteActivations, means_and_activations,
                                  site_stats)
@@ -164,14 +164,15 @@ def score_planned(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptio
     gids = list(groups) if groups is not None else [g.id for g in am.analysis.prunable]
     if metric.needs_data and calib is None:
         raise OnnxPruneError(f"metric '{opts.metric}' needs calibration data (--calib)")
+    if removal is None and at_cut:
+        removal = ratio
     if (opts.workers or opts.ray_address) and metric.needs_engine and not dry_run:
         from .scoring.distributed import score_distributed  # the only way Ray gets imported
         return score_distributed(am, calib, opts, gids, context=_score_context, means=means,
-                                 ratio=ratio, progress=progress), None
+                                 ratio=ratio if at_cut else None, removal=removal,
+                                 round_to=round_to, progress=progress), None
     t0 = time.perf_counter()
     ctx = _score_context(am, calib, opts, means, ratio if at_cut else None, round_to)
-    if removal is None and at_cut:
-        removal = ratio
     ctx = dataclasses.replace(ctx, removal=removal)
     t1 = time.perf_counter()
     plan = plan_scoring(ctx.engine, am.analysis, gids, metric=opts.metric,
@@ -363,21 +364,46 @@ def _prepare(model: Any, calib: Any, options: PruneOptions | None,
 
 
 def _round_stages(am: AnalyzedModel, gids: list[int], opts: PruneOptions, run: _Run, step: int,
-                  means_done: bool) -> dict[str, float]:
-    """Expected seconds of the stages after this round's scoring, to the end of the command."""
+                  means_done: bool, acts: SiteActivations | None = None) -> dict[str, float]:
+    """Expected seconds of the stages after this round's scoring, to the end of the command
+    (`acts`: the means pass's kept activations, on which one refit layer is timed)."""
     if run.forward is None:
         return {}
-    refit_s = (refit_flops(am.analysis, gids, opts.step_ratio(), run.scoring.n_samples)
-               / flops_per_second() if opts.refit else 0.0)
+    refit_s = (refit_seconds(am.analysis, gids, opts.step_ratio(), run.scoring.n_samples,
+                             _refit_timer(am, gids, opts.step_ratio(), run, acts))
+               if opts.refit else 0.0)
     est = stage_estimates(run.forward, scoring=run.scoring.n_samples,
                           held=(run.held_out or run.scoring).n_samples,
                           compensate=opts.compensate, refit=opts.refit, latency=opts.latency,
-                          refit_s=refit_s)
+                          refit_s=refit_s, allocations=_allocation_count(opts),
+                          refit_pass=acts is None)
     left = opts.steps - step
     out = {"rewrite": est["rewrite"] * left, "verify": est["verify"]}
     if "means" in est:
         out["means"] = est["means"] * (left - 1 if means_done else left)
     return out
+
+
+def _refit_timer(am: AnalyzedModel, gids: list[int], ratio: float, run: _Run,
+                 acts: SiteActivations | None) -> Callable[[str], "float | None"] | None:
+    """Times the refit of one layer (on the kept activations, else on its tensor computed
+    for it), each scored group cut to `ratio` of its channels (which ones does not matter
+    for the time)."""
+    if run.scoring is None:
+        return None
+    from .deploy.refit import time_layer
+    keep = np.ones(len(am.analysis.ch_group), dtype=bool)
+    for g in gids:
+        channels = np.flatnonzero(am.analysis.ch_group == g)
+        keep[channels[int(round((1 - ratio) * len(channels))):]] = False
+    return lambda node: time_layer(am.analysis, am.ident, keep, run.scoring.inputs, acts, node)
+
+
+def _allocation_count(opts: PruneOptions) -> int:
+    """Allocations deployed per round (`_allocations`): the global one and, under the guard,
+    the uniform fallback (fewer when they coincide)."""
+    guarded = opts.compensate or opts.refit or not opts.uniform
+    return 1 if opts.uniform or not guarded else 2
 
 
 def _plan_report(plan: ScorePlan, actual: Mapping[str, float], evaluations: int) -> dict[str, Any]:
@@ -508,13 +534,15 @@ def _round_plan(am: AnalyzedModel, opts: PruneOptions, run: _Run, step: int,
     gids = _round_groups(am, opts)
     t0 = time.perf_counter()
     means, acts = _means(am, opts, run, progress)
+    stages = _round_stages(am, gids, opts, run, step, means_done=True, acts=acts)
+    # "means" holds the refit layer timed for the estimate too (measured, not lost in scoring)
     spent = {**(run.spent if step == 0 else {}), "means": time.perf_counter() - t0}
     # later rounds: what the command took before this round (the plan's measured_s has the rest)
     elapsed = t0 - run.t0 + sum(v for k, v in run.spent.items() if k != "check") if step else 0.0
     scores, plan = score_planned(
         am, run.scoring, opts.score, means=means, ratio=opts.step_ratio(), groups=gids,
         progress=progress, forward=run.forward, spent=spent,
-        stages=_round_stages(am, gids, opts, run, step, means_done=True), steps=opts.steps - step,
+        stages=stages, steps=opts.steps - step,
         allowance=_scoring_allowance(opts.score, elapsed, opts.steps - step), dry_run=dry_run,
         step=step + 1, of=opts.steps, at_cut=_same_cut(opts), round_to=opts.round_multiple(),
         removal=_unit_share(opts))

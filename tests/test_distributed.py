@@ -145,3 +145,17 @@ def test_unreachable_address_is_a_quick_user_error():
     with pytest.raises(OnnxPruneError, match="--ray-address 127.0.0.1:1: nothing answers"):
         _check_reachable("127.0.0.1:1")
     _check_reachable("auto")  # left to Ray
+
+
+@needs_ray
+def test_workers_score_the_truncated_game_at_the_given_removal(ray_local, lenet):
+    """The truncated depth follows `removal` (prune's params-budget share), not the ratio of
+    units, on the workers as in process."""
+    am, data = lenet
+    local = score_model(am, data, seed=5, ratio=0.5, removal=0.2, estimator="truncated")
+    other = score_model(am, data, seed=5, ratio=0.5, estimator="truncated")
+    got = score_model(am, data, seed=5, ratio=0.5, removal=0.2, estimator="truncated", workers=1)
+    assert any(local[g].extra["game"] != other[g].extra["game"] for g in local)
+    for gid, scores in local.items():
+        assert got[gid].extra["game"] == scores.extra["game"]
+        np.testing.assert_array_equal(got[gid].values, scores.values)

@@ -150,3 +150,58 @@ def test_engine_on_fewer_samples_equals_an_engine_built_on_them():
     small = Engine(am, Calibration({k: v[:5] for k, v in data.inputs.items()}), NegKL())
     assert full.n == 5
     np.testing.assert_array_equal(full.values(gid, coalitions), small.values(gid, coalitions))
+
+
+def test_probe_reads_the_k_tuning_instead_of_extra_runs():
+    """A group whose K the engine tuned costs the plan one evaluation (its setup): the
+    per-evaluation cost is the tuning's best timed run, not timed probe runs."""
+    from onnxprune.api import make_engine
+    from onnxprune.scoring.plan import plan_scoring
+    am = analyze_model(EXAMPLE)
+    engine = make_engine(am, as_calibration(CALIB, am.proto))
+    calls = []
+    values = engine.values
+    engine.values = lambda gid, c: calls.append((gid, len(c))) or values(gid, c)
+    gids = [g.id for g in am.analysis.prunable]
+    plan = plan_scoring(engine, am.analysis, gids, metric="shapley")
+    assert all(engine.tuned_seconds_per_evaluation(g) is not None for g in gids)
+    assert sorted(calls) == sorted((g, 1) for g in gids)  # one coalition per measured group
+    assert all(g.seconds_per_evaluation == engine.tuned_seconds_per_evaluation(g.gid)
+               for g in plan.groups)
+
+
+def test_refit_estimate_scales_the_model_by_one_measured_layer(monkeypatch):
+    """refit_seconds: the modelled seconds, times measured / modelled on the median layer."""
+    from onnxprune.scoring import plan as plan_mod
+    am = analyze_model(EXAMPLE)
+    gids = [g.id for g in am.analysis.prunable]
+    work = plan_mod.refit_work(am.analysis, gids, 0.5, 48)
+    assert work and all(min(w) > 0 for w in work.values())
+    rates = plan_mod.machine_rates()
+    monkeypatch.setattr(plan_mod, "machine_rates", lambda: rates)  # the same for both calls
+    model = plan_mod.refit_seconds(am.analysis, gids, 0.5, 48)
+    timed = []
+    scaled = plan_mod.refit_seconds(am.analysis, gids, 0.5, 48,
+                                    lambda node: timed.append(node) or 1.0)
+    per = {n: p / rates[0] + q / rates[1] + c / rates[2] for n, (p, q, c) in work.items()}
+    median = sorted(per, key=per.__getitem__)[len(per) // 2]
+    assert timed == [median]
+    assert scaled == pytest.approx(model / per[median])
+    assert plan_mod.refit_seconds(am.analysis, gids, 0.5, 48, lambda node: None) == pytest.approx(model)
+
+
+def test_time_layer_runs_one_refit_layer_on_kept_activations():
+    import numpy as np
+    from onnxprune.deploy.refit import time_layer
+    from onnxprune.scoring.site_stats import means_and_activations
+    am = analyze_model(EXAMPLE)
+    inputs = {k: v[:32] for k, v in np.load(CALIB).items()}
+    _, acts = means_and_activations(am.analysis, am.ident, inputs, device="cpu", max_bytes=2**26)
+    keep = np.ones(len(am.analysis.ch_group), dtype=bool)
+    keep[::2] = False
+    nodes = [s.node for s in am.analysis.sites]
+    seconds = [time_layer(am.analysis, am.ident, keep, inputs, acts, n) for n in nodes]
+    assert any(s is not None and s > 0 for s in seconds)
+    node = nodes[[s is not None for s in seconds].index(True)]  # not kept: computed for it
+    assert time_layer(am.analysis, am.ident, keep, inputs, None, node) > 0
+    assert time_layer(am.analysis, am.ident, keep, inputs, acts, "no such node") is None

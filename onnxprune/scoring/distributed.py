@@ -70,16 +70,21 @@ class ScoringActor:
         self.ctx: Any = None
         self.metric = ""
 
-    def setup(self, model: bytes, calib: Calibration, opts: Any, means: Any, ratio: float,
-              threads: int, context: ContextFn) -> list[tuple[int, int]]:
+    def setup(self, model: bytes, calib: Calibration, opts: Any, means: Any, ratio: float | None,
+              threads: int, context: ContextFn, removal: float | None = None,
+              round_to: int = 1) -> list[tuple[int, int]]:
         """Build the engine with `context` (the local path's builder, passed in so that this
         module does not import the API facade); return (group id, units) of the prunable
-        groups, which the driver checks against its own analysis."""
+        groups, which the driver checks against its own analysis. `removal` (the truncated
+        estimator's depth share) and `round_to` as on the local path."""
+        import dataclasses
+
         import onnx
 
         from ..model import analyze_model
         am = analyze_model(onnx.load_from_string(model))
-        self.ctx = context(am, calib, opts, means, ratio, threads=threads)
+        ctx = context(am, calib, opts, means, ratio, round_to, threads=threads)
+        self.ctx = dataclasses.replace(ctx, removal=removal)
         self.metric = opts.metric
         return [(g.id, g.units) for g in am.analysis.prunable]
 
@@ -111,18 +116,19 @@ class RunStats:
 
 def score_distributed(am: AnalyzedModel, calib: Calibration, opts: Any, gids: Sequence[int], *,
                       context: ContextFn, means: Mapping[str, np.ndarray] | None = None,
-                      ratio: float = 0.5,
-                      progress: ProgressFn | None = None, stats: RunStats | None = None,
+                      ratio: float | None = None, removal: float | None = None,
+                      round_to: int = 1, progress: ProgressFn | None = None, stats: RunStats | None = None,
                       _die_after: Mapping[int, int] | None = None) -> dict[int, GroupScores]:
     """Score `gids` on Ray workers; the same result as api.score_model's local loop, whose
-    `context` builder (api._score_context) each worker calls once.
+    `context` builder (api._score_context) each worker calls once. `ratio` (None: the cut
+    is not known), `removal` and `round_to` as for api.score_model (its defaults resolved).
     `_die_after` (tests only): worker index -> groups it scores before it exits."""
     ray = import_ray()
     stats = stats if stats is not None else RunStats()
     started = _connect(ray, opts.ray_address)
     pool = None
     try:
-        pool = _Pool(ray, am, calib, opts, (means, ratio, context), dict(_die_after or {}), stats)
+        pool = _Pool(ray, am, calib, opts, (means, ratio, context, removal, round_to), dict(_die_after or {}), stats)
         pool.start(_worker_count(ray, opts))
         return pool.run(list(gids), progress)
     finally:  # also on Ctrl-C: no actor keeps working for a run that is over
@@ -195,9 +201,9 @@ class _Pool:
     """The actors of one run and the bookkeeping of who holds which group."""
 
     def __init__(self, ray: Any, am: AnalyzedModel, calib: Calibration, opts: Any,
-                 setup: tuple[Any, float, ContextFn], die_after: dict[int, int],
+                 setup: tuple[Any, float | None, ContextFn, float | None, int], die_after: dict[int, int],
                  stats: RunStats) -> None:
-        means, self.ratio, self.context = setup
+        means, self.ratio, self.context, self.removal, self.round_to = setup
         self.ray, self.opts, self.die_after, self.stats = ray, opts, die_after, stats
         self.expected = [(g.id, g.units) for g in am.analysis.prunable]
         model = _model_bytes(am)
@@ -224,7 +230,7 @@ class _Pool:
         self.actors[index] = actor
         model, calib, means = self.refs
         return actor.setup.remote(model, calib, self.opts, means, self.ratio, self.threads,
-                                  self.context)
+                                  self.context, self.removal, self.round_to)
 
     def _get(self, refs: list[Any]) -> list[Any]:
         """ray.get; a user error raised in a worker is raised here as itself."""

@@ -68,10 +68,14 @@ _CACHE_SHARE = 0.5      # cached activations may use at most this share of the b
 _MAX_SUFFIX_SHARE = 0.75  # cut only when the suffix has at most this share of the MACs
 _CPU_RUN_BYTES = 2 << 20  # CPU, untuned: largest activation of one run (about one L2 cache)
 _VALUE_BYTES = 16 << 20   # outputs handed to one value-function call (its overhead is per call)
-_TUNE_ROUNDS = 3          # timed runs per K when tuning (the minimum counts: load only adds)
+_TUNE_ROUNDS = 2          # timed runs per K when tuning (the minimum counts: load only adds)
 _TUNE_SLOWER = 1.15       # stop doubling K once a coalition costs this much more than the best
-_TUNE_RUN_S = 0.02        # ... or once one run is long enough to amortize its fixed cost
-_TUNE_LONG = 5            # a warm-up at K = 1 this many times _TUNE_RUN_S ends tuning at once
+_TUNE_RUN_S = 0.01        # ... or once one run is long enough to amortize its fixed cost (a
+                          # run's fixed cost is 0.1-0.3 ms: 10 ms amortize it; tuning was 90%
+                          # of the engine stage on digits_cnn at 20 ms and 3 rounds)
+_TUNE_GAIN = 0.9          # ... or once doubling K gains under 10% on runs over _TUNE_RUN_S / 4
+                          # (the last doublings are most of the tuning's time)
+_TUNE_LONG = 10           # a warm-up at K = 1 this many times _TUNE_RUN_S ends tuning at once
 
 __all__ = ["Engine"]
 
@@ -115,7 +119,8 @@ class Engine:
         self.path = "not run yet"
         self._plans: OrderedDict[tuple[int, ...], Plan] = OrderedDict()
         self._probed: dict[str, bool] = {}  # tensor -> carries the samples on axis 0
-        self._tuned: dict[tuple[int, int], int] = {}  # suffix size class -> K measured there
+        # suffix size class -> (K measured there, its seconds per coalition on one chunk)
+        self._tuned: dict[tuple[int, int], tuple[int, float]] = {}
         self._inputs = self._check_inputs(am.analysis, calib)
         self.n = calib.n_samples
         self.analysis, self.fixed_rows, self.batch = self._batch_mode(
@@ -195,6 +200,18 @@ class Engine:
         self._plans.clear()
         self._mixing_sessions.clear()
         self.value_fn.prepare(self.reference, self._labels)
+
+    def tuned_seconds_per_evaluation(self, gid: int) -> float | None:
+        """ORT seconds of one coalition of group `gid` over all samples, from the K tuning of
+        its plan (the best of its timed runs at the chosen K, scaled from the first chunk's
+        rows to all chunks); None when the group has no plan or its K was not measured (not
+        CPU, K = 1 by the memory budget). The plan (scoring/plan.py) reads it instead of
+        timing extra probe runs."""
+        plan = self._plans.get((int(gid),))
+        seconds = plan.est.get("tuned_s_per_coalition") if plan is not None else None
+        if seconds is None:
+            return None
+        return float(seconds) * sum(c.rows for c in plan.chunks) / plan.chunks[0].rows
 
     def _count(self, k: int) -> None:
         self.evaluations += k
@@ -502,11 +519,13 @@ class Engine:
         if self.tune and not plan.tuned and self.backend.device == "cpu" and plan.k_max > 1:
             size = self._size_class(plan)
             if size in self._tuned:  # an earlier group's suffix of this size measured it
-                plan.k_run, plan.tuned = min(plan.k_max, self._tuned[size]), True
+                k, seconds = self._tuned[size]
+                plan.k_run, plan.tuned = min(plan.k_max, k), True
                 plan.est["tuned_from_size_class"] = list(size)
+                plan.est["tuned_s_per_coalition"] = seconds
             else:
                 self._tune(plan, feeds[0])
-                self._tuned[size] = plan.k_run
+                self._tuned[size] = (plan.k_run, plan.est["tuned_s_per_coalition"])
         copies = 1 if self.backend.tile_in_graph else plan.k_run
         plan.feeds = [self.backend.hold(f, copies) for f in feeds]
         plan.cache_bytes = nbytes * copies
@@ -522,13 +541,14 @@ class Engine:
 
     def _tune(self, plan: Plan, data: Mapping[str, Any]) -> None:
         """CPU: K from timings of the suffix at K = 1, 2, 4, ... up to what the budget allows,
-        stopping once a coalition costs clearly more than at the best K so far or one run gets
-        long (tuning stays a small part of scoring a group). The cache-size estimate was off
+        stopping once a coalition costs clearly more than at the best K so far, once doubling
+        K gains little on runs already a few ms long, or once one run gets long (tuning stays a
+        small part of scoring a group). The cache-size estimate was off
         both ways: a late group's small suffix wanted 4-8x more rows per run."""
         rows = plan.chunks[0].rows
         widths = [self.analysis.group(g).units for g in plan.gids]
         timings: dict[int, float] = {}
-        k = 1
+        k = prev = 1
         while True:
             held = self.backend.hold(data, k)
             masks = [np.ones((k * rows, w), np.float32) for w in widths]
@@ -540,11 +560,15 @@ class Engine:
                              for _ in range(_TUNE_ROUNDS)) / k
             del held
             best = min(timings.values())
-            if k >= plan.k_max or timings[k] > _TUNE_SLOWER * best or timings[k] * k > _TUNE_RUN_S:
+            flat = (k > 1 and timings[k] * k > _TUNE_RUN_S / 4
+                    and timings[k] > _TUNE_GAIN * timings[prev])
+            if (k >= plan.k_max or timings[k] > _TUNE_SLOWER * best or flat
+                    or timings[k] * k > _TUNE_RUN_S):
                 break
-            k = min(2 * k, plan.k_max)
+            prev, k = k, min(2 * k, plan.k_max)
         plan.k_run, plan.tuned = min(timings, key=timings.__getitem__), True
         plan.est["tuned_ms_per_coalition"] = {k: round(t * 1e3, 3) for k, t in timings.items()}
+        plan.est["tuned_s_per_coalition"] = timings[plan.k_run]
 
     # -- running
 

@@ -8,13 +8,15 @@
 Per group: units, the estimator, the coalition evaluations planned (the budget the
 estimator receives) and what one evaluation costs. The cost is measured on the engine
 itself: the first evaluation of a group pays its setup (cut, sessions, K tuning, prefix
-run), the next ones are timed. Two groups are measured (the first scored, whose setup
+run); one evaluation's cost is the K tuning's best timed run (on the CPU), or the next
+evaluations timed where K was not tuned. Two groups are measured (the first scored, whose setup
 scoring reuses, and the one with the smallest suffix); the others are interpolated
 linearly in their suffix MACs (the MACs downstream of the group's mask sites), since a
 coalition runs only the suffix. The stages around scoring (means, rewrite with refit and
 the guarded choice, verification with latency) are a few sessions and forward passes
 each, estimated from one measured session build and one forward pass over the
-calibration set.
+calibration set; the refit from its operation count at single-thread BLAS rates measured
+as the best of a few short runs (`machine_rates`).
 
 With a time budget the evaluations are scaled so that the planned scoring time fits:
 never below what the estimator needs (then the plan says so), never above `--budget`
@@ -25,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -34,18 +36,18 @@ from ..compiler.cost import node_macs
 from .estimators import CAPABILITIES, default_budget, truncation_depth
 from .estimators.truncated import planned_chains
 
-_PROBE_S = 0.2          # seconds of timed evaluations per measured group (after the first)
+_PROBE_S = 0.2          # untuned K: seconds of timed evaluations per measured group
 _PROBE_MAX = 128        # ... at most this many coalitions in one call (estimators send <= 256)
 _MAX_STRETCH = 10       # a time budget raises a group's evaluations at most this x the default
 _LATENCY_S = 4.0        # deploy/latency.py: max_seconds, at least 5 and at most 50 rounds
 _LATENCY_ROUNDS = (5, 50)
-_REFIT_OVERHEAD = 3.0   # refit: im2col rows and column copies around its Gram products
-                        # (digits_cnn, mobilenetv2: measured 2-4x the products alone)
 _ENGINE_METRICS_FIXED = {"loo", "taylor"}  # n + 1 evaluations per group, no budget
+_SHORT_PASS_S = 0.05    # measure_forward: a timed pass shorter than this is timed twice
 _MIN_SAMPLES = 4        # a time budget never scores on fewer calibration samples than this
 
 __all__ = ["Forward", "GroupPlan", "ScorePlan", "measure_forward", "min_evaluations",
-           "fit_time", "plan_scoring", "stage_estimates", "suffix_macs"]
+           "fit_time", "machine_rates", "plan_scoring", "refit_seconds", "refit_work",
+           "stage_estimates", "suffix_macs"]
 
 
 @dataclass(frozen=True)
@@ -153,14 +155,15 @@ class ScorePlan:
 
 def measure_forward(proto: Any, inputs: Mapping[str, np.ndarray], device: str = "cpu",
                     batch: int = 64) -> Forward:
-    """A session of the original built and run over all samples: the best of two passes
-    after a warm-up (load only adds)."""
+    """A session of the original built and run over all samples: one pass after a warm-up,
+    the best of two when a pass is short (load only adds; on a large model a pass is the
+    cost, and one timed pass is steady enough)."""
     from ..runtime import make_session, run_chunks
     t0 = time.perf_counter()
     sess = make_session(proto, device)
     session_s = time.perf_counter() - t0
-    times = []
-    for _ in range(3):
+    times: list[float] = []
+    while len(times) < 2 or (len(times) == 2 and times[1] < _SHORT_PASS_S):
         t0 = time.perf_counter()
         for _ in run_chunks(sess, inputs, batch):
             pass
@@ -262,7 +265,10 @@ def _probe(engine: Any, gid: int, n: int) -> tuple[float, float]:
         engine.values(gid, coalitions)
         return time.perf_counter() - t0
 
-    first = timed(1)  # pays the group's setup
+    first = timed(1)  # pays the group's setup (cut, sessions, prefix run, K tuning)
+    tuned = getattr(engine, "tuned_seconds_per_evaluation", lambda g: None)(gid)
+    if tuned is not None:  # the tuning's best timed runs: no probe runs of our own
+        return max(0.0, first - tuned), tuned
     spent, count = timed(8), 8
     k = int(min(_PROBE_MAX, _PROBE_S / max(spent / count, 1e-9)))
     if k > 2 * count:
@@ -340,16 +346,22 @@ def _fewer_samples(plan: ScorePlan, seconds: float) -> None:
            f"~{plan.scoring_s:.1f} s: over the budget even so"))
 
 
-def refit_flops(analysis: Analysis, gids: Sequence[int], ratio: float, samples: int) -> float:
-    """Floating-point operations of the least-squares refit (deploy/refit.py) when `ratio` of
-    every scored group's units goes: per consumer site, the Gram sums over its rows
-    (samples x at most 256 positions; kept columns k, removed m, outputs o: 2 rows (k^2 +
-    k o + m o)) and two eigendecompositions of k x k (about 10 k^3 each)."""
+def refit_work(analysis: Analysis, gids: Sequence[int], ratio: float,
+               samples: int) -> dict[str, tuple[float, float, float]]:
+    """The least-squares refit's work (deploy/refit.py) when `ratio` of every scored group's
+    units goes, per consumer node: (float32 product operations, float64 solve operations,
+    bytes of rows). Over a site's rows (samples x at most 256 positions; kept columns k,
+    removed m, outputs o): the removed columns' contribution (2 rows m o) and the Gram sums
+    (rows (k^2 + 2 k o), the symmetric product counted once); one linear solve per ridge
+    candidate and one for the chosen ridge (2/3 k^3 + 2 k^2 o each) and the candidates'
+    errors (k^2 o each); and the bytes of its rows (im2col), whose copies dominate small
+    layers (mobilenetv2: 70% of the refit)."""
     from ..compiler.cost import weight_of
-    from ..deploy.refit import POSITIONS
-    scored, total = set(gids), 0.0
+    from ..deploy.refit import LAMBDAS, POSITIONS
+    scored, out = set(gids), {}
     for site in analysis.sites:
-        if not any(int(g) in scored for g in np.unique(analysis.ch_group[site.ids])):
+        if site.input_index != 0 or not any(
+                int(g) in scored for g in np.unique(analysis.ch_group[site.ids])):
             continue
         w = weight_of(analysis.node(site.node))
         if w is None or w.ndim < 2:
@@ -358,8 +370,11 @@ def refit_flops(analysis: Analysis, gids: Sequence[int], ratio: float, samples: 
         k, m = (1 - ratio) * cols * kernel, ratio * cols * kernel
         o = w.shape[0] if w.ndim > 2 else w.size // max(1, cols)
         rows = samples * min(POSITIONS, _positions(analysis, site))
-        total += 2 * rows * (k * k + k * o + m * o) + 20 * k ** 3
-    return total
+        out[site.node] = (rows * (2 * m * o + k * k + 2 * k * o),
+                          (len(LAMBDAS) + 1) * (2 / 3 * k ** 3 + 2 * k * k * o)
+                          + len(LAMBDAS) * k * k * o,
+                          4 * rows * cols * kernel)
+    return out
 
 
 def _positions(analysis: Analysis, site: Any) -> int:
@@ -368,29 +383,85 @@ def _positions(analysis: Analysis, site: Any) -> int:
     return int(np.prod(dims)) if all(isinstance(d, int) and d > 0 for d in dims) else 1
 
 
-def flops_per_second() -> float:
-    """float64 operations per second the refit achieves here: matrix products measured, less
-    its overhead around them."""
-    a = np.random.default_rng(0).standard_normal((1024, 192))
-    a.T @ a
-    t0 = time.perf_counter()
-    for _ in range(3):
-        a.T @ a
-    return 3 * 2 * 1024 * 192 * 192 / max(time.perf_counter() - t0, 1e-9) / _REFIT_OVERHEAD
+def machine_rates(repeats: int = 5) -> tuple[float, float, float]:
+    """(float32 product operations, float64 solve operations, bytes gathered) per second on
+    one BLAS thread, as the refit runs them (runtime.single_threaded_blas): the best of
+    `repeats` short runs of each, since load only adds (one timed product read 0.8-36
+    GFLOP/s call to call on a loaded machine)."""
+    from ..runtime import single_threaded_blas
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2048, 256)).astype(np.float32)
+    g = np.cov(rng.standard_normal((512, 256)), rowvar=False) + np.eye(256)
+    b = rng.standard_normal((256, 64))
+
+    def best(fn: Any) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return max(min(times), 1e-9)
+
+    with single_threaded_blas():
+        product = 2 * 2048 * 256 * 256 / best(lambda: a.T @ a)
+        solve = (2 / 3 * 256 ** 3 + 2 * 256 * 256 * 64) / best(lambda: np.linalg.solve(g, b))
+    x = rng.standard_normal((8, 32, 16, 16)).astype(np.float32)
+    pick = np.sort(rng.permutation(256)[:192])
+    copy = 4 * 8 * 192 * 32 * 9 / best(lambda: _im2col(x, pick))  # bytes of rows out
+    return product, solve, copy
+
+
+def _im2col(x: np.ndarray, pick: np.ndarray) -> np.ndarray:
+    """The refit's rows of a 3x3 conv at positions `pick`, as its handler builds them
+    (compiler/ops/linear.py), and the kept-column copy after: what the refit's copies cost."""
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))
+    wo = win.shape[3]
+    rows = win[:, :, pick // wo, pick % wo].transpose(0, 2, 1, 3, 4).reshape(-1, x.shape[1] * 9)
+    return rows[:, : rows.shape[1] // 2] - rows[0, : rows.shape[1] // 2]
+
+
+def refit_seconds(analysis: Analysis, gids: Sequence[int], ratio: float, samples: int,
+                  time_layer: Callable[[str], "float | None"] | None = None) -> float:
+    """Expected seconds of one refit (statistics and solves): `refit_work` at the rates
+    `machine_rates` measures, scaled by what `time_layer(node)` (the real refit of one layer,
+    deploy/refit.py time_layer) measures on the layer of median modelled cost: the model's
+    rates miss the refit's Python and copy overheads (3-20x on the zoo's small layers), and
+    one layer measured carries them to the others in proportion to their work."""
+    work = refit_work(analysis, gids, ratio, samples)
+    if not work:
+        return 0.0
+    product_rate, solve_rate, copy_rate = machine_rates()
+    model = {node: p / product_rate + q / solve_rate + c / copy_rate
+             for node, (p, q, c) in work.items()}
+    total = sum(model.values())
+    if time_layer is None or total <= 0:
+        return total
+    order = sorted(model, key=model.__getitem__)
+    node = order[len(order) // 2]
+    measured = time_layer(node)
+    return total if measured is None or model[node] <= 0 else total * measured / model[node]
 
 
 def stage_estimates(forward: Forward, *, scoring: int, held: int, compensate: bool,
-                    refit: bool, latency: bool, refit_s: float = 0.0) -> dict[str, float]:
+                    refit: bool, latency: bool, refit_s: float = 0.0,
+                    allocations: int = 1, refit_pass: bool = False) -> dict[str, float]:
     """Expected seconds of the stages around scoring, each a few session builds and passes:
     means (an instrumented session, one pass over the scoring samples); rewrite (the guard's
-    original and each candidate: a session and a pass over the held-out samples; the refit's
-    site session and pass, and `refit_s` of solving); verify (both models
-    on the held-out samples, then latency: both on up to 32 samples, interleaved)."""
+    original once, then per allocation deployed (`allocations`: the global one and the
+    uniform fallback under the guard) each candidate: a session and a pass over the held-out
+    samples, and `refit_s` of refit statistics and solves on the activations the means pass
+    kept, or with `refit_pass` (too large to keep) after a session and a pass of its own);
+    verify (both models on the held-out samples, then latency: both on up to 32
+    samples, interleaved)."""
     s, held_pass = forward.session_s, forward.pass_s(held)
     candidates = 1 + int(compensate) + int(refit)
     out = {"means": s + forward.pass_s(scoring)} if compensate else {}
-    out["rewrite"] = (2 * (1 + candidates) * s + (1 + candidates) * held_pass
-                      + (s + forward.pass_s(scoring) + refit_s if refit else 0.0))
+    out["rewrite"] = (2 * s + held_pass
+                      + allocations * (candidates * (2 * s + held_pass) + (
+                          refit_s + (s + forward.pass_s(scoring) if refit_pass else 0.0)
+                          if refit else 0.0)))
     out["verify"] = 2 * (s + held_pass)
     if latency:
         run = forward.pass_s(min(32, held))
