@@ -9,7 +9,8 @@ bench/cost.py builds them; per group of more than 8 units the truncated game at 
 a params budget of 0.5 (1-0.5^0.5 of the units). Two references at ref-mult x the default
 marginal count (seeds A and B, cached in bench/.cache); each design at the default marginal
 count on `--seeds` seeds, agreement (bench/cost.py's measure: the share of units whose
-keep/remove decision at the cut agrees) against reference A, and its mean evaluations.
+keep/remove decision at the cut agrees) against reference A, its mean evaluations and its
+own expected number of units on the wrong side (summed over groups).
 """
 from __future__ import annotations
 
@@ -30,16 +31,10 @@ from onnxprune.api import _split, as_calibration, make_engine  # noqa: E402
 from onnxprune.scoring import shapley  # noqa: E402
 from onnxprune.scoring.estimators import DEFAULT_MARGINALS, estimate_truncated, truncation_depth  # noqa: E402
 
-DESIGNS = {"iid": dict(stratified=False, positions=False),
-           "iid+pos": dict(stratified=False, positions=True),
-           "strat": dict(stratified=True, positions=False),
-           "strat+pos": dict(stratified=True, positions=True),
-           "iid+refine": dict(stratified=False, positions=False, refine=0.5),
-           "strat+refine": dict(stratified=True, positions=False, refine=0.5),
-           "iid+refine.7": dict(stratified=False, positions=False, refine=0.7),
-           "iid+refine.7 nostop": dict(stratified=False, positions=False, refine=0.7, stop_wrong=0.0),
-           "iid+refine.85 nostop": dict(stratified=False, positions=False, refine=0.85, stop_wrong=0.0),
-           "iid+refine.5 nostop": dict(stratified=False, positions=False, refine=0.5, stop_wrong=0.0)}
+DESIGNS = {"chains": {},  # the default
+           "refine.5": dict(refine=0.5),
+           "refine.7": dict(refine=0.7),
+           "refine.7 nostop": dict(refine=0.7, stop_wrong=0.0)}
 
 
 def setup(name: str):
@@ -66,8 +61,8 @@ def references(name, path, engine, groups, mult):
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
         file = CACHE / f"agree_ref_{name}_{mult}x_{tag}_{digest}.npz"
         if not file.exists():
-            vals = {str(g.id): run(engine, g, mult * DEFAULT_MARGINALS, base + g.id,
-                                   stratified=False, positions=False).values for g in groups}
+            vals = {str(g.id): run(engine, g, mult * DEFAULT_MARGINALS, base + g.id).values
+                    for g in groups}
             CACHE.mkdir(parents=True, exist_ok=True)
             np.savez(file, **vals)
         out.append({int(k): v for k, v in np.load(file).items()})
@@ -80,12 +75,8 @@ def main() -> None:
     ap.add_argument("--ref-mult", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--designs", nargs="+", default=list(DESIGNS))
-    ap.add_argument("--alloc", default=None, help="refinement allocation: gain or p")
     ap.add_argument("--marginals", type=int, nargs="+", default=[DEFAULT_MARGINALS])
     args = ap.parse_args()
-    if args.alloc:
-        from onnxprune.scoring.estimators import truncated
-        truncated.REFINE_ALLOC = args.alloc
     print("| model | units | design | marginals | evaluations | agree vs ref A (mean, min..max over seeds) | E[wrong side] |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
