@@ -2,6 +2,7 @@
 
     PYTHONPATH=.:cli python bench/cost.py [--models digits_cnn mobilenetv2 c2f bert_tiny minilm_l6]
         [--samples 64] [--ref-mult 20] [--new truncated] [--old persample] [--profile MODEL]
+        [--self-agreement]
     PYTHONPATH=.:cli python bench/cost.py --before REV [--rounds 2] [--models ...]
 
 Per model, in one process (docs/design.md, Measuring):
@@ -19,7 +20,9 @@ Per model, in one process (docs/design.md, Measuring):
   bottom-k of a long-run reference OF THE SAME GAME (on the same scoring samples and the same
   mean-compensated game, other seed: persample at ref-mult x the default budget for the full
   game, truncated at ref-mult x its marginal count and the command's depth for the truncated
-  game), as the share of units whose keep/remove decision agrees; the new estimator's expected
+  game), as the share of units whose keep/remove decision agrees (with --self-agreement, also
+  a second reference at another seed against the first: "ref vs ref", the ceiling, since the
+  reference is itself noisy and units near the cut are near-ties); the new estimator's expected
   number of units on the wrong side of the cut (its own estimate); and held-out quality:
   the default value function of the shipped model on 256 fresh samples (digits: the test
   set, with accuracy) for both commands.
@@ -160,14 +163,16 @@ SHARE = 1 - 0.5 ** 0.5  # units per group a params budget of 0.5 is expected to 
 REF_MARGINALS = DEFAULT_MARGINALS  # the truncated reference: ref-mult x the library default
 
 
-def reference(name: str, path: Path, calib: dict, mult: int, estimator: str = "persample"
-              ) -> dict[int, np.ndarray]:
+def reference(name: str, path: Path, calib: dict, mult: int, estimator: str = "persample",
+              base: int = 10_000) -> dict[int, np.ndarray]:
     """Long-run scores of the game `estimator` scores, on the command's scoring samples and
     mean-compensated game (cached): persample at mult x the default budget (the full game),
-    or truncated at mult x its marginal count, at the command's depth (the truncated game)."""
+    or truncated at mult x its marginal count, at the command's depth (the truncated game).
+    ``base``: the seed offset (another one gives a second, independent reference)."""
     digest = hashlib.sha256(path.read_bytes() + repr(sorted((k, v.tobytes()[:4096])
                             for k, v in calib.items())).encode()).hexdigest()[:12]
-    game = "" if estimator == "persample" else f"_{estimator}"
+    game = ("" if estimator == "persample" else f"_{estimator}") + (
+        "" if base == 10_000 else f"_s{base}")
     file = CACHE / f"cost_ref_{name}_{len(next(iter(calib.values())))}_{mult}x{game}_{digest}.npz"
     if file.exists():
         return {int(k): v for k, v in np.load(file).items()}
@@ -182,10 +187,10 @@ def reference(name: str, path: Path, calib: dict, mult: int, estimator: str = "p
             out[g.id] = estimate_truncated(
                 shapley._GroupValue(engine, g.id), g.units, budget=budget * 100,
                 depth=truncation_depth(g.units, SHARE), marginals=mult * REF_MARGINALS,
-                seed=10_000 + g.id, batch=256).values
+                seed=base + g.id, batch=256).values
             continue
         name = "persample" if g.units > 8 else "auto"  # auto: exact for small groups
-        out[g.id] = shapley_group(engine, g.id, budget=budget, seed=10_000 + g.id,
+        out[g.id] = shapley_group(engine, g.id, budget=budget, seed=base + g.id,
                                   estimator=name).values
     CACHE.mkdir(parents=True, exist_ok=True)
     np.savez(file, **{str(k): v for k, v in out.items()})
@@ -232,8 +237,11 @@ def measure(name: str, args) -> list[dict]:
         value, acc = held_out(am, res, held, labels, calib)
         wrong = sum(g.get("wrong_side", 0.0) for g in res.report["groups"])
         ref = reference(name, path, calib, args.ref_mult, est)
+        ceiling = (agreement(reference(name, path, calib, args.ref_mult, est, 20_000), ref, SHARE)
+                   if args.self_agreement else None)
         rows.append({"model": name, "which": label, "estimator": est, "wall": wall,
                      "stages": stages, "agree": agreement(res.scores, ref, SHARE), "wrong": wrong,
+                     "ceiling": ceiling,
                      "evals": sum(g.get("evaluations", 0) for g in res.report["groups"]),
                      "value": value, "acc": acc})
     unit = statistics.median(fwd)
@@ -244,14 +252,15 @@ def measure(name: str, args) -> list[dict]:
 
 def render(rows: list[dict], args) -> str:
     head = (f"| model | estimator | wall s | FPE | " + " | ".join(STAGES) +
-            " | evaluations | agree vs ref | E[wrong side] | held-out value | held-out acc |")
+            " | evaluations | agree vs ref | ref vs ref | E[wrong side] | held-out value | held-out acc |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         fpe = r["wall"] / r["fwd"]
         st = " | ".join(f"{r['stages'][s] / r['fwd']:.0f}" for s in STAGES)
         acc = "" if r["acc"] is None else f"{r['acc']:.3f}"
+        ceil = "" if r["ceiling"] is None else f"{r['ceiling']:.3f}"
         lines.append(f"| {r['model']} | {r['which']}: {r['estimator']} | {r['wall']:.1f} | "
-                     f"{fpe:.0f} | {st} | {r['evals']} | {r['agree']:.3f} | {r['wrong']:.2f} | "
+                     f"{fpe:.0f} | {st} | {r['evals']} | {r['agree']:.3f} | {ceil} | {r['wrong']:.2f} | "
                      f"{r['value']:.4f} | {acc} |")
     return "\n".join(lines)
 
@@ -325,6 +334,9 @@ def main() -> None:
     ap.add_argument("--ref-mult", type=int, default=20)
     ap.add_argument("--old", default="persample")
     ap.add_argument("--new", default="truncated")
+    ap.add_argument("--self-agreement", action="store_true",
+                    help="also a second reference at another seed: its agreement with the first "
+                         "(ref vs ref) is the ceiling of 'agree vs ref'")
     ap.add_argument("--profile", default=None, help="cProfile the commands on this model")
     ap.add_argument("--marginals", type=int, default=None,
                     help="truncated: per-unit marginal count of the command (default: the library's)")

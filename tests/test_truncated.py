@@ -146,3 +146,70 @@ def test_a_tight_time_budget_still_affords_one_chain():
     scores = score_model(am, data, ratio=0.9, time_budget_s=1e-3)
     sampled = [s for s in scores.values() if s.method == "shapley/truncated"]
     assert sampled and all(s.evaluations <= len(s.values) + 1 for s in sampled)
+
+
+# --- refinement: stars on the contested units (truncated.py, Refinement) ---------------------
+
+
+def test_refinement_keeps_an_additive_game_exact_and_stops_when_nothing_is_contested():
+    """Equal samples: every marginal, chain or star, is exactly c_i; every stderr is 0, so
+    nothing is contested and the rows kept for refinement are not spent."""
+    x = np.tile(np.random.default_rng(8).standard_normal((1, 4)).astype(np.float32), (6, 1))
+    engine, gid, c = engine_and_contributions(x)
+    full = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=4, budget=1000, seed=0)
+    est = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=4, budget=1000, seed=0,
+                               refine=0.5)
+    np.testing.assert_allclose(est.values, c[0], rtol=1e-5, atol=1e-5)
+    assert est.info["refine_rounds"] == 0 and est.info["wrong_side"] == 0.0
+    assert est.evaluations < full.evaluations
+
+
+def test_star_marginals_are_chain_marginals_of_a_size_game():
+    """v_s(S) = |S|^2: a chain's marginal at step t is 2 (n - t) + 1, so the truncated value
+    of every unit is the mean over t = 1..d; star marginals (t uniform, the unit never among
+    the removed) must average to it too. Also: each star arm differs from its base by exactly
+    the named unit, which the base keeps."""
+    n, d, n_samples = 12, 4, 5
+    seen = []
+
+    def fn(masks):
+        seen.append(masks.copy())
+        return masks.sum(-1).astype(np.float64) ** 2
+
+    fn.per_sample_masks = True
+    game = E.game.open_game(fn, n, 10**6, 64, cache=False)
+    rng = np.random.default_rng(0)
+    slots = rng.integers(0, n, size=(400, 3, n_samples))
+    marg = E.truncated._star_marginals(game, rng, slots, d)
+    rows = np.concatenate(seen[1:]).reshape(400, 4, n_samples, n)  # after the endpoints
+    base, arms = rows[:, :1], rows[:, 1:]
+    measured = ~np.isnan(marg)
+    np.testing.assert_array_equal((base & ~arms).sum(-1), measured)  # only the unit goes
+    assert measured.mean() > 0.7 and np.all(n - base.sum(-1) < d)  # t - 1 < d removed
+    truth = np.mean([2 * (n - t) + 1 for t in range(1, d + 1)])
+    se = marg[measured].std() / np.sqrt(measured.sum())
+    assert abs(marg[measured].mean() - truth) < 4 * se
+
+
+def test_refinement_on_noisy_samples_stays_unbiased_seeded_and_within_budget():
+    """Samples differ: the refined values are still means of per-sample contributions (within
+    the reported stderr of mean_s c_si), the same seed gives the same values, and the rows
+    spent never exceed the plan without refinement."""
+    x = np.random.default_rng(9).standard_normal((8, 4)).astype(np.float32)
+    engine, gid, c = engine_and_contributions(x)
+    plain = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=3, budget=5000,
+                                 marginals=400, seed=3)
+    runs = [E.estimate_truncated(value_fn(engine, gid), UNITS, depth=3, budget=5000,
+                                 marginals=400, seed=3, refine=0.6, stop_wrong=0.0)
+            for _ in range(2)]
+    est = runs[0]
+    np.testing.assert_array_equal(runs[0].values, runs[1].values)
+    assert est.info["refine_rounds"] >= 1
+    assert est.evaluations <= plain.evaluations
+    assert np.all(np.abs(est.values - c.mean(0)) <= 4 * est.stderr + 1e-6)
+    # the stopping rule: a threshold no estimate can exceed runs no round
+    lax = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=3, budget=5000,
+                               marginals=400, seed=3, refine=0.6, stop_wrong=1.0)
+    assert lax.info["refine_rounds"] == 0 and lax.evaluations < plain.evaluations
+    with pytest.raises(ValueError, match="refine"):
+        E.estimate_truncated(value_fn(engine, gid), UNITS, refine=1.0)

@@ -1,0 +1,105 @@
+"""How often the truncated estimator's cut agrees with a long run of the same game, per
+design, and how often two long runs agree with each other (the ceiling).
+
+    PYTHONPATH=.:cli python bench/agreement.py [--models digits_cnn resnet_mnist c2f bert_tiny]
+        [--ref-mult 20] [--seeds 3]
+
+Per model: the command's scoring samples (48 of 64) and mean-compensated game, as
+bench/cost.py builds them; per group of more than 8 units the truncated game at the depth of
+a params budget of 0.5 (1-0.5^0.5 of the units). Two references at ref-mult x the default
+marginal count (seeds A and B, cached in bench/.cache); each design at the default marginal
+count on `--seeds` seeds, agreement (bench/cost.py's measure: the share of units whose
+keep/remove decision at the cut agrees) against reference A and against the mean of A and B
+(a 2 x ref-mult run), its mean evaluations and its
+own expected number of units on the wrong side (summed over groups).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import onnxprune  # noqa: E402
+from cost import CACHE, SHARE, agreement, data, model_path  # noqa: E402
+from onnxprune.api import _split, as_calibration, make_engine  # noqa: E402
+from onnxprune.scoring import shapley  # noqa: E402
+from onnxprune.scoring.estimators import DEFAULT_MARGINALS, estimate_truncated, truncation_depth  # noqa: E402
+
+DESIGNS = {"chains": {},  # the default
+           "refine.5": dict(refine=0.5),
+           "refine.7": dict(refine=0.7),
+           "refine.7 nostop": dict(refine=0.7, stop_wrong=0.0)}
+
+
+def setup(name: str):
+    path = model_path(name)
+    calib, _, _ = data(name, onnx.load(str(path)), 64)
+    am = onnxprune.analyze_model(str(path))
+    scoring, _, _ = _split(as_calibration(calib, am.proto), 0.25, 0)
+    from onnxprune.scoring.site_stats import site_means
+    means = site_means(am.analysis, am.ident, scoring.inputs, device="cpu")
+    engine = make_engine(am, scoring, means=means)
+    groups = [g for g in am.analysis.prunable if g.units > 8]
+    return path, engine, groups
+
+
+def run(engine, g, marginals: int, seed: int, **kw):
+    return estimate_truncated(shapley._GroupValue(engine, g.id), g.units, budget=10**9,
+                              depth=truncation_depth(g.units, SHARE), marginals=marginals,
+                              seed=seed, batch=256, **kw)
+
+
+def references(name, path, engine, groups, mult):
+    out = []
+    for tag, base in (("A", 10_000), ("B", 20_000)):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        file = CACHE / f"agree_ref_{name}_{mult}x_{tag}_{digest}.npz"
+        if not file.exists():
+            vals = {str(g.id): run(engine, g, mult * DEFAULT_MARGINALS, base + g.id).values
+                    for g in groups}
+            CACHE.mkdir(parents=True, exist_ok=True)
+            np.savez(file, **vals)
+        out.append({int(k): v for k, v in np.load(file).items()})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["digits_cnn", "resnet_mnist", "c2f", "bert_tiny"])
+    ap.add_argument("--ref-mult", type=int, default=20)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--designs", nargs="+", default=list(DESIGNS))
+    ap.add_argument("--marginals", type=int, nargs="+", default=[DEFAULT_MARGINALS])
+    args = ap.parse_args()
+    print("| model | units | design | marginals | evaluations | agree vs ref A (mean, min..max over seeds) | vs mean(A, B) | E[wrong side] |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.models:
+        path, engine, groups = setup(name)
+        ref_a, ref_b = references(name, path, engine, groups, args.ref_mult)
+        ref_ab = {k: 0.5 * (ref_a[k] + ref_b[k]) for k in ref_a}  # a 2 x ref-mult run
+        units = sum(g.units for g in groups)
+        print(f"| {name} | {units} | ref B vs ref A ({args.ref_mult}x) | - | - | "
+              f"{agreement(ref_b, ref_a, SHARE):.3f} | | |", flush=True)
+        for m in args.marginals:
+            for design in args.designs:
+                agree, agree2, evals, wrong = [], [], [], []
+                for seed in range(args.seeds):
+                    ests = {g.id: run(engine, g, m, seed + g.id, **DESIGNS[design]) for g in groups}
+                    agree.append(agreement({k: e.values for k, e in ests.items()}, ref_a, SHARE))
+                    agree2.append(agreement({k: e.values for k, e in ests.items()}, ref_ab, SHARE))
+                    evals.append(sum(e.evaluations for e in ests.values()))
+                    wrong.append(sum(e.info["wrong_side"] for e in ests.values()))
+                print(f"| {name} | {units} | {design} | {m} | {np.mean(evals):.0f} | {np.mean(agree):.3f} "
+                      f"({min(agree):.3f}..{max(agree):.3f}) | {np.mean(agree2):.3f} | {np.mean(wrong):.1f} |",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
