@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -138,15 +139,35 @@ def score_model(am: AnalyzedModel, calib: Calibration | None, options: ScoreOpti
 Allowance = Callable[[ScorePlan], "float | None"]
 
 
+DEFAULT_TIME_CAP_S = 600.0  # without --time-budget, a plan expected to run longer fits this
+
+
 def _scoring_allowance(opts: ScoreOptions, spent: float = 0.0, steps: int = 1) -> Allowance:
     """Seconds a round's scoring may take: the time budget less what is spent and what the
-    plan expects of the other stages (rounds still to come included), shared by the rounds."""
+    plan expects of the other stages (rounds still to come included), shared by the rounds.
+    Without a time budget, a plan expected to take longer than DEFAULT_TIME_CAP_S is fitted
+    to it (a deployment pipeline must not wait hours by default; the plan says so);
+    `--time-budget inf` scores at the full budget however long it takes."""
     def allowance(plan: ScorePlan) -> float | None:
-        if opts.time_budget_s is None:
+        budget = opts.time_budget_s
+        if budget is not None and math.isinf(budget):
             return None
+        if budget is None:
+            if spent + plan.total_s <= DEFAULT_TIME_CAP_S:
+                return None
+            budget = plan.time_budget_s = DEFAULT_TIME_CAP_S
+            plan.warnings.append(
+                f"the whole command was expected to take ~{_minutes(spent + plan.total_s)}: "
+                f"scoring fitted to the default {DEFAULT_TIME_CAP_S / 60:g} minutes (fewer "
+                "evaluations, ranks less certain: see wrong_side per group); --time-budget "
+                "MINUTES to choose, --time-budget inf for the full budget")
         others = sum(v for k, v in plan.expected().items() if k != "scoring")
-        return (opts.time_budget_s - spent - others) / steps
+        return (budget - spent - others) / steps
     return allowance
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def score_planned(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptions, *,

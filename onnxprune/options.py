@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, get_args
 
@@ -188,7 +189,7 @@ class PruneOptions:
                 "estimator": s.estimator, "budget": s.budget, "value": s.value,
                 "aggregate": s.aggregate, "refit": self.refit, "ratio": self.ratio,
                 "metric": s.metric, "seed": s.seed, "device": s.device,
-                "max_memory_mb": s.max_memory_mb, "time_budget_s": s.time_budget_s,
+                "max_memory_mb": s.max_memory_mb, "time_budget_s": _finite_or_text(s.time_budget_s),
                 "holdout": self.holdout, "latency": self.latency, "workers": s.workers,
                 "ray_address": s.ray_address, "min_fidelity": self.min_fidelity}
 
@@ -218,3 +219,8 @@ def _from_cli(params: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[_CLI_RENAMED.get(name, name)] = value
     return out
+
+
+def _finite_or_text(x: float | None) -> float | str | None:
+    """JSON has no infinity: `--time-budget inf` is written as "inf"."""
+    return "inf" if x is not None and math.isinf(x) else x

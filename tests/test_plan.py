@@ -205,3 +205,26 @@ def test_time_layer_runs_one_refit_layer_on_kept_activations():
     node = nodes[[s is not None for s in seconds].index(True)]  # not kept: computed for it
     assert time_layer(am.analysis, am.ident, keep, inputs, None, node) > 0
     assert time_layer(am.analysis, am.ident, keep, inputs, acts, "no such node") is None
+
+
+def test_a_long_plan_is_fitted_to_the_default_cap_unless_inf():
+    from onnxprune.api import DEFAULT_TIME_CAP_S, _scoring_allowance
+    from onnxprune.options import ScoreOptions
+    from onnxprune.scoring.plan import GroupPlan, ScorePlan
+
+    def plan(seconds_per_evaluation):
+        groups = [GroupPlan(g, 100, "truncated", 1000, 50, seconds_per_evaluation, 0.5, 1, True)
+                  for g in (0, 1)]
+        return ScorePlan("shapley", groups, options=("auto", None, True, 0.3, 64), samples=64)
+    short = plan(0.01)  # 2 x (0.5 + 10) s: under the cap, nothing changes
+    assert _scoring_allowance(ScoreOptions())(short) is None and not short.warnings
+    long = plan(1.0)  # 2 x 1000 s expected
+    seconds = _scoring_allowance(ScoreOptions())(long)
+    assert seconds == pytest.approx(DEFAULT_TIME_CAP_S) and long.time_budget_s == DEFAULT_TIME_CAP_S
+    assert "fitted to the default 10 minutes" in long.warnings[0]
+    unbounded = plan(1.0)
+    assert _scoring_allowance(ScoreOptions(time_budget_s=float("inf")))(unbounded) is None
+    assert not unbounded.warnings
+    from onnxprune.options import PruneOptions
+    inf = PruneOptions(ratio=0.5, score=ScoreOptions(time_budget_s=float("inf")))
+    assert inf.to_json()["time_budget_s"] == "inf"  # the report's JSON has no Infinity

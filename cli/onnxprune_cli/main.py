@@ -116,7 +116,8 @@ def scoring_options(fn):
                      help="Memory bound for scoring, in MB."),
         click.option("--time-budget", "time_budget", type=float, default=None,
                      help="Minutes the run should take: the evaluations per group are planned "
-                          "from their measured cost to fit (never above --budget)."),
+                          "from their measured cost to fit (never above --budget). Default: a "
+                          "run expected to take over 10 minutes is fitted to 10; 'inf': no cap."),
         click.option("--workers", default=0, show_default=True, type=int,
                      help="Score groups on N Ray workers (one GPU each with CUDA); "
                           "needs 'onnxprune[distributed]'. 0: in this process."),
