@@ -57,6 +57,37 @@ def rewrite(analysis: Analysis, keep: Mapping[int, Sequence[int]],
     for node in list(graph.nodes):
         rw.apply_refit(node)
         handler_for(node).rewrite(node, rw)
+    _shrink_cache_io(analysis, keep_channel, graph)
     strip_shapes(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return graph
+
+
+def _shrink_cache_io(analysis: Analysis, keep_channel: np.ndarray, graph: gs.Graph) -> None:
+    """--prune-cache: the declared head count of the key-value cache inputs/outputs whose
+    heads went (the graph I/O keep their declared shapes through strip_shapes)."""
+    tensors = graph.tensors()
+    for group in analysis.groups:
+        for m in group.members:
+            if m.role == "cache" and not (keep := keep_channel[m.ids]).all():
+                tensor = tensors[m.tensor]
+                shape = list(tensor.shape)
+                shape[m.axis] = int(keep.sum())
+                tensor.shape = shape
+
+
+def cache_changes(analysis: Analysis, keep_channel: np.ndarray) -> list[dict[str, Any]]:
+    """Per group whose heads shrink the key-value cache (--prune-cache): the cache inputs and
+    outputs, the head counts before and after, and the kept heads' indices on the head axis
+    (to slice an existing cache: past[:, kept])."""
+    out = []
+    for group in analysis.groups:
+        cache = [m for m in group.members if m.role == "cache"]
+        if not cache or (keep := keep_channel[cache[0].ids]).all():
+            continue
+        graph_inputs = {t.name for t in analysis.graph.inputs}
+        out.append({"group": group.id, "heads": int(len(keep)), "kept_heads": int(keep.sum()),
+                    "kept": np.flatnonzero(keep).tolist(), "axis": cache[0].axis,
+                    "inputs": [m.tensor for m in cache if m.tensor in graph_inputs],
+                    "outputs": [m.tensor for m in cache if m.tensor not in graph_inputs]})
+    return out
