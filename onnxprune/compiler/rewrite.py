@@ -65,8 +65,10 @@ def rewrite(analysis: Analysis, keep: Mapping[int, Sequence[int]],
 
 def _shrink_cache_io(analysis: Analysis, keep_channel: np.ndarray, graph: gs.Graph) -> None:
     """--prune-cache: the declared head count of the key-value cache inputs/outputs whose
-    heads went (the graph I/O keep their declared shapes through strip_shapes)."""
+    heads went (the graph I/O keep their declared shapes through strip_shapes); the kept
+    heads go with the graph (`cache_heads`, written into the model by to_proto)."""
     tensors = graph.tensors()
+    graph.cache_heads = {}
     for group in analysis.groups:
         for m in group.members:
             if m.role == "cache" and not (keep := keep_channel[m.ids]).all():
@@ -74,20 +76,5 @@ def _shrink_cache_io(analysis: Analysis, keep_channel: np.ndarray, graph: gs.Gra
                 shape = list(tensor.shape)
                 shape[m.axis] = int(keep.sum())
                 tensor.shape = shape
+                graph.cache_heads[m.tensor] = (m.axis, np.flatnonzero(keep))
 
-
-def cache_changes(analysis: Analysis, keep_channel: np.ndarray) -> list[dict[str, Any]]:
-    """Per group whose heads shrink the key-value cache (--prune-cache): the cache inputs and
-    outputs, the head counts before and after, and the kept heads' indices on the head axis
-    (to slice an existing cache: past[:, kept])."""
-    out = []
-    for group in analysis.groups:
-        cache = [m for m in group.members if m.role == "cache"]
-        if not cache or (keep := keep_channel[cache[0].ids]).all():
-            continue
-        graph_inputs = {t.name for t in analysis.graph.inputs}
-        out.append({"group": group.id, "heads": int(len(keep)), "kept_heads": int(keep.sum()),
-                    "kept": np.flatnonzero(keep).tolist(), "axis": cache[0].axis,
-                    "inputs": [m.tensor for m in cache if m.tensor in graph_inputs],
-                    "outputs": [m.tensor for m in cache if m.tensor not in graph_inputs]})
-    return out
