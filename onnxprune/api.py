@@ -350,7 +350,8 @@ def _prepare(model: Any, calib: Any, options: PruneOptions | None,
     opts = (options or PruneOptions()).updated(**keywords).validate()
     if scores is not None and opts.steps > 1:
         raise OnnxPruneError("--scores cannot be combined with --steps (rounds re-score)")
-    am = model if isinstance(model, AnalyzedModel) else analyze_model(model, prune_cache=opts.prune_cache)
+    am = (model if isinstance(model, AnalyzedModel)
+          else analyze_model(model, prune_cache=opts.prune_cache))
     if am.analysis.prune_cache != opts.prune_cache:
         raise OnnxPruneError(f"the model was analysed with prune_cache={am.analysis.prune_cache}; "
                              f"analyze_model(..., prune_cache={opts.prune_cache}) to match the options")

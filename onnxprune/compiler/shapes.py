@@ -70,9 +70,11 @@ def _dim_facts(graph: gs.Graph) -> Iterator[tuple[object, object]]:
         src, out = node.inputs[0].shape, node.outputs[0].shape
         if src is None or out is None:
             continue
-        if node.op == "Transpose" and (perm := node.attrs.get("perm")) and len(perm) == len(out) == len(src):
+        perm = node.attrs.get("perm") if node.op == "Transpose" else None
+        if perm and len(perm) == len(out) == len(src):
             yield from ((out[i], src[p]) for i, p in enumerate(perm))
-        elif node.op == "Concat" and all(t.shape is not None and len(t.shape) == len(out) for t in node.inputs):
+        elif node.op == "Concat" and all(t.shape is not None and len(t.shape) == len(out)
+                                         for t in node.inputs):
             axis = int(node.attrs.get("axis", 0)) % max(len(out), 1)
             for t in node.inputs:
                 yield from ((t.shape[i], out[i]) for i in range(len(out)) if i != axis)
