@@ -249,3 +249,21 @@ def test_equal_dims_from_ops_that_require_them():
     same = equal_dims(gs.Graph(nodes=nodes, inputs=[ids, past, new, a, b], opset=14))
     assert same("s21", "batch") and same("s50", "seq") and same("b2", "b3") and same("b3", "b4")
     assert not same("u", "v") and not same("P", "T") and not same("batch", "seq")
+
+
+def test_kept_cache_heads_compose_over_rounds():
+    """A round that prunes a pruned model records indices into the original's heads."""
+    from onnxprune.compiler.cache import cache_heads, narrow_feeds, record_cache_heads
+    model = _cached_attention(G(14, ("S", 8)))
+    record_cache_heads(model, {"past_key": (1, np.array([0, 2, 3]))})
+    record_cache_heads(model, {"past_key": (1, np.array([1, 2]))})
+    assert {k: v.tolist() for k, (_, v) in cache_heads(model).items()} == {"past_key": [2, 3]}
+    past = np.arange(4).reshape(1, 4, 1, 1)
+    assert narrow_feeds(model, {"past_key": past})["past_key"].ravel().tolist() == [2, 3]
+
+
+def test_prune_refuses_an_analysis_made_without_the_option():
+    from onnxprune import OnnxPruneError, prune
+    am = analyze_model(_cached_attention(G(14, ("S", 8))))
+    with pytest.raises(OnnxPruneError, match="prune_cache=False"):
+        prune(am, None, prune_cache=True)
