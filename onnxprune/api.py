@@ -371,7 +371,11 @@ def _prepare(model: Any, calib: Any, options: PruneOptions | None,
     opts = (options or PruneOptions()).updated(**keywords).validate()
     if scores is not None and opts.steps > 1:
         raise OnnxPruneError("--scores cannot be combined with --steps (rounds re-score)")
-    am = model if isinstance(model, AnalyzedModel) else analyze_model(model)
+    am = (model if isinstance(model, AnalyzedModel)
+          else analyze_model(model, prune_cache=opts.prune_cache))
+    if am.analysis.prune_cache != opts.prune_cache:
+        raise OnnxPruneError(f"the model was analysed with prune_cache={am.analysis.prune_cache}; "
+                             f"analyze_model(..., prune_cache={opts.prune_cache}) to match the options")
     t0 = time.perf_counter()
     data = as_calibration(calib, am.proto)
     if not am.analysis.prunable:
@@ -456,6 +460,7 @@ def _prune_rounds(am: AnalyzedModel, opts: PruneOptions, run: _Run, guard: Guard
     """`steps` rounds of score -> select -> rewrite, each on the model the last one shipped."""
     out = _Rounds(None, {}, {}, [], {})  # type: ignore[arg-type]
     left = {"units": 1.0, "params": 1.0, "macs": 1.0}  # of the prunable cost, over rounds
+    first_run = run
     for step in range(opts.steps):
         scores, keep, choice, plan = _prune_round(am, opts, step, run, guard, reused, progress, out)
         out.deploy.append(choice.to_json(guard))
@@ -467,8 +472,19 @@ def _prune_rounds(am: AnalyzedModel, opts: PruneOptions, run: _Run, guard: Guard
         if opts.steps == 1:
             out.keep, out.scores = keep, scores
             return out
-        am = analyze_model(choice.model)
+        am = analyze_model(choice.model, prune_cache=opts.prune_cache)
+        run = _narrowed(first_run, choice.model)
     return out
+
+
+def _narrowed(run: _Run, model: onnx.ModelProto) -> _Run:
+    """The next round's scoring samples for `model`: the past of the heads it kept when its
+    heads shrank the key-value cache (--prune-cache); the guard keeps the original's."""
+    from .compiler.cache import cache_heads, narrow_feeds
+    if run.scoring is None or not cache_heads(model):
+        return run
+    scoring = dataclasses.replace(run.scoring, inputs=narrow_feeds(model, run.scoring.inputs))
+    return dataclasses.replace(run, scoring=scoring)
 
 
 def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, run: _Run,

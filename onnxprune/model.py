@@ -33,8 +33,10 @@ class AnalyzedModel:
         return self.analysis.graph
 
 
-def analyze_model(model: str | os.PathLike | onnx.ModelProto) -> AnalyzedModel:
-    """load -> normalize -> analyze."""
+def analyze_model(model: str | os.PathLike | onnx.ModelProto, *,
+                  prune_cache: bool = False) -> AnalyzedModel:
+    """load -> normalize -> analyze. `prune_cache`: attention heads that reach the key-value
+    cache inputs/outputs may shrink them (their head axis), changing the model's interface."""
     t0 = time.perf_counter()
     path = None
     if isinstance(model, onnx.ModelProto):
@@ -45,7 +47,7 @@ def analyze_model(model: str | os.PathLike | onnx.ModelProto) -> AnalyzedModel:
     proto = with_unique_node_names(proto)  # the sessions are built from it; normalize copies
     graph = normalize(proto)
     t2 = time.perf_counter()
-    analysis = analyze(graph)
+    analysis = analyze(graph, prune_cache=prune_cache)
     t3 = time.perf_counter()
     return AnalyzedModel(path, proto, ModelIdentity.of(proto), analysis,
                          {"load": t1 - t0, "normalize": t2 - t1, "analyze": t3 - t2})

@@ -112,6 +112,7 @@ class PruneOptions:
     holdout: float = 0.25  # fraction of calibration samples held out to guard and verify
     latency: bool = True  # measure latency before and after
     min_fidelity: float = 0.8  # quality gate: the worst output's held-out agreement (verify.py)
+    prune_cache: bool = False  # heads may shrink the key-value cache inputs/outputs (axis 1)
     score: ScoreOptions = field(default_factory=ScoreOptions)
 
     def __post_init__(self) -> None:
@@ -152,6 +153,8 @@ class PruneOptions:
         if self.min_keep < 0 or (self.min_keep >= 1 and not float(self.min_keep).is_integer()):
             raise OnnxPruneError("--min-keep must be a fraction in [0, 1) or a whole number of "
                                  f"units, got {self.min_keep}")
+        if not isinstance(self.prune_cache, bool):
+            raise OnnxPruneError(f"--prune-cache is a flag (True or False), got {self.prune_cache!r}")
         self.score.validate()
         return self
 
@@ -191,7 +194,8 @@ class PruneOptions:
                 "metric": s.metric, "seed": s.seed, "device": s.device,
                 "max_memory_mb": s.max_memory_mb, "time_budget_s": _finite_or_text(s.time_budget_s),
                 "holdout": self.holdout, "latency": self.latency, "workers": s.workers,
-                "ray_address": s.ray_address, "min_fidelity": self.min_fidelity}
+                "ray_address": s.ray_address, "min_fidelity": self.min_fidelity,
+                "prune_cache": self.prune_cache}
 
 
 def _names(cls: type) -> set[str]:

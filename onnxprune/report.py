@@ -80,6 +80,22 @@ class Report(TypedDict, total=False):
     removed: dict[str, float]  # fractions of the prunable units, params and MACs removed
     output: str  # the CLI adds these two
     command: str
+    cache_interface: CacheInterface | None  # --prune-cache: how the key-value cache changed
+
+
+class CacheLayer(TypedDict):
+    group: int  # the heads' group (one attention layer)
+    axis: int  # the head axis of its cache tensors
+    heads: int  # before
+    kept_heads: int  # after
+    kept: list[int]  # the kept heads' indices in the original: slice a cache as past[:, kept]
+    inputs: list[str]  # its cache inputs (past key and value) and outputs (present)
+    outputs: list[str]
+
+
+class CacheInterface(TypedDict):
+    changed: bool
+    layers: list[CacheLayer]
 
 
 def build_report(am: AnalyzedModel, pruned: onnx.ModelProto, keep: Mapping[int, np.ndarray],
@@ -105,7 +121,30 @@ def build_report(am: AnalyzedModel, pruned: onnx.ModelProto, keep: Mapping[int, 
         "seconds": {k: round(v, 4) for k, v in seconds.items()},
         "deploy": deploy,
         "hints": hints(options, reused_scores),
+        "cache_interface": cache_interface(am, pruned),
     }
+
+
+def cache_interface(am: AnalyzedModel, pruned: onnx.ModelProto) -> CacheInterface | None:
+    """Per layer whose heads shrank the key-value cache (--prune-cache; all rounds composed):
+    its cache inputs/outputs, the head counts before and after and the kept heads' indices.
+    None when the model's interface is unchanged."""
+    from .compiler.cache import cache_heads
+    heads = cache_heads(pruned)
+    if not heads:
+        return None
+    graph_inputs = {t.name for t in am.graph.inputs}
+    layers: list[CacheLayer] = []
+    for g in am.analysis.groups:
+        cache = [m for m in g.members if m.role == "cache"]
+        if not cache or cache[0].tensor not in heads:
+            continue
+        axis, kept = heads[cache[0].tensor]
+        layers.append({"group": g.id, "axis": axis, "heads": len(cache[0].ids),
+                       "kept_heads": len(kept), "kept": [int(k) for k in kept],
+                       "inputs": [m.tensor for m in cache if m.tensor in graph_inputs],
+                       "outputs": [m.tensor for m in cache if m.tensor not in graph_inputs]})
+    return {"changed": True, "layers": layers}
 
 
 def _sizes(graph, proto: onnx.ModelProto) -> Sizes:
@@ -166,12 +205,15 @@ def verify_pruned(original: onnx.ModelProto, pruned: onnx.ModelProto, data: Cali
     kind, deploy/verify.py), the quality gate's verdict, accuracy with labels and, with
     `latency`, both models' latency on a fixed batch. `want`: the original's outputs on
     `data` when already computed (the guard's), as `run_model` gives them."""
+    from .compiler.cache import narrow_feeds, widen_outputs
     from .deploy.latency import compare_latency
     from .deploy.verify import (accuracy, class_output, compare, run_model, tensor_output_names,
                                 verdict)
     names = tensor_output_names(original)
     want = run_model(original, data.inputs) if want is None else want
-    got = run_model(pruned, data.inputs)
+    # --prune-cache: the pruned model reads the past of its kept heads, and its cache outputs
+    # are compared with the original's on those heads (compiler/cache.py)
+    got = widen_outputs(pruned, names, run_model(pruned, narrow_feeds(pruned, data.inputs)), want)
     fidelities = compare(names, want, got)
     result: Verification = {"samples": data.n_samples, "note": note,
                             "outputs": [f.to_json() for f in fidelities],
@@ -189,7 +231,8 @@ def verify_pruned(original: onnx.ModelProto, pruned: onnx.ModelProto, data: Cali
         result["accuracy_after"] = accuracy(got, data.labels, index)
     if latency:
         feeds = {k: v[:32] for k, v in data.inputs.items()}  # a fixed batch: its own size
-        result["latency"] = compare_latency(original, pruned, feeds)
+        result["latency"] = compare_latency(original, pruned, feeds,
+                                            feeds_b=narrow_feeds(pruned, feeds))
         if result["latency"]["speedup"]["median"] < 1:
             warnings.append(SLOWER_WARNING)
     if warnings:

@@ -53,15 +53,19 @@ def check_masked_equals_pruned(model: onnx.ModelProto, *, seed: int = 0, trials:
                                batch: int = 2, rtol: float = 1e-4,
                                compensate: bool = False,
                                dim_sets: list[dict[str, int]] | None = None,
-                               atol: float = 0.0, require_prunable: bool = True) -> Analysis:
+                               atol: float = 0.0, require_prunable: bool = True,
+                               prune_cache: bool = False) -> Analysis:
     """For random masks: ORT(masked original) == ORT(pruned) up to relative 1e-4 of the
     largest output. With `compensate`, removed channels are replaced by (random) means in
     both. `atol` is for random graphs only (see tests/test_random_graphs.py). Without
-    `require_prunable`, a model with no prunable group passes if every group says why."""
+    `require_prunable`, a model with no prunable group passes if every group says why.
+    With `prune_cache` (heads shrink the key-value cache I/O): the masked model is fed the
+    original-width past and its cache outputs are compared on the kept heads only
+    (`cache_slices`); the pruned model is fed the past sliced to the kept heads."""
     rng = np.random.default_rng(seed)
     ident = ModelIdentity.of(model)
     graph = normalize(model)
-    analysis = analyze(graph)
+    analysis = analyze(graph, prune_cache=prune_cache)
     if not require_prunable and not analysis.prunable:
         assert all(g.reason for g in analysis.groups), [g.to_json() for g in analysis.groups]
         return analysis
@@ -77,6 +81,7 @@ def check_masked_equals_pruned(model: onnx.ModelProto, *, seed: int = 0, trials:
         pruned = infer_shapes(pruned)
         onnx.checker.check_model(pruned, full_check=True)
         pruned_session = session(pruned)
+        cut = cache_slices(analysis, keep)
         for base_feeds in feed_sets:
             feeds = dict(base_feeds)
             for g in analysis.prunable:
@@ -84,7 +89,8 @@ def check_masked_equals_pruned(model: onnx.ModelProto, *, seed: int = 0, trials:
                 m[0, keep[g.id]] = 1
                 feeds[mask_name(g.id)] = m
             want = masked.run(None, feeds)
-            got = pruned_session.run(None, base_feeds)
+            want = [_take(w, cut.get(o.name)) for w, o in zip(want, masked.get_outputs())]
+            got = pruned_session.run(None, {k: _take(v, cut.get(k)) for k, v in base_feeds.items()})
             for w, g in zip(want, got):
                 assert w.shape == g.shape
                 scale = max(float(np.abs(w).max()), 1e-6)
@@ -93,3 +99,17 @@ def check_masked_equals_pruned(model: onnx.ModelProto, *, seed: int = 0, trials:
                     f"trial {trial}: error {err:.3g}, relative {err / scale:.3g} "
                     f"(max |output| {scale:.3g})")
     return analysis
+
+
+def cache_slices(analysis: Analysis, keep: dict[int, np.ndarray]) -> dict[str, tuple[int, np.ndarray]]:
+    """Per key-value cache input/output (members with role "cache", --prune-cache): its head
+    axis and the kept heads' indices on it. A past input of the pruned model is the original's
+    past at these indices; so is a present output of the masked model compared with the
+    pruned one's."""
+    keep_channel = channel_keep(analysis, keep)
+    return {m.tensor: (m.axis, np.flatnonzero(keep_channel[m.ids]))
+            for g in analysis.prunable for m in g.members if m.role == "cache"}
+
+
+def _take(value: np.ndarray, cut: tuple[int, np.ndarray] | None) -> np.ndarray:
+    return value if cut is None else np.take(value, cut[1], axis=cut[0])

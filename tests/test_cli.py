@@ -249,3 +249,44 @@ def test_round_to_never_removes_more_than_asked():
     assert n_removed(16, 0.3, 8) == 0           # 11 kept -> 16
     assert n_removed(64, 0.3, 8) == 16          # 19 to remove, 45 kept -> 48 kept
     assert n_removed(64, 0.3, 1) == 19
+
+
+GPT2_PAST = ROOT / "models/zoo/hf_gpt2_past_dynamo.onnx"
+
+
+def _gpt2_past_feeds(n: int, seq: int, past: int, heads=(4, 4), seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    feeds = {"input_ids": rng.integers(0, 100, (n, seq)),
+             "attention_mask": np.ones((n, past + seq), np.int64)}
+    for layer, h in enumerate(heads):
+        for kv in ("key", "value"):
+            feeds[f"past_key_values.{layer}.{kv}"] = rng.standard_normal((n, h, past, 8)).astype(np.float32)
+    return feeds
+
+
+def test_prune_cache_flag_end_to_end(tmp_path):
+    """--prune-cache: heads go from the cache too; the report (JSON and text) says which heads
+    each layer kept, and the pruned model runs on the past of those heads at other batch
+    sizes, lengths and past lengths. Without the flag the cache interface stays as it was."""
+    import onnxruntime as ort
+    np.savez(tmp_path / "c.npz", **_gpt2_past_feeds(16, 5, 3))
+    assert "--prune-cache" in run("analyze", GPT2_PAST).output
+    doc = json.loads(run("analyze", GPT2_PAST, "--json", "--prune-cache").output)
+    assert sum(g["prunable"] and g["unit_size"] == 8 for g in doc["groups"]) == 2
+    assert "changes the model's interface" in " ".join(run("prune", "--help").output.split())
+    args = [GPT2_PAST, "--calib", tmp_path / "c.npz", "--ratio", 0.6, "--metric", "l1",
+            "--min-fidelity", 0, "--no-latency", "--uniform"]
+    result = run(*args, "--prune-cache", "-o", tmp_path / "p.onnx", "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    cache = json.loads((tmp_path / "r.json").read_text())["cache_interface"]
+    assert [(c["inputs"], c["heads"]) for c in cache["layers"]] == [
+        ([f"past_key_values.{i}.key", f"past_key_values.{i}.value"], 4) for i in range(2)]
+    assert "cache interface changed (--prune-cache)" in result.output
+    sess = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    kept = [c["kept"] for c in cache["layers"]]
+    for n, seq, past in ((1, 1, 9), (4, 7, 2)):
+        feeds = _gpt2_past_feeds(n, seq, past, heads=[len(k) for k in kept])
+        outs = sess.run(None, feeds)
+        assert [o.shape[1] for o in outs[1:]] == [len(k) for k in kept for _ in "kv"]
+    result = run(*args, "-o", tmp_path / "q.onnx", "--report", tmp_path / "q.json")
+    assert result.exit_code == 0 and json.loads((tmp_path / "q.json").read_text())["cache_interface"] is None

@@ -60,6 +60,7 @@ def test_metric_entries_say_what_they_read():
     (dict(estimator="mc"), "unknown estimator 'mc' (choose from auto, exact,"),
     (dict(value="kl"), "unknown value function 'kl'; choose one of accuracy,"),
     (dict(device="gpu"), "--device must be one of auto, cpu, cuda, got gpu"),
+    (dict(prune_cache="yes"), "--prune-cache is a flag (True or False), got 'yes'"),
 ])
 def test_validate_raises_user_errors(keywords, words):
     with pytest.raises(OnnxPruneError) as err:
@@ -101,6 +102,7 @@ def test_to_json_keeps_every_key_of_the_old_report_options():
     assert doc["round_to_requested"] == "auto" and isinstance(doc["round_to"], int)
     assert doc["exclude"] == ["c*"] and doc["estimator"] == "exact" and doc["global"] is True
     assert doc["uniform"] is False and doc["target"] == "params"  # the defaults of issue 15
+    assert doc["prune_cache"] is False and PruneOptions(prune_cache=True).to_json()["prune_cache"]
 
 
 @pytest.mark.parametrize("target,steps", [("params", 2), ("macs", 3), ("units", 2)])

@@ -51,6 +51,22 @@ def test_masked_equals_pruned_on_issue17_zoo(file):
                                dim_sets=_dim_sets(ISSUE17[file]), require_prunable=False)
 
 
+def _cache_dim_sets() -> list[dict[str, int]]:
+    """Two batch sizes x two lengths (one: a decoding step) x two past lengths."""
+    return [{"batch": b, "seq": s, "past": p, "total": p + s}
+            for b in (1, 3) for s in (1, 5) for p in (2, 7)]
+
+
+@pytest.mark.parametrize("file", ["hf_gpt2_past.onnx", "hf_gpt2_past_dynamo.onnx"])
+def test_masked_equals_pruned_with_prune_cache(file):
+    """--prune-cache: the heads shrink the past/present cache; the masked model is fed the
+    original-width past, the pruned one the past of the kept heads (exactness.cache_slices),
+    their present outputs compared on the kept heads."""
+    analysis = check_masked_equals_pruned(load_model(ROOT / "models/zoo" / file), trials=2,
+                                          dim_sets=_cache_dim_sets(), prune_cache=True)
+    assert sum(g.unit_size == 8 and g.units == 4 for g in analysis.prunable) == 2
+
+
 def test_no_batch_mixing_reported_on_real_exports():
     """Per-sample coalitions stay on for every zoo export (no false alarms)."""
     from onnxprune.compiler.analyze import analyze

@@ -24,6 +24,13 @@ from .render import analysis_table, plan_text, prune_table, verdict_line
 EXIT_USER_ERROR = 2
 EXIT_FAILED_GATE = 3  # the pruned model was written but fell below --min-fidelity
 _DEFAULTS = PruneOptions()
+PRUNE_CACHE_HELP = (
+    "Also prune attention heads that reach a key-value cache (graph inputs such as "
+    "past_key_values.*, outputs such as present.*, laid out [batch, heads, length, head_dim]). "
+    "This changes the model's interface: those inputs and outputs get fewer heads on axis 1 "
+    "(key and value of a layer alike), so caches built for the original no longer fit; the "
+    "report lists per layer the old and new head counts and the kept heads' indices (slice an "
+    "existing cache as past[:, kept]). Without it these heads stay whole.")
 RATIO_MEANING = ("The fraction R of the model's prunable cost to remove (by default the weight "
                  "parameters of the Conv/Gemm/MatMul layers whose channels can be removed), "
                  "placed where the unit scores say it costs least.")
@@ -170,6 +177,7 @@ def scoring_options(fn):
               help="Quality gate: the worst output's agreement with the original on held-out "
               "samples (top-1 for class scores, ...; README, The quality gate). Below it the "
               "model is still written, reported FAILED, and the command exits 3. 0: no gate.")
+@click.option("--prune-cache", "prune_cache", is_flag=True, help=PRUNE_CACHE_HELP)
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON report on stdout.")
 @click.option("--dry-run", "dry_run", is_flag=True,
@@ -244,6 +252,7 @@ def _scores_metric(options: PruneOptions, metric: str | None, path: str) -> Prun
               help="The share of each group's units the scores are for: the truncated default "
                    "scores removal orders down to it, the cut-aware estimators refine units "
                    "near it (default: none, scores for any ratio, full game).")
+@click.option("--prune-cache", "prune_cache", is_flag=True, help=PRUNE_CACHE_HELP)
 @scoring_options
 @guarded
 def score_cmd(model: str, calib: str, **params: Any) -> None:
@@ -252,9 +261,10 @@ def score_cmd(model: str, calib: str, **params: Any) -> None:
     from onnxprune.scoring.site_stats import site_means
     output, ratio = params.pop("output"), params.pop("ratio")
     compensate, quiet = not params.pop("no_compensate"), params.pop("quiet")
+    prune_cache = params.pop("prune_cache")
     options = ScoreOptions.from_cli(params)
     check_output(Path(model), Path(output), what="-o")
-    am = analyze_model(model)
+    am = analyze_model(model, prune_cache=prune_cache)
     data = as_calibration(calib, am.proto)
     if not am.analysis.prunable:
         raise OnnxPruneError("no prunable channel group in this model (see 'onnxprune analyze')")
@@ -262,7 +272,7 @@ def score_cmd(model: str, calib: str, **params: Any) -> None:
     scores = score_model(am, data, options, means=means, ratio=ratio,
                          progress=ProgressPrinter(quiet))
     doc = {"model": model, "metric": options.metric, "seed": options.seed,
-           "compensate": compensate, "model_sha256": _sha256(Path(model)),
+           "compensate": compensate, "model_sha256": _sha256(Path(model)), "prune_cache": prune_cache,
            "groups": [s.to_json() for s in scores.values()]}
     _write_json(Path(output), doc)
     click.echo(f"wrote scores of {len(scores)} groups to {output}")
@@ -298,11 +308,12 @@ def _data_size(out: Path) -> int:
 @main.command("analyze")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--prune-cache", "prune_cache", is_flag=True, help=PRUNE_CACHE_HELP)
 @guarded
-def analyze_cmd(model, as_json):
+def analyze_cmd(model, as_json, prune_cache):
     """List MODEL's channel groups: units, unit size, cost share, prunable or why not."""
     from onnxprune.api import analyze_model, group_table, no_groups_reason
-    am = analyze_model(model)
+    am = analyze_model(model, prune_cache=prune_cache)
     rows, reason = group_table(am), no_groups_reason(am)
     if as_json:
         doc = {"model": model, "groups": rows, **({"reason": reason} if reason else {})}

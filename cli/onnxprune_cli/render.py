@@ -101,6 +101,7 @@ def prune_table(report: Report) -> str:
     if lat:
         out.append(f"latency: median [quartiles] of {bl['runs']} interleaved runs each; "
                    f"speed-up x{lat['speedup']['median']:.2f}")
+    out += _cache_lines(report.get("cache_interface"))
     for warning in ver.get("warnings", []):
         out.append(f"warning: {warning}")
     for hint in report.get("hints", []):
@@ -196,3 +197,16 @@ def plan_text(plan: dict) -> str:
                      f"{duration(max(0.0, plan['scoring_budget_s'] or 0.0))}")
     lines += [f"warning: {w}" for w in plan.get("warnings", [])]
     return "\n".join(lines)
+
+
+def _cache_lines(cache: dict | None) -> list[str]:
+    """--prune-cache: the model's key-value cache interface changed; per layer what to feed."""
+    if not cache:
+        return []
+    out = ["cache interface changed (--prune-cache): feed past inputs with the kept heads only, "
+           "e.g. past[:, kept]"]
+    for layer in cache["layers"]:
+        names = ", ".join(layer["inputs"] + layer["outputs"])
+        out.append(f"  {names}: heads {layer['heads']} -> {layer['kept_heads']} on axis "
+                   f"{layer['axis']}, kept {layer['kept']}")
+    return out

@@ -17,7 +17,7 @@ from .graph import node_key
 class Member:
     """One place a group touches: a weight or constant slice, a shape constant, an attribute."""
 
-    role: str        # producer | consumer | param | shape | attr
+    role: str        # producer | consumer | param | shape | attr | cache (a graph input/output)
     node: str        # node_key of the node that owns it
     op: str
     tensor: str
@@ -70,6 +70,7 @@ class Analysis:
     ch_unit: np.ndarray         # global channel id -> unit index within its group
     notes: dict[str, Any]       # node_key -> what its handler needs at rewrite time
     batch_mixing: list[str] = field(default_factory=list)  # ops that combine samples after a mask
+    prune_cache: bool = False  # analysed with --prune-cache: heads may shrink the key-value cache I/O
     _nodes: dict[str, gs.Node] | None = field(default=None, init=False, repr=False)
 
     @property

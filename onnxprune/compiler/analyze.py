@@ -18,20 +18,29 @@ from .batchaxis import batch_mixing
 from .channels import UnionFind
 from .context import AnalysisContext
 from .ops import handler_for
-from .ops.layout import cache_reason
+from .ops.layout import cache_reason, is_cache_tensor
 
 
-def analyze(graph: gs.Graph) -> Analysis:
-    """Run every node's handler in topological order and assemble the groups."""
-    ctx = AnalysisContext(graph, describe=lambda node: handler_for(node).explain(node))
+def analyze(graph: gs.Graph, prune_cache: bool = False) -> Analysis:
+    """Run every node's handler in topological order and assemble the groups. `prune_cache`:
+    attention heads that reach key-value cache inputs/outputs may shrink them (--prune-cache)."""
+    ctx = AnalysisContext(graph, describe=lambda node: handler_for(node).explain(node),
+                          prune_cache=prune_cache)
     for node in graph.nodes:
         _check_subgraph_captures(node, ctx)
         handler_for(node).analyze(node, ctx)
     for out in graph.outputs:
-        if (cmap := ctx.map(out)) is not None:
-            ctx.pin(cmap.ids, f"reaches graph output '{out.name}'" if cmap.within is None
-                    else cache_reason(f"graph output '{out.name}'"))
-    return _assemble(ctx)
+        if (cmap := ctx.map(out)) is None:
+            continue
+        if cmap.within is None:
+            ctx.pin(cmap.ids, f"reaches graph output '{out.name}'")
+        elif ctx.prune_cache and is_cache_tensor(out, cmap):
+            ctx.member("cache", out.inputs[0], out, cmap.axis, cmap.ids)
+        else:
+            ctx.pin(cmap.ids, cache_reason(f"graph output '{out.name}'", ctx.prune_cache))
+    analysis = _assemble(ctx)
+    analysis.prune_cache = prune_cache
+    return analysis
 
 
 def _check_subgraph_captures(node: gs.Node, ctx: AnalysisContext, outer: gs.Node | None = None) -> None:

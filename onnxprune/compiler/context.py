@@ -18,8 +18,10 @@ class AnalysisContext:
     """What a handler sees: channel maps of tensors and the recording operations."""
 
     def __init__(self, graph: gs.Graph,
-                 describe: Callable[[gs.Node], str | None] = lambda node: None) -> None:
+                 describe: Callable[[gs.Node], str | None] = lambda node: None,
+                 prune_cache: bool = False) -> None:
         self.graph = graph
+        self.prune_cache = prune_cache  # heads may shrink the key-value cache inputs/outputs
         self.describe = describe  # the node's handler's `explain` (the registry's, injected)
         self.opset = graph.opset
         self.uf = UnionFind()

@@ -57,6 +57,10 @@ def to_proto(graph: gs.Graph, ident: ModelIdentity) -> onnx.ModelProto:
     del model.metadata_props[:]
     for key, value in ident.metadata_props:
         model.metadata_props.add(key=key, value=value)
+    # rewrite's --prune-cache record (vars: graphsurgeon's getattr looks up graph functions)
+    if heads := vars(graph).get("cache_heads"):
+        from .cache import record_cache_heads
+        record_cache_heads(model, heads)
     if ident.functions and not model.functions:
         model.functions.extend(ident.functions)
     for value in [*model.graph.input, *model.graph.output]:

@@ -57,6 +57,24 @@ def rewrite(analysis: Analysis, keep: Mapping[int, Sequence[int]],
     for node in list(graph.nodes):
         rw.apply_refit(node)
         handler_for(node).rewrite(node, rw)
+    _shrink_cache_io(analysis, keep_channel, graph)
     strip_shapes(graph)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return graph
+
+
+def _shrink_cache_io(analysis: Analysis, keep_channel: np.ndarray, graph: gs.Graph) -> None:
+    """--prune-cache: the declared head count of the key-value cache inputs/outputs whose
+    heads went (the graph I/O keep their declared shapes through strip_shapes); the kept
+    heads go with the graph (`cache_heads`, written into the model by to_proto)."""
+    tensors = graph.tensors()
+    graph.cache_heads = {}
+    for group in analysis.groups:
+        for m in group.members:
+            if m.role == "cache" and not (keep := keep_channel[m.ids]).all():
+                tensor = tensors[m.tensor]
+                shape = list(tensor.shape)
+                shape[m.axis] = int(keep.sum())
+                tensor.shape = shape
+                graph.cache_heads[m.tensor] = (m.axis, np.flatnonzero(keep))
+

@@ -8,6 +8,8 @@ is the constant [0, 1024] (0 = copy that dim), which the analysis can read and r
 """
 from __future__ import annotations
 
+from typing import Callable, Iterator
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -19,6 +21,7 @@ def fold_reshape_targets(graph: gs.Graph) -> bool:
     """Replace run-time Reshape targets that evaluate to numbers plus copies of the input's
     own named dims by constants. Returns whether anything changed (onnx-ir pass style)."""
     changed = False
+    same = equal_dims(graph)
     for node in graph.nodes:
         if node.op != "Reshape" or const_value(node.inputs[1]) is not None:
             continue
@@ -30,7 +33,7 @@ def fold_reshape_targets(graph: gs.Graph) -> bool:
         for i, d in enumerate(target):
             if isinstance(d, int) and d != 0:  # a literal zero would read as a copy
                 fixed.append(d)
-            elif isinstance(d, str) and i < len(in_shape) and in_shape[i] == d:
+            elif isinstance(d, str) and i < len(in_shape) and same(in_shape[i], d):
                 fixed.append(0)  # the same named dim as the input's: copy it
             else:
                 fixed = None
@@ -38,6 +41,52 @@ def fold_reshape_targets(graph: gs.Graph) -> bool:
         if fixed is not None:
             changed |= _set_target(node, fixed)
     return changed
+
+
+def equal_dims(graph: gs.Graph) -> Callable[[object, object], bool]:
+    """Which dim names are one size wherever the model runs at all, from the facts its ops
+    impose: a Reshape's copied dims (0) and its one -1 among copies, Concat's other axes,
+    Transpose's permutation. (The dynamo exporter names a view's dims afresh: s21 for the
+    input's 'batch'; its head-split target reads 'batch' from the past cache's Shape.)"""
+    parent: dict[str, str] = {}
+
+    def find(d: str) -> str:
+        while parent.setdefault(d, d) != d:
+            d = parent[d]
+        return d
+
+    for a, b in _dim_facts(graph):
+        if isinstance(a, str) and isinstance(b, str) and a and b:
+            parent[find(a)] = find(b)
+    return lambda a, b: a == b or (isinstance(a, str) and isinstance(b, str) and bool(a)
+                                   and bool(b) and find(a) == find(b))
+
+
+def _dim_facts(graph: gs.Graph) -> Iterator[tuple[object, object]]:
+    """Pairs of dims that must be equal for the model to run (named or not)."""
+    for node in graph.nodes:
+        if not node.inputs or not node.outputs:
+            continue
+        src, out = node.inputs[0].shape, node.outputs[0].shape
+        if src is None or out is None:
+            continue
+        perm = node.attrs.get("perm") if node.op == "Transpose" else None
+        if perm and len(perm) == len(out) == len(src):
+            yield from ((out[i], src[p]) for i, p in enumerate(perm))
+        elif node.op == "Concat" and all(t.shape is not None and len(t.shape) == len(out)
+                                         for t in node.inputs):
+            axis = int(node.attrs.get("axis", 0)) % max(len(out), 1)
+            for t in node.inputs:
+                yield from ((t.shape[i], out[i]) for i in range(len(out)) if i != axis)
+        elif node.op == "Reshape" and not node.attrs.get("allowzero", 0):
+            target = const_value(node.inputs[1])
+            if target is None or target.ndim != 1 or len(target) != len(out):
+                continue
+            copies = [i for i, v in enumerate(target.tolist()) if v == 0 and i < len(src)]
+            yield from ((out[i], src[i]) for i in copies)
+            rest = [i for i, v in enumerate(target.tolist()) if v != 0]
+            if len(src) == len(out) and len(rest) == 1 and int(target[rest[0]]) == -1:
+                yield out[rest[0]], src[rest[0]]  # the product is kept: the -1 is the input's dim
 
 
 def _set_target(node: gs.Node, fixed: list[int]) -> bool:

@@ -21,11 +21,12 @@ import onnx
 
 from ..calib import Calibration
 from ..compiler.analysis import Analysis
+from ..compiler.cache import narrow_feeds, widen_outputs
 from ..compiler.graph import ModelIdentity
 from ..compiler.rewrite import channel_keep, rewrite
 from ..scoring.site_stats import SiteActivations
 from .optimize import Finalizer
-from .verify import run_model
+from .verify import run_model, tensor_output_names
 
 
 class Guard:
@@ -38,7 +39,10 @@ class Guard:
         value_fn.prepare(self.reference, data.labels)
 
     def value(self, model: onnx.ModelProto) -> float:
-        outputs = run_model(model, self.data.inputs)
+        # a model whose heads shrank its key-value cache (--prune-cache) reads the past of
+        # its kept heads; its cache outputs count on those heads only
+        outputs = run_model(model, narrow_feeds(model, self.data.inputs))
+        outputs = widen_outputs(model, tensor_output_names(model), outputs, self.reference)
         value = float(np.mean(self.value_fn([o[None] for o in outputs])))
         return value if np.isfinite(value) else -np.inf  # NaN never wins
 

@@ -22,22 +22,25 @@ def _one_run(sess, feeds) -> float:
 
 def compare_latency(a: onnx.ModelProto, b: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
                     device: str = "cpu", max_seconds: float = 4.0, max_rounds: int = 50,
-                    warmup: int = 2) -> dict:
-    """Interleaved timing of two models on the same feeds; medians and quartiles in ms.
-    A model exported with a fixed batch is timed at that batch (the feeds cut or padded)."""
+                    warmup: int = 2, feeds_b: Mapping[str, np.ndarray] | None = None) -> dict:
+    """Interleaved timing of two models on the same feeds (`feeds_b`: b's own, the past of
+    its kept heads under --prune-cache); medians and quartiles in ms. A model exported with
+    a fixed batch is timed at that batch (the feeds cut or padded)."""
     sa = make_session(a, device, spinning=False)
     sb = make_session(b, device, spinning=False)
     names = [i.name for i in sa.get_inputs()]
     fixed = fixed_batch(sa)
+    feeds_b = feeds if feeds_b is None else feeds_b
+    feeds_b = {k: pad_rows(feeds_b[k][:fixed], fixed) if fixed else feeds_b[k] for k in names}
     feeds = {k: pad_rows(feeds[k][:fixed], fixed) if fixed else feeds[k] for k in names}
     for _ in range(warmup):
-        _one_run(sa, feeds), _one_run(sb, feeds)
+        _one_run(sa, feeds), _one_run(sb, feeds_b)
     times: dict[str, list[float]] = {"before": [], "after": []}
     start = time.perf_counter()
     while len(times["before"]) < max_rounds and (len(times["before"]) < 5 or
                                                  time.perf_counter() - start < max_seconds):
         times["before"].append(_one_run(sa, feeds))
-        times["after"].append(_one_run(sb, feeds))
+        times["after"].append(_one_run(sb, feeds_b))
     out: dict = {"batch": len(next(iter(feeds.values())))}
     for key, values in times.items():
         ms = 1e3 * np.asarray(values)

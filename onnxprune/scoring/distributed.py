@@ -72,17 +72,17 @@ class ScoringActor:
 
     def setup(self, model: bytes, calib: Calibration, opts: Any, means: Any, ratio: float | None,
               threads: int, context: ContextFn, removal: float | None = None,
-              round_to: int = 1) -> list[tuple[int, int]]:
+              round_to: int = 1, prune_cache: bool = False) -> list[tuple[int, int]]:
         """Build the engine with `context` (the local path's builder, passed in so that this
         module does not import the API facade); return (group id, units) of the prunable
         groups, which the driver checks against its own analysis. `removal` (the truncated
-        estimator's depth share) and `round_to` as on the local path."""
+        estimator's depth share), `round_to` and `prune_cache` as on the local path."""
         import dataclasses
 
         import onnx
 
         from ..model import analyze_model
-        am = analyze_model(onnx.load_from_string(model))
+        am = analyze_model(onnx.load_from_string(model), prune_cache=prune_cache)
         ctx = context(am, calib, opts, means, ratio, round_to, threads=threads)
         self.ctx = dataclasses.replace(ctx, removal=removal)
         self.metric = opts.metric
@@ -206,6 +206,7 @@ class _Pool:
         means, self.ratio, self.context, self.removal, self.round_to = setup
         self.ray, self.opts, self.die_after, self.stats = ray, opts, die_after, stats
         self.expected = [(g.id, g.units) for g in am.analysis.prunable]
+        self.prune_cache = am.analysis.prune_cache  # the workers analyse the model alike
         model = _model_bytes(am)
         stats.shared_bytes = (len(model) + _nbytes(calib.inputs) + _nbytes(means or {})
                               + (0 if calib.labels is None else calib.labels.nbytes))
@@ -230,7 +231,7 @@ class _Pool:
         self.actors[index] = actor
         model, calib, means = self.refs
         return actor.setup.remote(model, calib, self.opts, means, self.ratio, self.threads,
-                                  self.context, self.removal, self.round_to)
+                                  self.context, self.removal, self.round_to, self.prune_cache)
 
     def _get(self, refs: list[Any]) -> list[Any]:
         """ray.get; a user error raised in a worker is raised here as itself."""

@@ -129,8 +129,13 @@ class Concat(Handler):
             behind = [_graph_inputs_behind(t, ctx) for t in node.inputs if ctx.map(t) is None]
             if first.within is None or consts or not all(behind):
                 return ctx.pin_inputs(node, "Concat of channel tensors with untracked ones")
-            # past keys/values: the heads stay one group, whole, with the reason that matters
-            ctx.pin_inputs(node, cache_reason(f"graph input '{behind[0][0]}'"))
+            # past keys/values: the heads stay one group, whole, with the reason that matters,
+            # unless --prune-cache lets them shrink the cache inputs (members of the group)
+            cache = _cache_inputs(node, ctx, first) if ctx.prune_cache else None
+            if cache is None:
+                ctx.pin_inputs(node, cache_reason(f"graph input '{behind[0][0]}'", ctx.prune_cache))
+            for tensor in cache or []:
+                ctx.member("cache", node, tensor, first.axis, first.ids)
         for _, cmap in tracked[1:]:
             ctx.union(first.ids, cmap.ids)
         for index, local, via_expand in consts:
@@ -253,6 +258,18 @@ class Slice(Handler):
 
     def mixes_batch(self, node, opset):
         return _slice_cuts_batch(node, opset)
+
+    def eval_shape(self, node, dims):
+        """A constant slice of a shape vector (transformers' Conv1D reads `x.size(-1)` as
+        Slice(Shape(x), [-1], [INT64_MAX]) for its `view(-1, C)`)."""
+        data, params = dims(node.inputs[0]), self._params(node, 13 if len(node.inputs) > 1 else 9)
+        if data is None or params is None or not all(int_vector(p) for p in params):
+            return None
+        starts, ends, axes, steps = (np.atleast_1d(p) for p in params)
+        if len(starts) != 1 or len(ends) != 1 or len(axes) != 1 or len(steps) != 1 \
+                or int(axes[0]) not in (0, -1) or int(steps[0]) == 0:
+            return None
+        return data[slice(int(starts[0]), int(ends[0]), int(steps[0]))]
 
     def analyze(self, node, ctx):
         cmap, rank = ctx.map(node.inputs[0]), rank_of(node.inputs[0])
@@ -394,9 +411,57 @@ def _graph_inputs_behind(tensor: gs.Tensor, ctx, limit: int = 64) -> list[str]:
     return found
 
 
-def cache_reason(where: str) -> str:
+def cache_reason(where: str, opted: bool = False) -> str:
+    if opted:
+        return (f"attention heads reach the past/present key-value cache ({where}) in a form "
+                "--prune-cache does not shrink (a graph input [batch, heads, length, head_dim] "
+                "Concat-ed as it is, its head axis read nowhere else)")
     return (f"attention heads reach the past/present key-value cache ({where}): pruning them "
-            "would change the model's cache interface")
+            "would change the model's cache interface (--prune-cache allows it)")
+
+
+def is_cache_tensor(tensor: gs.Tensor, cmap: ChannelMap) -> bool:
+    """A key/value cache layout: [batch, heads, length, head_dim], one unit per head on axis 1."""
+    return rank_of(tensor) == 4 and cmap.axis == 1 and cmap.within == 3
+
+
+def _cache_inputs(node: gs.Node, ctx, first: ChannelMap) -> list[gs.Tensor] | None:
+    """The graph inputs behind a past-cache Concat's untracked inputs, each a cache tensor of
+    the heads' width (None if any is not)."""
+    if not is_cache_tensor(node.outputs[0], first):
+        return None
+    found = []
+    for t in node.inputs:
+        if ctx.map(t) is None:
+            if (source := _cache_source(t, node, ctx, first)) is None:
+                return None
+            found.append(source)
+    return found
+
+
+def _cache_source(tensor: gs.Tensor, reader: gs.Node, ctx, cmap: ChannelMap) -> gs.Tensor | None:
+    """The graph input `tensor` is, directly or through one-input Concat/Identity copies (the
+    legacy exporter's DynamicCache), when its head axis has the group's width and nothing
+    else reads it but Shapes that skip the head axis (the past length is Shape(past)[2])."""
+    chain = [tensor]
+    while not any(i is chain[-1] for i in ctx.graph.inputs):
+        t = chain[-1]
+        copy = t.inputs[0] if t.inputs else None
+        if copy is None or copy.op not in ("Identity", "Concat") or len(copy.inputs) != 1:
+            return None
+        chain.append(copy.inputs[0])
+    source, shape = chain[-1], shape_of(chain[-1])
+    if shape is None or len(shape) != 4 or shape[cmap.axis] != cmap.size:
+        return None
+    allowed = {id(reader)} | {id(t.inputs[0]) for t in chain[:-1]}
+    for t in chain:
+        if any(o is t for o in ctx.graph.outputs):
+            return None
+        for consumer in t.outputs:
+            if id(consumer) not in allowed and (consumer.op != "Shape" or
+                                                _shape_reads_axis(consumer, cmap.axis, 4, ctx)):
+                return None
+    return source
 
 
 def _axes_ok(axes, rank: int | None, *, distinct: bool = False) -> bool:
@@ -435,14 +500,24 @@ class Shape(Handler):
         rank = rank_of(node.inputs[0]) or 0
         if any(o is node.outputs[0] for o in ctx.graph.outputs):
             return ctx.pin_inputs(node, "Shape of a channel tensor is a graph output")
-        start = norm_axis(int(node.attrs.get("start", 0)), rank)
-        end = node.attrs.get("end")
-        if end is not None and not start <= cmap.axis < norm_axis(int(end), rank):
-            return None  # Shape(start, end) does not read the channel dim
-        for consumer in _through_casts(node.outputs[0], ctx):
-            index = const_value(consumer.inputs[1]) if consumer.op == "Gather" else None
-            if index is None or rank == 0 or ((np.asarray(index) + start) % rank == cmap.axis).any():
-                return ctx.pin_inputs(node, "Shape of a channel tensor feeds a computation")
+        if _shape_reads_axis(node, cmap.axis, rank, ctx):
+            return ctx.pin_inputs(node, "Shape of a channel tensor feeds a computation")
+
+
+def _shape_reads_axis(node: gs.Node, axis: int, rank: int, ctx) -> bool:
+    """Whether what a Shape node computes depends on dim `axis` of its input: it covers the
+    axis and is read by anything but Gathers of constant indices that avoid it."""
+    if any(o is node.outputs[0] for o in ctx.graph.outputs):
+        return True
+    start = norm_axis(int(node.attrs.get("start", 0)), rank)
+    end = node.attrs.get("end")
+    if end is not None and not start <= axis < norm_axis(int(end), rank):
+        return False  # Shape(start, end) does not read that dim
+    for consumer in _through_casts(node.outputs[0], ctx):
+        index = const_value(consumer.inputs[1]) if consumer.op == "Gather" else None
+        if index is None or rank == 0 or ((np.asarray(index) + start) % rank == axis).any():
+            return True
+    return False
 
 
 def _through_casts(tensor: gs.Tensor, ctx, depth: int = 4) -> list[gs.Node]:
