@@ -126,3 +126,25 @@ def test_masked_equals_pruned_on_light_models(name):
 @pytest.mark.parametrize("name", ["vgg19", "bvlc_alexnet", "zfnet512"])
 def test_masked_equals_pruned_on_large_light_models(name):
     check_masked_equals_pruned(_randomized(name), trials=1, batch=1)
+
+
+def test_gpt2_past_scores_through_the_prefix_cut():
+    """The legacy GPT-2 with past scores one coalition per run (its mask gather is not proven
+    per sample); its merged-row mask sites read a row shape that only the instrumentation
+    computes, which the prefix (cut from the source graph) cannot: the cut pulls it into the
+    suffix (it raised KeyError 'onnxprune_site*_rows_rest' in cut._prefix)."""
+    import numpy as np
+    from onnxprune import analyze_model
+    from onnxprune.api import as_calibration, score_model
+    rng = np.random.default_rng(0)
+    n, seq, past = 6, 4, 3
+    calib = {"input_ids": rng.integers(1, 100, (n, seq)).astype(np.int64),
+             "attention_mask": np.ones((n, past + seq), np.int64)}
+    for i in range(2):
+        for t in ("key", "value"):
+            calib[f"past_key_values.{i}.{t}"] = rng.standard_normal((n, 4, past, 8)).astype(np.float32)
+    am = analyze_model(str(ROOT / "models/zoo/hf_gpt2_past.onnx"))
+    assert am.analysis.batch_mixing  # the path this test is about
+    gid = am.analysis.prunable[0].id
+    out = score_model(am, as_calibration(calib, am.proto), metric="shapley", budget=130, groups=[gid])
+    assert np.isfinite(out[gid].values).all()

@@ -117,7 +117,7 @@ def _split(graph: gs.Graph, ident: ModelIdentity, source: gs.Graph, masks: list[
         suffix_nodes = _dependent(graph, set(masks))
     else:
         suffix_nodes = {id(n) for n in graph.nodes}
-    cut = _cut_tensors(graph, suffix_nodes, set(masks), aligned)
+    cut = _cut_tensors(graph, suffix_nodes, set(masks), aligned, set(source.tensors()))
     produced = {o.name for n in graph.nodes if id(n) in suffix_nodes for o in n.outputs}
     outputs = [t.name for t in graph.outputs if t.name in produced]
     data_inputs = {t.name for t in graph.inputs}
@@ -152,12 +152,14 @@ def _dependent(graph: gs.Graph, sources: set[str]) -> set[int]:
 
 
 def _cut_tensors(graph: gs.Graph, suffix_nodes: set[int], masks: set[str],
-                 aligned: Aligned) -> list[str]:
+                 aligned: Aligned, known: set[str]) -> list[str]:
     """Tensors the suffix reads from outside (extends `suffix_nodes` in place).
 
     A cut tensor is fed n rows and tiled K times, so it must carry the samples on axis 0;
     one that does not (a Shape result, a tensor of unknown shape) has its producer pulled
-    into the suffix, until every cut tensor is per-sample or a graph input."""
+    into the suffix, until every cut tensor is per-sample or a graph input. So is one that
+    only the instrumentation made (not in `known`, the source graph's tensors: the prefix,
+    cut from the source, cannot compute it; e.g. the row shape a merged-row mask site reads)."""
     producer = {id(t): t.inputs[0] for n in graph.nodes for t in n.outputs if t.inputs}
     while True:
         produced = {o.name for n in graph.nodes if id(n) in suffix_nodes for o in n.outputs}
@@ -169,7 +171,7 @@ def _cut_tensors(graph: gs.Graph, suffix_nodes: set[int], masks: set[str],
                             and t.name not in masks:
                         cut.setdefault(t.name, t)
         inner = [t for t in cut.values() if id(t) in producer]
-        ok = aligned(inner)
+        ok = aligned([t for t in inner if t.name in known])
         pull = [producer[id(t)] for t in inner if t.name not in ok]
         if not pull:
             return list(cut)
