@@ -228,3 +228,11 @@ def test_a_long_plan_is_fitted_to_the_default_cap_unless_inf():
     from onnxprune.options import PruneOptions
     inf = PruneOptions(ratio=0.5, score=ScoreOptions(time_budget_s=float("inf")))
     assert inf.to_json()["time_budget_s"] == "inf"  # the report's JSON has no Infinity
+
+
+def test_truncated_minimum_is_one_chain_as_deep_as_the_cut():
+    """The endpoints and one chain down to the expected cut, not down to the last unit: a time
+    budget scales samples only below that (det_yolox planned 8,275 for 8,208 units before)."""
+    from onnxprune.scoring.estimators import truncation_depth
+    assert min_evaluations("truncated", 100, 0.2) == 2 + truncation_depth(100, 0.2) == 22
+    assert min_evaluations("truncated", 100, None) == 2 + 50  # not known: half the group

@@ -189,13 +189,15 @@ def suffix_macs(analysis: Analysis, gid: int) -> int:
     return sum(node_macs(n) for n in analysis.graph.nodes if id(n) in seen)
 
 
-def min_evaluations(estimator: str, n: int) -> int:
-    """The fewest evaluations `estimator` runs with on n units (the estimators' `require`)."""
+def min_evaluations(estimator: str, n: int, removal: float | None = None) -> int:
+    """The fewest evaluations `estimator` runs with on n units (the estimators' `require`;
+    truncated: the full coalition and one chain as deep as `removal` asks)."""
     if n <= 1:
         return 2 * n
+    if estimator == "truncated":
+        return 2 + truncation_depth(n, removal)
     return {"exact": 2 ** n, "permutation": n + 1, "antithetic": 2 * n, "persample": 2 * n,
-            "adaptive": 2 + 4 * (n - 1), "kernelshap": 4, "joint": 2,
-            "truncated": n + 1}.get(estimator, 2)  # truncated: one chain at most n - 1 deep
+            "adaptive": 2 + 4 * (n - 1), "kernelshap": 4, "joint": 2}.get(estimator, 2)
 
 
 def _budgeted(metric: str, n: int, budget: int | None, estimator: str,
@@ -213,7 +215,7 @@ def _budgeted(metric: str, n: int, budget: int | None, estimator: str,
     if CAPABILITIES[name].needs_depth and n_samples:  # stops at its marginal count
         d = truncation_depth(n, removal)
         budget = min(int(budget), 2 + d * planned_chains(n, n_samples, d))
-    return name, int(budget), min_evaluations(name, n)
+    return name, int(budget), min_evaluations(name, n, removal)
 
 
 def plan_scoring(engine: Any, analysis: Analysis, gids: Sequence[int], *, metric: str,
