@@ -335,10 +335,11 @@ def plan_prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
     return _round_plan(am, opts, run, 0, progress, dry_run=True)[1]
 
 
-def _batch_twin(am: AnalyzedModel, data: Calibration | None) -> AnalyzedModel:
+def with_batch_twin(am: AnalyzedModel, data: Calibration | None) -> AnalyzedModel:
     """A model whose inputs have the literal batch 1 is analysed, scored and pruned as its
     batch-symbolic twin when that is proven to run each sample as the model does
-    (fixedbatch.batch_twin); else as it is, with the reason kept for the report."""
+    (fixedbatch.batch_twin); else as it is, with the reason kept for the report. `prune`,
+    `plan_prune` and `onnxprune score` all call it, so reused scores name the same groups."""
     from .scoring.fixedbatch import batch_twin, literal_batch_one
     if data is None or am.source is not None or not literal_batch_one(am.proto):
         return am
@@ -383,7 +384,7 @@ def _prepare(model: Any, calib: Any, options: PruneOptions | None,
     am = model if isinstance(model, AnalyzedModel) else analyze_model(model)
     t0 = time.perf_counter()
     data = as_calibration(calib, am.proto)
-    am = _batch_twin(am, data)
+    am = with_batch_twin(am, data)
     if not am.analysis.prunable:
         why = no_groups_reason(am)
         raise OnnxPruneError("no prunable channel group in this model" +

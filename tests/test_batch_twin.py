@@ -134,3 +134,29 @@ def test_prune_falls_back_with_the_reason():
     assert not res.report["batch_twin"]["used"]
     assert any("refused" in w for w in res.report["warnings"])
     assert res.model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+
+
+def test_cli_says_why_the_twin_was_refused_in_one_line(tmp_path):
+    from click.testing import CliRunner
+    from onnxprune_cli.main import main
+    onnx.save(flattens_the_batch(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", **_samples(16))
+    res = CliRunner().invoke(main, [str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npz"),
+                                    "--ratio", "0.5", "--metric", "l1", "-q"])
+    assert res.exit_code in (0, 3), res.output
+    lines = [l for l in res.stderr.splitlines() if "batch-symbolic copy was refused" in l]
+    assert len(lines) == 1 and lines[0].startswith("warning: "), res.stderr
+
+
+def test_cli_scores_reused_on_the_twin(tmp_path):
+    from click.testing import CliRunner
+    from onnxprune_cli.main import main
+    onnx.save(crnn(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", **_samples(16))
+    m, c, s = (str(tmp_path / n) for n in ("m.onnx", "c.npz", "s.json"))
+    assert CliRunner().invoke(main, ["score", m, "--calib", c, "-o", s, "-q"]).exit_code == 0
+    res = CliRunner().invoke(main, [m, "--calib", c, "--ratio", "0.5", "--scores", s, "-q",
+                                    "-o", str(tmp_path / "p.onnx")])
+    assert res.exit_code in (0, 3), res.output
+    shipped = onnx.load(tmp_path / "p.onnx")
+    assert shipped.graph.input[0].type == crnn().graph.input[0].type
