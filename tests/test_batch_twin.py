@@ -160,3 +160,12 @@ def test_cli_scores_reused_on_the_twin(tmp_path):
     assert res.exit_code in (0, 3), res.output
     shipped = onnx.load(tmp_path / "p.onnx")
     assert shipped.graph.input[0].type == crnn().graph.input[0].type
+
+
+def test_twin_from_one_sample_compares_distinct_copies():
+    x = _samples(1)
+    assert batch_twin(crnn(), x)[0] is not None
+    assert batch_twin(flattens_the_batch(), x)[0] is None
+    same_three = {"x": np.repeat(x["x"][:1], 3, axis=0)}  # identical samples would hide mixing
+    twin, why = batch_twin(plain_cnn(), same_three)
+    assert twin is None and "distinct" in why

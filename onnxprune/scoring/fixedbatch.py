@@ -166,6 +166,8 @@ def _twin_differs(model: onnx.ModelProto, twin: onnx.ModelProto,
                   samples: Mapping[str, np.ndarray]) -> str | None:
     """Why `twin` at batch 3 is not `model` at batch 1 three times (None: it is)."""
     three = {k: _n_samples(v, TWIN_SAMPLES) for k, v in samples.items()}
+    if not _distinct(three):
+        return f"fewer than {TWIN_SAMPLES} distinct calibration samples to compare"
     try:
         ref = make_session(model, "cpu")
         outs = [o.name for o in ref.get_outputs() if o.type.startswith("tensor(")]
@@ -191,12 +193,21 @@ def _twin_differs(model: onnx.ModelProto, twin: onnx.ModelProto,
 
 
 def _n_samples(arr: np.ndarray, n: int) -> np.ndarray:
-    """`n` samples of `arr` (perturbed copies of float samples when it has fewer)."""
+    """`n` samples of `arr`; where it has fewer, its last one rolled along its last axis (ids
+    stay valid ids) and, for floats, scaled and shifted."""
     out = np.concatenate([arr[:n]] + [arr[-1:]] * max(0, n - len(arr)))
-    if np.issubdtype(arr.dtype, np.floating):
-        for i in range(len(arr), n):
+    for i in range(len(arr), n):
+        out[i] = np.roll(out[i], i, axis=-1) if out[i].ndim else out[i]
+        if np.issubdtype(arr.dtype, np.floating):
             out[i] = out[i] * (0.5 + 0.25 * i) + 0.25 * i
     return out
+
+
+def _distinct(samples: Mapping[str, np.ndarray]) -> bool:
+    """Whether no two samples are equal on every input (identical samples hide mixing)."""
+    n = len(next(iter(samples.values())))
+    return all(any(not np.array_equal(v[i], v[j]) for v in samples.values())
+               for i in range(n) for j in range(i + 1, n))
 
 
 def with_batch_one(model: onnx.ModelProto, source: onnx.ModelProto) -> onnx.ModelProto:
