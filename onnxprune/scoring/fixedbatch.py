@@ -4,6 +4,11 @@ proven safe, so the engine can run many samples and coalitions per ORT run.
 Reshape targets' leading 1 becomes 0 (copy the input's batch); the rewrite is kept only if
 one batch-2 run reproduces two batch-1 runs. Otherwise the engine runs one coalition x one
 sample per run. `same` is the row comparison both this check and the cut's probes use.
+
+`batch_twin` works on the source model instead, before normalize folds run-time shapes into
+literals that bake the batch in (a CRNN's Reshape to [T, b, C] becomes [0, 1, 512]): the
+batch-symbolic twin that `api.with_batch_twin` scores and prunes when it is proven, and
+`with_batch_one` gives the pruned twin back the source's batch-1 interface.
 """
 from __future__ import annotations
 
@@ -138,8 +143,9 @@ def batch_twin(model: onnx.ModelProto, samples: Mapping[str, np.ndarray]
     Concat -> Reshape) into literals that bake the batch in: input axis 0 becomes a symbol,
     output dims that are the literal 1 are forgotten, intermediate shapes re-inferred. Kept only
     if ONNX Runtime runs it at batch 1 and at batch 3 and the batch-3 run equals three batch-1
-    runs of `model`, on the axis `runtime.batch_axes` finds per output (`same`: rel 1e-4 of the
-    output's largest magnitude, float rounding of batched kernels; integers exactly)."""
+    runs of `model`, on the axis `runtime.batch_axes` finds per output (`same`: within 1e-4 of
+    the output's largest magnitude, as the masked==pruned check: batched kernels (GEMM for
+    GEMV, another blocking) sum in another order; a real mix of samples is far larger)."""
     inits = {t.name for t in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in inits]
     if any(n not in samples for n in names):
