@@ -316,13 +316,14 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
              if opts.compensate or opts.refit or not opts.uniform else None)
     run.spent["check"] = time.perf_counter() - run.t0
     rounds = _prune_rounds(am, opts, run, guard, scores, progress)
+    rounds.model = _shipped(am, rounds.model)
     seconds = {**am.seconds, **rounds.seconds}
     verification = None
     if data is not None:
         t0 = time.perf_counter()
         emit(progress, "verify", 0, 1)
         held = run.held_out or run.scoring
-        verification = verify_pruned(am.proto, rounds.model, held, run.held_note, opts.latency,
+        verification = verify_pruned(am.source or am.proto, rounds.model, held, run.held_note, opts.latency,
                                      opts.min_fidelity, want=guard.reference
                                      if guard is not None and guard.data is held else None)
         seconds["verify"] = rounds.stage_s["verify"] = time.perf_counter() - t0
@@ -333,7 +334,10 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
                           reused_scores=scores is not None)
     if rounds.plan is not None:
         report["plan"] = _plan_report(rounds.plan, {**run.spent, **rounds.stage_s}, rounds.evaluations)
+    if am.batch_note is not None:
+        report["batch_twin"] = {"used": am.source is not None, "note": am.batch_note}
     report["warnings"] = [*(data.warnings if data is not None else []),
+                          *([am.batch_note] if am.batch_note and am.source is None else []),
                           *_fallback_warnings(am, opts, rounds.scores)]
     report["removed"] = {k: round(v, 6) for k, v in rounds.removed.items()}
     return PruneResult(rounds.model, report, {g: s.values for g, s in rounds.scores.items()},
@@ -351,6 +355,34 @@ def plan_prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
         _guard(am, run.held_out or run.scoring, run.held_note, opts.score.value)
     run.spent["check"] = time.perf_counter() - run.t0
     return _round_plan(am, opts, run, 0, progress, dry_run=True)[1]
+
+
+def with_batch_twin(am: AnalyzedModel, data: Calibration | None) -> AnalyzedModel:
+    """A model whose inputs have the literal batch 1 is analysed, scored and pruned as its
+    batch-symbolic twin when that is proven to run each sample as the model does
+    (fixedbatch.batch_twin); else as it is, with the reason kept for the report. `prune`,
+    `plan_prune` and `onnxprune score` all call it, so reused scores name the same groups."""
+    from .scoring.fixedbatch import batch_twin, literal_batch_one
+    if data is None or am.source is not None or not literal_batch_one(am.proto):
+        return am
+    twin, why = batch_twin(am.proto, data.inputs)
+    if twin is None:
+        return dataclasses.replace(am, batch_note=f"batch-1 model scored one sample per run: a "
+                                                  f"batch-symbolic copy was refused ({why})")
+    seconds = dict(am.seconds)
+    t0 = time.perf_counter()
+    twin_am = analyze_model(twin)
+    seconds["twin"] = time.perf_counter() - t0
+    return dataclasses.replace(twin_am, path=am.path, seconds=seconds, source=am.proto,
+                               batch_note=f"batch-1 model scored as a batch-symbolic copy ({why})")
+
+
+def _shipped(am: AnalyzedModel, model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model to ship: the user's interface (a twin's source's batch-1 inputs)."""
+    from .scoring.fixedbatch import with_batch_one
+    if am.source is None:
+        return model
+    return am.source if model is am.proto else with_batch_one(model, am.source)
 
 
 @dataclass
@@ -378,6 +410,7 @@ def _prepare(model: Any, calib: Any, options: PruneOptions | None,
                              f"analyze_model(..., prune_cache={opts.prune_cache}) to match the options")
     t0 = time.perf_counter()
     data = as_calibration(calib, am.proto)
+    am = with_batch_twin(am, data)
     if not am.analysis.prunable:
         why = no_groups_reason(am)
         raise OnnxPruneError("no prunable channel group in this model" +

@@ -27,6 +27,10 @@ class AnalyzedModel:
     ident: ModelIdentity
     analysis: Analysis
     seconds: dict[str, float]
+    # the user's model when this one is its batch-symbolic twin (scoring/fixedbatch.batch_twin):
+    # analysed, scored and pruned as the twin, shipped with the source's batch-1 interface
+    source: onnx.ModelProto | None = None
+    batch_note: str | None = None  # why the twin was used or refused (a batch-1 model only)
 
     @property
     def graph(self):

@@ -257,7 +257,7 @@ def _scores_metric(options: PruneOptions, metric: str | None, path: str) -> Prun
 @guarded
 def score_cmd(model: str, calib: str, **params: Any) -> None:
     """Score MODEL's units once; reuse with 'onnxprune MODEL --scores FILE' at any ratio."""
-    from onnxprune.api import analyze_model, as_calibration, score_model
+    from onnxprune.api import analyze_model, as_calibration, score_model, with_batch_twin
     from onnxprune.scoring.site_stats import site_means
     output, ratio = params.pop("output"), params.pop("ratio")
     compensate, quiet = not params.pop("no_compensate"), params.pop("quiet")
@@ -266,6 +266,7 @@ def score_cmd(model: str, calib: str, **params: Any) -> None:
     check_output(Path(model), Path(output), what="-o")
     am = analyze_model(model, prune_cache=prune_cache)
     data = as_calibration(calib, am.proto)
+    am = with_batch_twin(am, data)  # as prune does: the scores name the twin's groups
     if not am.analysis.prunable:
         raise OnnxPruneError("no prunable channel group in this model (see 'onnxprune analyze')")
     means = site_means(am.analysis, am.ident, data.inputs) if compensate else None
