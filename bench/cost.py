@@ -251,7 +251,7 @@ def measure(name: str, args) -> list[dict]:
 
 
 def render(rows: list[dict], args) -> str:
-    head = (f"| model | estimator | wall s | FPE | " + " | ".join(STAGES) +
+    head = ("| model | estimator | wall s | FPE | " + " | ".join(STAGES) +
             " | evaluations | agree vs ref | ref vs ref | E[wrong side] | held-out value | held-out acc |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:

@@ -52,7 +52,7 @@ import onnx_graphsurgeon as gs
 from ..calib import Calibration
 from ..compiler.analysis import Analysis
 from ..compiler.graph import to_proto
-from ..compiler.instrument import instrument, mask_name
+from ..compiler.instrument import mask_name
 from ..errors import OnnxPruneError
 from ..model import AnalyzedModel
 from ..runtime import batch_axes, make_session, run_chunks
