@@ -111,8 +111,6 @@ class _Flow:
         node = t.inputs[0]
         if node.op == "Shape":
             return self._shape_dims(node)
-        if node.op == "Slice":
-            return self._slice_dims(node, depth)
         if node.op == "Mul" and (prod := self._product(node, depth)) is not None:
             return prod
         out = handler_for(node).eval_shape(node, lambda u: self.dims(u, depth + 1))
@@ -142,19 +140,6 @@ class _Flow:
         if any(f is None or (isinstance(f, int) and f < 1) for f in factors):
             return None
         return [Prod(tuple(sorted(factors, key=repr)))]
-
-    def _slice_dims(self, node: gs.Node, depth: int) -> list | None:
-        """x[-1:] of a shape vector (GPT-2's `size()[-1:]`): constant bounds, step 1."""
-        data = self.dims(node.inputs[0], depth + 1)
-        bounds = [const_value(t) if t is not None and t.name else None for t in node.inputs[1:5]]
-        bounds += [None] * (4 - len(bounds))
-        starts, ends, axes, steps = bounds
-        if data is None or starts is None or ends is None or starts.size != 1 or ends.size != 1 \
-                or (axes is not None and axes.reshape(-1).tolist() not in ([0], [-1])) \
-                or (steps is not None and steps.reshape(-1).tolist() != [1]):
-            return None
-        start, end = int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])
-        return data[start:min(end, len(data))]
 
     # -- one node -------------------------------------------------------------------------
     def visit(self, node: gs.Node) -> bool:
