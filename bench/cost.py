@@ -89,8 +89,8 @@ def model_path(name: str) -> Path:
         return CACHE / "minilm_l6.onnx"
     if name == "digits_cnn":
         return ROOT / "models" / "digits_cnn.onnx"
-    if name == "resnet_mnist":
-        return ROOT / "models" / "trained" / "resnet_mnist.onnx"
+    if name in ("resnet_mnist", "vgg_mnist"):  # the study's ~300-unit CNNs (issue 16's size)
+        return ROOT / "models" / "trained" / f"{name}.onnx"
     return ROOT / "models" / "zoo" / f"{name}.onnx"
 
 
@@ -100,7 +100,7 @@ def data(name: str, proto: onnx.ModelProto, n: int):
         c, t = np.load(ROOT / "models/digits_calib.npz"), np.load(ROOT / "models/digits_test.npz")
         calib = {k: c[k][:n] for k in c.files}
         return calib, {"input": t["input"][:256]}, t["labels"][:256]
-    if name == "resnet_mnist":  # trained on MNIST: scored on unlabeled images, like end_to_end
+    if name in ("resnet_mnist", "vgg_mnist"):  # trained on MNIST: scored on unlabeled images, like end_to_end
         c = np.load(ROOT / "models/trained/mnist_calib.npz")
         t = np.load(ROOT / "models/trained/mnist_test.npz")
         return {"input": c["input"][:n]}, {"input": t["input"][:256]}, t["labels"][:256]
@@ -258,7 +258,7 @@ def render(rows: list[dict], args) -> str:
         fpe = r["wall"] / r["fwd"]
         st = " | ".join(f"{r['stages'][s] / r['fwd']:.0f}" for s in STAGES)
         acc = "" if r["acc"] is None else f"{r['acc']:.3f}"
-        ceil = "" if r["ceiling"] is None else f"{r['ceiling']:.3f}"
+        ceil = "" if r.get("ceiling") is None else f"{r['ceiling']:.3f}"
         lines.append(f"| {r['model']} | {r['which']}: {r['estimator']} | {r['wall']:.1f} | "
                      f"{fpe:.0f} | {st} | {r['evals']} | {r['agree']:.3f} | {ceil} | {r['wrong']:.2f} | "
                      f"{r['value']:.4f} | {acc} |")

@@ -213,6 +213,7 @@ def score_planned(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptio
         return _score_groups(ctx, metric, gids, plan, progress), plan
     before = ctx.engine.evaluations
     ctx = dataclasses.replace(ctx, budgets=plan.budgets())
+    ctx.engine.expected.update(plan.budgets())  # after fit_time: what K tuning may spend
     out = _score_groups(ctx, metric, gids, plan, progress)
     plan.spent_evaluations = ctx.engine.evaluations - before
     return out, plan

@@ -755,3 +755,22 @@ def test_tuning_is_reused_for_a_suffix_of_the_same_size(monkeypatch):
     assert "tuned_ms_per_coalition" in plans[str(first)]
     assert plans[str(second)]["tuned_from_size_class"] == [0, 0]
     assert plans[str(second)]["k_per_run"] == plans[str(first)]["k_per_run"]
+
+
+def test_tuning_stops_where_the_planned_work_stops_paying():
+    """K tuning costs about 6 K coalitions: with the group's planned work known, K is tuned
+    up to work / _TUNE_WORK, and a group with under 2 x _TUNE_WORK is not tuned (issue 16:
+    on digits_cnn tuning ran more coalitions than scoring); values are unchanged."""
+    from onnxprune.scoring.engine import _TUNE_WORK
+    am = zoo("vgg_bn")
+    calib = calibration(am)
+    gid = positions(am)[-1]
+    coal = coalitions(am.analysis.group(gid).units, 9, 4)
+    fixed = Engine(am, calib, Probe(), tune=False).values(gid, coal)
+    small, capped = Engine(am, calib, Probe()), Engine(am, calib, Probe())
+    small.expected[gid], capped.expected[gid] = 2 * _TUNE_WORK - 1, 2 * _TUNE_WORK
+    assert_same(small.values(gid, coal), fixed)
+    assert_same(capped.values(gid, coal), fixed)
+    assert not small.info()["plans"][str(gid)]["tuned"]
+    plan = capped.info()["plans"][str(gid)]
+    assert plan["tuned"] and set(plan["tuned_ms_per_coalition"]) <= {1, 2}

@@ -171,23 +171,28 @@ def test_probe_reads_the_k_tuning_instead_of_extra_runs():
 
 
 def test_refit_estimate_scales_the_model_by_one_measured_layer(monkeypatch):
-    """refit_seconds: the modelled seconds, times measured / modelled on the median layer."""
+    """refit_seconds: the measured median layer, carried to the others by the work at nominal
+    rates; machine_rates are measured (only) when no layer can be timed."""
     from onnxprune.scoring import plan as plan_mod
     am = analyze_model(EXAMPLE)
     gids = [g.id for g in am.analysis.prunable]
     work = plan_mod.refit_work(am.analysis, gids, 0.5, 48)
     assert work and all(min(w) > 0 for w in work.values())
-    rates = plan_mod.machine_rates()
-    monkeypatch.setattr(plan_mod, "machine_rates", lambda: rates)  # the same for both calls
-    model = plan_mod.refit_seconds(am.analysis, gids, 0.5, 48)
+    measured_rates = []
+    monkeypatch.setattr(plan_mod, "machine_rates",
+                        lambda: measured_rates.append(1) or (1e9, 1e9, 1e9))
     timed = []
     scaled = plan_mod.refit_seconds(am.analysis, gids, 0.5, 48,
                                     lambda node: timed.append(node) or 1.0)
+    rates = plan_mod._NOMINAL_RATES
     per = {n: p / rates[0] + q / rates[1] + c / rates[2] for n, (p, q, c) in work.items()}
     median = sorted(per, key=per.__getitem__)[len(per) // 2]
-    assert timed == [median]
-    assert scaled == pytest.approx(model / per[median])
-    assert plan_mod.refit_seconds(am.analysis, gids, 0.5, 48, lambda node: None) == pytest.approx(model)
+    assert timed == [median] and not measured_rates
+    assert scaled == pytest.approx(sum(per.values()) / per[median])
+    absolute = sum(sum(w) / 1e9 for w in work.values())
+    assert plan_mod.refit_seconds(am.analysis, gids, 0.5, 48, lambda node: None) == pytest.approx(absolute)
+    assert plan_mod.refit_seconds(am.analysis, gids, 0.5, 48) == pytest.approx(absolute)
+    assert len(measured_rates) == 2
 
 
 def test_time_layer_runs_one_refit_layer_on_kept_activations():

@@ -76,6 +76,10 @@ _TUNE_RUN_S = 0.01        # ... or once one run is long enough to amortize its f
 _TUNE_GAIN = 0.9          # ... or once doubling K gains under 10% on runs over _TUNE_RUN_S / 4
                           # (the last doublings are most of the tuning's time)
 _TUNE_LONG = 10           # a warm-up at K = 1 this many times _TUNE_RUN_S ends tuning at once
+_TUNE_WORK = 12           # tuning to K costs about 6 K coalitions: with a group's planned work
+                          # known (`expected`), K stops at work / _TUNE_WORK (tuning at most
+                          # half of it) and a group under 2 x _TUNE_WORK is not tuned (digits_cnn:
+                          # 33 tuning runs against 139 planned evaluations in all)
 
 __all__ = ["Engine"]
 
@@ -121,6 +125,7 @@ class Engine:
         self._probed: dict[str, bool] = {}  # tensor -> carries the samples on axis 0
         # suffix size class -> (K measured there, its seconds per coalition on one chunk)
         self._tuned: dict[tuple[int, int], tuple[int, float]] = {}
+        self.expected: dict[int, int] = {}  # group -> planned evaluations (scoring/plan.py)
         self._inputs = self._check_inputs(am.analysis, calib)
         self.n = calib.n_samples
         self.analysis, self.fixed_rows, self.batch = self._batch_mode(
@@ -517,15 +522,16 @@ class Engine:
             feeds.append(chunk)
         del sess
         if self.tune and not plan.tuned and self.backend.device == "cpu" and plan.k_max > 1:
-            size = self._size_class(plan)
+            size, k_cap = self._size_class(plan), self._tune_cap(plan)
             if size in self._tuned:  # an earlier group's suffix of this size measured it
                 k, seconds = self._tuned[size]
                 plan.k_run, plan.tuned = min(plan.k_max, k), True
                 plan.est["tuned_from_size_class"] = list(size)
                 plan.est["tuned_s_per_coalition"] = seconds
-            else:
-                self._tune(plan, feeds[0])
-                self._tuned[size] = (plan.k_run, plan.est["tuned_s_per_coalition"])
+            elif k_cap > 1:
+                self._tune(plan, feeds[0], k_cap)
+                if k_cap >= plan.k_max:  # a K capped by little work is not the class's best
+                    self._tuned[size] = (plan.k_run, plan.est["tuned_s_per_coalition"])
         copies = 1 if self.backend.tile_in_graph else plan.k_run
         plan.feeds = [self.backend.hold(f, copies) for f in feeds]
         plan.cache_bytes = nbytes * copies
@@ -539,7 +545,15 @@ class Engine:
         macs = max(1e-9, float(plan.est["suffix_mac_share"]))
         return round(2 * np.log2(run_bytes)), round(2 * np.log2(macs))
 
-    def _tune(self, plan: Plan, data: Mapping[str, Any]) -> None:
+    def _tune_cap(self, plan: Plan) -> int:
+        """The largest K worth tuning towards: K_max, or less where the planned work is known
+        and small (1: not worth tuning at all)."""
+        if any(g not in self.expected for g in plan.gids):
+            return plan.k_max
+        work = sum(self.expected[g] for g in plan.gids)
+        return min(plan.k_max, work // _TUNE_WORK) if work >= 2 * _TUNE_WORK else 1
+
+    def _tune(self, plan: Plan, data: Mapping[str, Any], k_max: int) -> None:
         """CPU: K from timings of the suffix at K = 1, 2, 4, ... up to what the budget allows,
         stopping once a coalition costs clearly more than at the best K so far, once doubling
         K gains little on runs already a few ms long, or once one run gets long (tuning stays a
@@ -562,10 +576,10 @@ class Engine:
             best = min(timings.values())
             flat = (k > 1 and timings[k] * k > _TUNE_RUN_S / 4
                     and timings[k] > _TUNE_GAIN * timings[prev])
-            if (k >= plan.k_max or timings[k] > _TUNE_SLOWER * best or flat
+            if (k >= k_max or timings[k] > _TUNE_SLOWER * best or flat
                     or timings[k] * k > _TUNE_RUN_S):
                 break
-            prev, k = k, min(2 * k, plan.k_max)
+            prev, k = k, min(2 * k, k_max)
         plan.k_run, plan.tuned = min(timings, key=timings.__getitem__), True
         plan.est["tuned_ms_per_coalition"] = {k: round(t * 1e3, 3) for k, t in timings.items()}
         plan.est["tuned_s_per_coalition"] = timings[plan.k_run]

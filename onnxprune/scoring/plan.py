@@ -44,6 +44,8 @@ _LATENCY_ROUNDS = (5, 50)
 _ENGINE_METRICS_FIXED = {"loo", "taylor"}  # n + 1 evaluations per group, no budget
 _SHORT_PASS_S = 0.05    # measure_forward: a timed pass shorter than this is timed twice
 _MIN_SAMPLES = 4        # a time budget never scores on fewer calibration samples than this
+_NOMINAL_RATES = (1.5e11, 2.8e10, 7e8)  # refit_seconds: products, solves (ops/s), copies
+                                        # (bytes/s): machine_rates on this project's 2 cores
 
 __all__ = ["Forward", "GroupPlan", "ScorePlan", "measure_forward", "min_evaluations",
            "fit_time", "machine_rates", "plan_scoring", "refit_seconds", "refit_work",
@@ -231,21 +233,25 @@ def plan_scoring(engine: Any, analysis: Analysis, gids: Sequence[int], *, metric
     if engine is None or not gids:
         return ScorePlan(metric, [], forward, options=options, samples=n_samples)
     macs = {g: suffix_macs(analysis, g) for g in gids}
-    points = _measure(engine, analysis, list(gids), macs) if probe else {}
+    budgeted = {g: _budgeted(metric, analysis.group(g).units, budget, estimator, per_sample,
+                             removal, n_samples) for g in gids}
+    planned = {g: evals for g, (_, evals, _) in budgeted.items()}
+    if hasattr(engine, "expected"):  # the engine tunes K only as far as the work pays for
+        engine.expected.update(planned)
+    points = _measure(engine, analysis, list(gids), macs, planned) if probe else {}
     groups = []
     for g in gids:
-        n = analysis.group(g).units
-        name, evals, minimum = _budgeted(metric, n, budget, estimator, per_sample, removal,
-                                         n_samples)
+        name, evals, minimum = budgeted[g]
         setup, per_eval = points[g] if g in points else (
             _interpolate(points, macs, macs[g]) if points else (0.0, 0.0))
         setup = 0.0 if g == gids[0] and g in points else setup
-        groups.append(GroupPlan(g, n, name, evals, minimum, per_eval, setup, macs[g], g in points))
+        groups.append(GroupPlan(g, analysis.group(g).units, name, evals, minimum, per_eval,
+                                setup, macs[g], g in points))
     return ScorePlan(metric, groups, forward, options=options, samples=n_samples)
 
 
-def _measure(engine: Any, analysis: Analysis, gids: list[int],
-             macs: Mapping[int, int]) -> dict[int, tuple[float, float]]:
+def _measure(engine: Any, analysis: Analysis, gids: list[int], macs: Mapping[int, int],
+             planned: Mapping[int, int]) -> dict[int, tuple[float, float]]:
     """(setup seconds, seconds per evaluation) of the smallest suffix's group and of the first
     group, measured in that order so that the first group's data stays live for scoring.
     The probe's evaluations are not counted in `engine.evaluations`."""
@@ -253,12 +259,14 @@ def _measure(engine: Any, analysis: Analysis, gids: list[int],
     order = [smallest, first] if macs[smallest] < macs[first] else [first]
     before = engine.evaluations
     try:
-        return {g: _probe(engine, g, analysis.group(g).units) for g in order}
+        return {g: _probe(engine, g, analysis.group(g).units, planned[g]) for g in order}
     finally:
         engine.evaluations = before
 
 
-def _probe(engine: Any, gid: int, n: int) -> tuple[float, float]:
+def _probe(engine: Any, gid: int, n: int, planned: int) -> tuple[float, float]:
+    """Setup and per-evaluation seconds of `gid`; the timed evaluations beyond the first nine
+    stay under an eighth of the group's `planned` work (they are thrown away)."""
     rng = np.random.default_rng(gid)
 
     def timed(k: int) -> float:
@@ -272,7 +280,7 @@ def _probe(engine: Any, gid: int, n: int) -> tuple[float, float]:
     if tuned is not None:  # the tuning's best timed runs: no probe runs of our own
         return max(0.0, first - tuned), tuned
     spent, count = timed(8), 8
-    k = int(min(_PROBE_MAX, _PROBE_S / max(spent / count, 1e-9)))
+    k = int(min(_PROBE_MAX, _PROBE_S / max(spent / count, 1e-9), planned / 8))
     if k > 2 * count:
         spent, count = spent + timed(k), count + k
     per_eval = spent / count
@@ -392,7 +400,8 @@ def machine_rates(repeats: int = 5) -> tuple[float, float, float]:
     GFLOP/s call to call on a loaded machine)."""
     from ..runtime import single_threaded_blas
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((2048, 256)).astype(np.float32)
+    a = rng.standard_normal((512, 256)).astype(np.float32)  # 2048 rows cost 130 forward passes
+    # of digits_cnn in all; the rates only set the layers' relative costs (time_layer scales)
     g = np.cov(rng.standard_normal((512, 256)), rowvar=False) + np.eye(256)
     b = rng.standard_normal((256, 64))
 
@@ -406,7 +415,7 @@ def machine_rates(repeats: int = 5) -> tuple[float, float, float]:
         return max(min(times), 1e-9)
 
     with single_threaded_blas():
-        product = 2 * 2048 * 256 * 256 / best(lambda: a.T @ a)
+        product = 2 * 512 * 256 * 256 / best(lambda: a.T @ a)
         solve = (2 / 3 * 256 ** 3 + 2 * 256 * 256 * 64) / best(lambda: np.linalg.solve(g, b))
     x = rng.standard_normal((8, 32, 16, 16)).astype(np.float32)
     pick = np.sort(rng.permutation(256)[:192])
@@ -426,24 +435,29 @@ def _im2col(x: np.ndarray, pick: np.ndarray) -> np.ndarray:
 
 def refit_seconds(analysis: Analysis, gids: Sequence[int], ratio: float, samples: int,
                   time_layer: Callable[[str], "float | None"] | None = None) -> float:
-    """Expected seconds of one refit (statistics and solves): `refit_work` at the rates
-    `machine_rates` measures, scaled by what `time_layer(node)` (the real refit of one layer,
-    deploy/refit.py time_layer) measures on the layer of median modelled cost: the model's
-    rates miss the refit's Python and copy overheads (3-20x on the zoo's small layers), and
-    one layer measured carries them to the others in proportion to their work."""
+    """Expected seconds of one refit (statistics and solves): what `time_layer(node)` (the
+    real refit of one layer, deploy/refit.py time_layer) measures on the layer of median
+    modelled cost, carried to the others in proportion to their `refit_work` at nominal
+    one-thread rates (the rates only weigh products, solves and copies against each other;
+    measuring them cost 230 forward passes of digits_cnn, and a model's rates miss the
+    refit's Python and copy overheads, 3-20x on the zoo's small layers, which the layer
+    measured carries). Without a layer to time: the work at `machine_rates`."""
     work = refit_work(analysis, gids, ratio, samples)
     if not work:
         return 0.0
-    product_rate, solve_rate, copy_rate = machine_rates()
-    model = {node: p / product_rate + q / solve_rate + c / copy_rate
-             for node, (p, q, c) in work.items()}
-    total = sum(model.values())
-    if time_layer is None or total <= 0:
-        return total
-    order = sorted(model, key=model.__getitem__)
-    node = order[len(order) // 2]
-    measured = time_layer(node)
-    return total if measured is None or model[node] <= 0 else total * measured / model[node]
+    if time_layer is not None:  # the measured layer sets the scale: nominal rates only
+        order = sorted(work, key=lambda n: _seconds(work[n], _NOMINAL_RATES))  # weigh the mix
+        node = order[len(order) // 2]
+        measured = time_layer(node)
+        modelled = _seconds(work[node], _NOMINAL_RATES)
+        if measured is not None and modelled > 0:
+            return measured * sum(_seconds(w, _NOMINAL_RATES) for w in work.values()) / modelled
+    rates = machine_rates()
+    return sum(_seconds(w, rates) for w in work.values())
+
+
+def _seconds(work: tuple[float, float, float], rates: Sequence[float]) -> float:
+    return sum(w / r for w, r in zip(work, rates))
 
 
 def stage_estimates(forward: Forward, *, scoring: int, held: int, compensate: bool,
