@@ -118,11 +118,11 @@ def test_negative_time_budget_is_a_user_error(minutes):
 
 
 def test_fit_time_scales_samples_only_when_the_minimum_does_not_fit():
-    from onnxprune.scoring.plan import GroupPlan, ScorePlan, fit_time
+    from onnxprune.scoring.plan import GroupPlan, Sampling, ScorePlan, fit_time
 
     def plan():
         groups = [GroupPlan(g, 100, "persample", 1000, 200, 0.01, 0.5, 1, True) for g in (0, 1)]
-        return ScorePlan("shapley", groups, options=("auto", None, True, None, 64), samples=64)
+        return ScorePlan("shapley", groups, sampling=Sampling(per_sample=True, samples=64), samples=64)
     roomy = plan()
     fit_time(roomy, 10.0)  # 2 x 0.5 s setup + 2 x 200 x 0.01 s minimum = 5 s: fits
     assert roomy.scoring_samples is None and not roomy.warnings
@@ -215,12 +215,12 @@ def test_time_layer_runs_one_refit_layer_on_kept_activations():
 def test_a_long_plan_is_fitted_to_the_default_cap_unless_inf():
     from onnxprune.api import DEFAULT_TIME_CAP_S, _scoring_allowance
     from onnxprune.options import ScoreOptions
-    from onnxprune.scoring.plan import GroupPlan, ScorePlan
+    from onnxprune.scoring.plan import GroupPlan, Sampling, ScorePlan
 
     def plan(seconds_per_evaluation):
         groups = [GroupPlan(g, 100, "truncated", 1000, 50, seconds_per_evaluation, 0.5, 1, True)
                   for g in (0, 1)]
-        return ScorePlan("shapley", groups, options=("auto", None, True, 0.3, 64), samples=64)
+        return ScorePlan("shapley", groups, sampling=Sampling(per_sample=True, removal=0.3, samples=64), samples=64)
     short = plan(0.01)  # 2 x (0.5 + 10) s: under the cap, nothing changes
     assert _scoring_allowance(ScoreOptions())(short) is None and not short.warnings
     long = plan(1.0)  # 2 x 1000 s expected

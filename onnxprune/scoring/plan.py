@@ -47,7 +47,7 @@ _MIN_SAMPLES = 4        # a time budget never scores on fewer calibration sample
 _NOMINAL_RATES = (1.5e11, 2.8e10, 7e8)  # refit_seconds: products, solves (ops/s), copies
                                         # (bytes/s): machine_rates on this project's 2 cores
 
-__all__ = ["Forward", "GroupPlan", "ScorePlan", "measure_forward", "min_evaluations",
+__all__ = ["Forward", "GroupPlan", "Sampling", "ScorePlan", "measure_forward", "min_evaluations",
            "fit_time", "machine_rates", "plan_scoring", "refit_seconds", "refit_work",
            "stage_estimates", "suffix_macs"]
 
@@ -87,6 +87,23 @@ class GroupPlan:
                 "seconds": self.seconds, "suffix_macs": self.suffix_macs, "measured": self.measured}
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How a run's groups are sampled: what `_budgeted` needs besides a group's size."""
+
+    estimator: str = "auto"
+    budget: int | None = None  # --budget: an upper bound, None for the estimator's default
+    per_sample: bool = False  # the engine takes a coalition per sample
+    removal: float | None = None  # the share of units the run removes (truncated depth)
+    samples: int = 0  # calibration samples per evaluation
+
+    def budgeted(self, metric: str, n: int, budget: int | None = None) -> tuple[str, int, int]:
+        """(estimator, planned evaluations, minimum) of a group of `n` units (`budget`
+        instead of the run's)."""
+        return _budgeted(metric, n, budget if budget is not None else self.budget, self.estimator,
+                         self.per_sample, self.removal, self.samples)
+
+
 @dataclass
 class ScorePlan:
     """The plan of one run: per-group scoring and the expected seconds of every stage."""
@@ -101,8 +118,7 @@ class ScorePlan:
     steps: int = 1  # rounds left, this one included
     warnings: list[str] = field(default_factory=list)
     spent_evaluations: int | None = None  # after scoring: what the estimators spent
-    # estimator, --budget, per-sample, the share of units removed (truncated depth), samples
-    options: tuple[str, int | None, bool, float | None, int] = ("auto", None, False, None, 0)
+    sampling: Sampling = field(default_factory=Sampling)
     samples: int = 0  # calibration samples each evaluation runs (the engine's N)
     scoring_samples: int | None = None  # fewer, when a time budget scaled them down (fit_time)
 
@@ -229,12 +245,11 @@ def plan_scoring(engine: Any, analysis: Analysis, gids: Sequence[int], *, metric
     paid here (its data stays live for scoring), so its plan counts none."""
     per_sample = bool(getattr(engine, "per_sample_masks", False)) and aggregate == "mean"
     n_samples = int(getattr(engine, "n", 0) or 0)
-    options = (estimator, budget, per_sample, removal, n_samples)
+    sampling = Sampling(estimator, budget, per_sample, removal, n_samples)
     if engine is None or not gids:
-        return ScorePlan(metric, [], forward, options=options, samples=n_samples)
+        return ScorePlan(metric, [], forward, sampling=sampling, samples=n_samples)
     macs = {g: suffix_macs(analysis, g) for g in gids}
-    budgeted = {g: _budgeted(metric, analysis.group(g).units, budget, estimator, per_sample,
-                             removal, n_samples) for g in gids}
+    budgeted = {g: sampling.budgeted(metric, analysis.group(g).units) for g in gids}
     planned = {g: evals for g, (_, evals, _) in budgeted.items()}
     if hasattr(engine, "expected"):  # the engine tunes K only as far as the work pays for
         engine.expected.update(planned)
@@ -247,7 +262,7 @@ def plan_scoring(engine: Any, analysis: Analysis, gids: Sequence[int], *, metric
         setup = 0.0 if g == gids[0] and g in points else setup
         groups.append(GroupPlan(g, analysis.group(g).units, name, evals, minimum, per_eval,
                                 setup, macs[g], g in points))
-    return ScorePlan(metric, groups, forward, options=options, samples=n_samples)
+    return ScorePlan(metric, groups, forward, sampling=sampling, samples=n_samples)
 
 
 def _measure(engine: Any, analysis: Analysis, gids: list[int], macs: Mapping[int, int],
@@ -309,7 +324,7 @@ def fit_time(plan: ScorePlan, seconds: float) -> None:
     plan.scoring_budget_s = seconds
     if plan.metric in _ENGINE_METRICS_FIXED or not plan.groups:
         return
-    estimator, cap, per_sample, removal, n_samples = plan.options
+    cap = plan.sampling.budget
     fixed = [g for g in plan.groups if g.estimator == "exact" and g.units <= 8]
     flexible = [g for g in plan.groups if g not in fixed]
     left = seconds - sum(g.seconds for g in fixed) - sum(g.setup_s for g in flexible)
@@ -319,12 +334,10 @@ def fit_time(plan: ScorePlan, seconds: float) -> None:
     for g in flexible:
         ceiling = cap if cap is not None else _MAX_STRETCH * default_budget(g.units)
         want = min(ceiling, int(math.floor(g.evaluations * scale)))
-        name, evals, minimum = _budgeted(plan.metric, g.units, max(2, want), estimator,
-                                         per_sample, removal, n_samples)
+        name, evals, minimum = plan.sampling.budgeted(plan.metric, g.units, max(2, want))
         if want < minimum:
             short = True
-            name, evals, minimum = _budgeted(plan.metric, g.units, minimum, estimator,
-                                             per_sample, removal, n_samples)
+            name, evals, minimum = plan.sampling.budgeted(plan.metric, g.units, minimum)
         g.estimator, g.evaluations, g.minimum = name, evals, minimum
     if short or plan.scoring_s > seconds * 1.001:
         _fewer_samples(plan, seconds)
