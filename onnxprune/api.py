@@ -326,7 +326,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
         held = run.held_out or run.scoring
         verification = verify_pruned(am.source or am.proto, rounds.model, held, run.held_note, opts.latency,
                                      opts.min_fidelity, want=guard.reference
-                                     if guard is not None and guard.data is held else None)
+                                     if guard is not None and guard.data is held else None,
+                                     output_kinds=opts.output_kinds())
         seconds["verify"] = rounds.stage_s["verify"] = time.perf_counter() - t0
     report = build_report(am, rounds.model, rounds.keep, rounds.scores, opts,
                           verification=verification,
@@ -409,6 +410,7 @@ def _prepare(model: Any, calib: Any, options: PruneOptions | None,
     if am.analysis.prune_cache != opts.prune_cache:
         raise OnnxPruneError(f"the model was analysed with prune_cache={am.analysis.prune_cache}; "
                              f"analyze_model(..., prune_cache={opts.prune_cache}) to match the options")
+    _check_output_kinds(am.proto, opts.output_kinds())
     t0 = time.perf_counter()
     data = as_calibration(calib, am.proto)
     am = with_batch_twin(am, data)
@@ -420,6 +422,21 @@ def _prepare(model: Any, calib: Any, options: PruneOptions | None,
     forward = _check_runs(am, opts.score.device, data)
     scoring, held_out, held_note = _split(data, opts.holdout, opts.score.seed)
     return opts, am, data, _Run(scoring, held_out, held_note, forward, t0, dict(am.seconds))
+
+
+def _check_output_kinds(proto: onnx.ModelProto, kinds: Mapping[str, str]) -> None:
+    """--output-kind names outputs of this model, with a kind their known rank fits."""
+    from .deploy.verify import kind_misfit, tensor_output_names
+    outputs = {o.name: o for o in proto.graph.output}
+    for name, kind in kinds.items():
+        if name not in tensor_output_names(proto):
+            raise OnnxPruneError(f"--output-kind {name}={kind}: the model has no tensor output "
+                                 f"'{name}' (its outputs: {', '.join(outputs)})")
+        tensor = outputs[name].type.tensor_type
+        if tensor.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+            if (why := kind_misfit(kind, dims)) is not None:
+                raise OnnxPruneError(f"--output-kind {name}={kind}: {why}")
 
 
 def _round_stages(am: AnalyzedModel, gids: list[int], opts: PruneOptions, run: _Run, step: int,

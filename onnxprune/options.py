@@ -15,6 +15,7 @@ from typing import Any, Literal, Mapping, get_args
 
 from .deploy.select import DEFAULT_MIN_KEEP, DEFAULT_TARGET
 from .deploy.select import TARGETS as _TARGETS
+from .deploy.verify import OUTPUT_KINDS
 from .errors import OnnxPruneError
 from .scoring.estimators import ESTIMATORS, Aggregate
 from .scoring.metrics import METRICS
@@ -113,10 +114,15 @@ class PruneOptions:
     latency: bool = True  # measure latency before and after
     min_fidelity: float = 0.8  # quality gate: the worst output's held-out agreement (verify.py)
     prune_cache: bool = False  # heads may shrink the key-value cache inputs/outputs (axis 1)
+    output_kind: tuple[str, ...] = ()  # "NAME=KIND": how the gate judges that output (verify.py)
     score: ScoreOptions = field(default_factory=ScoreOptions)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exclude", tuple(self.exclude))
+        kinds = self.output_kind  # a mapping from the Python API, "NAME=KIND" strings from the CLI
+        object.__setattr__(self, "output_kind", tuple(
+            f"{k}={v}" for k, v in kinds.items()) if isinstance(kinds, Mapping)
+            else (kinds,) if isinstance(kinds, str) else tuple(kinds))
 
     @classmethod
     def from_keywords(cls, **keywords: Any) -> PruneOptions:
@@ -153,10 +159,25 @@ class PruneOptions:
         if self.min_keep < 0 or (self.min_keep >= 1 and not float(self.min_keep).is_integer()):
             raise OnnxPruneError("--min-keep must be a fraction in [0, 1) or a whole number of "
                                  f"units, got {self.min_keep}")
+        self.output_kinds()
         if not isinstance(self.prune_cache, bool):
             raise OnnxPruneError(f"--prune-cache is a flag (True or False), got {self.prune_cache!r}")
         self.score.validate()
         return self
+
+    def output_kinds(self) -> dict[str, str]:
+        """--output-kind as {output name: kind}; a malformed entry or unknown kind is a user
+        error (an unknown output name is one too, checked against the model: api._prepare)."""
+        kinds: dict[str, str] = {}
+        for entry in self.output_kind:
+            name, sep, kind = str(entry).rpartition("=")
+            if not sep or not name:
+                raise OnnxPruneError(f"--output-kind takes NAME=KIND, got {entry!r}")
+            if kind not in OUTPUT_KINDS:
+                raise OnnxPruneError(f"--output-kind {entry}: unknown kind '{kind}' "
+                                     f"(choose from {', '.join(OUTPUT_KINDS)})")
+            kinds[name] = kind
+        return kinds
 
     def round_multiple(self) -> int:
         """The channel multiple: `round_to`, or for "auto" the one this machine's runtime is
@@ -195,7 +216,7 @@ class PruneOptions:
                 "max_memory_mb": s.max_memory_mb, "time_budget_s": _finite_or_text(s.time_budget_s),
                 "holdout": self.holdout, "latency": self.latency, "workers": s.workers,
                 "ray_address": s.ray_address, "min_fidelity": self.min_fidelity,
-                "prune_cache": self.prune_cache}
+                "prune_cache": self.prune_cache, "output_kind": self.output_kinds()}
 
 
 def _names(cls: type) -> set[str]:

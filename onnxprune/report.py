@@ -200,21 +200,24 @@ FEW_SAMPLES = 32
 
 def verify_pruned(original: onnx.ModelProto, pruned: onnx.ModelProto, data: Calibration,
                   note: str, latency: bool, min_fidelity: float,
-                  want: list[np.ndarray] | None = None) -> Verification:
+                  want: list[np.ndarray] | None = None,
+                  output_kinds: Mapping[str, str] | None = None) -> Verification:
     """Fidelity of the pruned model's outputs to the original's on `data` (each output by its
     kind, deploy/verify.py), the quality gate's verdict, accuracy with labels and, with
     `latency`, both models' latency on a fixed batch. `want`: the original's outputs on
-    `data` when already computed (the guard's), as `run_model` gives them."""
+    `data` when already computed (the guard's), as `run_model` gives them. `output_kinds`:
+    the user's kind per output name (--output-kind), over what the graph and shape say."""
     from .compiler.cache import narrow_feeds, widen_outputs
     from .deploy.latency import compare_latency
-    from .deploy.verify import (accuracy, class_output, compare, run_model, tensor_output_names,
-                                verdict)
+    from .deploy.verify import (accuracy, class_output, compare, decide_kinds, run_model,
+                                tensor_output_names, verdict)
     names = tensor_output_names(original)
     want = run_model(original, data.inputs) if want is None else want
     # --prune-cache: the pruned model reads the past of its kept heads, and its cache outputs
     # are compared with the original's on those heads (compiler/cache.py)
     got = widen_outputs(pruned, names, run_model(pruned, narrow_feeds(pruned, data.inputs)), want)
-    fidelities = compare(names, want, got)
+    kinds = decide_kinds(names, want, original, output_kinds)
+    fidelities = compare(names, want, got, kinds)
     result: Verification = {"samples": data.n_samples, "note": note,
                             "outputs": [f.to_json() for f in fidelities],
                             **verdict(fidelities, min_fidelity)}  # type: ignore[typeddict-item]
@@ -224,7 +227,7 @@ def verify_pruned(original: onnx.ModelProto, pruned: onnx.ModelProto, data: Cali
     if data.n_samples < FEW_SAMPLES:
         warnings.append(f"the verdict rests on {data.n_samples} samples only (fewer than "
                         f"{FEW_SAMPLES}): its figures are coarse; give --calib more samples")
-    index = class_output(want)
+    index = class_output(want, [kinds[n][0] for n in names])
     if data.labels is not None and index is not None:
         result["accuracy_output"] = names[index]
         result["accuracy_before"] = accuracy(want, data.labels, index)

@@ -14,8 +14,8 @@ from typing import Any
 import click
 
 from onnxprune import OnnxPruneError, PruneOptions, ScoreOptions, __version__
-from onnxprune.options import (AGGREGATES, DEVICES, ESTIMATOR_NAMES, METRIC_NAMES, TARGETS,
-                               VALUE_NAMES)
+from onnxprune.options import (AGGREGATES, DEVICES, ESTIMATOR_NAMES, METRIC_NAMES,
+                               OUTPUT_KINDS, TARGETS, VALUE_NAMES)
 from onnxprune.scoring.shapley import DEFAULT_ESTIMATOR, PLAIN_ESTIMATOR
 
 from .progress import ProgressPrinter
@@ -177,6 +177,9 @@ def scoring_options(fn):
               help="Quality gate: the worst output's agreement with the original on held-out "
               "samples (top-1 for class scores, ...; README, The quality gate). Below it the "
               "model is still written, reported FAILED, and the command exits 3. 0: no gate.")
+@click.option("--output-kind", "output_kind", multiple=True, metavar="NAME=KIND",
+              help="Judge output NAME as KIND in the quality gate (repeatable), where the kind "
+              f"read from its producer and shape is wrong; KIND: {', '.join(OUTPUT_KINDS)}.")
 @click.option("--prune-cache", "prune_cache", is_flag=True, help=PRUNE_CACHE_HELP)
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON report on stdout.")

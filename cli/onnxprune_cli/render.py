@@ -132,9 +132,15 @@ def _fidelity_table(outputs: list[dict]) -> str:
     """Per output: its kind, the kind's agreement figure (what the gate reads), and the raw
     differences."""
     return _table(["output", "kind", "agreement", "measure", "max |diff|", "cosine"],
-                  [[f["name"], f.get("kind", "-"), _pct(f.get("agreement")), f.get("measure", "-")
+                  [[f["name"], _kind(f), _pct(f.get("agreement")), f.get("measure", "-")
                     + (f" ({f['note']})" if f.get("note") else ""),
                     _num(f["max_abs_diff"], ".4g"), _num(f["cosine"], ".4f")] for f in outputs])
+
+
+def _kind(f: dict) -> str:
+    """The output's kind, and who set it where the user did (--output-kind)."""
+    kind = f.get("kind", "-")
+    return f"{kind} (set by --output-kind)" if f.get("kind_from") == "--output-kind" else kind
 
 
 def verdict_line(ver: dict) -> str:

@@ -1,0 +1,227 @@
+"""The quality gate reads an output's kind from the op computing it as well as its shape:
+hidden states (a LayerNorm, a residual Add, Tanh/Gelu) are `features`, judged by their error
+against their spread; score heads keep the shape rule; --output-kind overrides both."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxprune
+from onnxprune.deploy.verify import (compare, compare_one, decide_kinds, kind_misfit, run_model,
+                                     tensor_output_names, verdict)
+from onnxprune_cli.main import main
+
+N, T, D, H = 48, 32, 32, 64
+rng = np.random.default_rng(0)
+
+
+def _model(nodes, inits, out_shape=("N", T, D), opset=17) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", T, D])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))],
+        [numpy_helper.from_array(v if isinstance(v, np.ndarray) and v.dtype == np.int64
+                                 else np.asarray(v, np.float32), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def _decomposed_layernorm(x: str, out: str) -> list[onnx.NodeProto]:
+    """What the legacy PyTorch exporter writes for nn.LayerNorm (opset < 17)."""
+    mk = helper.make_node
+    return [mk("ReduceMean", [x], ["mu"], axes=[-1]), mk("Sub", [x, "mu"], ["xc"]),
+            mk("Pow", ["xc", "two"], ["sq"]), mk("ReduceMean", ["sq"], ["var"], axes=[-1]),
+            mk("Add", ["var", "eps"], ["ve"]), mk("Sqrt", ["ve"], ["sd"]),
+            mk("Div", ["xc", "sd"], ["xn"]), mk("Identity", ["gamma0"], ["gamma"]),  # a shared
+            mk("Mul", ["xn", "gamma"], ["xg"]), mk("Add", ["xg", "beta"], [out])]  # weight
+
+
+LN_INITS = {"two": 2.0, "eps": 1e-5, "gamma0": np.ones(D), "beta": np.full(D, 0.5)}
+
+
+def _kind(model: onnx.ModelProto, shape=(N, T, D)) -> tuple[str, str]:
+    return decide_kinds(["y"], [np.zeros(shape, np.float32)], model)["y"]
+
+
+def test_layernormalization_rank3_is_features():
+    node = helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1)
+    assert _kind(_model([node], {"g": np.ones(D), "b": np.zeros(D)})) == \
+        ("features", "graph: LayerNormalization")
+
+
+def test_decomposed_layernorm_is_features():
+    model = _model(_decomposed_layernorm("x", "y"), LN_INITS)
+    assert _kind(model) == ("features", "graph: decomposed normalization (ReduceMean)")
+
+
+@pytest.mark.parametrize("nodes,inits", [
+    ([helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Add", ["z", "c"], ["y"])],
+     {"w": np.ones((D, D)), "c": np.ones(D)}),  # a linear head: Add of a constant, no norm
+    ([helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Mul", ["z", "c"], ["m"]),
+      helper.make_node("Add", ["m", "c"], ["y"])], {"w": np.ones((D, D)), "c": np.ones(D)}),
+    ([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], {}),
+    ([helper.make_node("Sigmoid", ["x"], ["y"])], {}),
+])
+def test_score_heads_keep_the_shape_rule(nodes, inits):
+    assert _kind(_model(nodes, inits)) == ("sequence", "shape")
+
+
+@pytest.mark.parametrize("op", ["Tanh", "Gelu"])
+def test_activations_and_residual_add_are_features(op):
+    act = helper.make_node(op, ["x"], ["y"], **({"domain": "com.microsoft"} if op == "Gelu" else {}))
+    model = _model([act], {})
+    assert _kind(model) == ("features", f"graph: {op}")
+    residual = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["x", "r"], ["y"])]
+    assert _kind(_model(residual, {})) == ("features", "graph: residual Add")
+
+
+def test_shape_only_ops_after_the_producer_are_walked_through():
+    """LayerNorm -> Transpose [T, N, D] -> Reshape: still the LayerNorm's output; a Softmax
+    behind the same ops still a sequence."""
+    mk = helper.make_node
+    tail = [mk("Transpose", ["n"], ["t"], perm=[1, 0, 2]), mk("Reshape", ["t", "s"], ["y"])]
+    for head, want in [(_decomposed_layernorm("x", "n"), "features"),
+                       ([mk("Softmax", ["x"], ["n"], axis=-1)], "sequence")]:
+        model = _model(head + tail, {**LN_INITS, "s": np.array([0, 0, D])}, (T, "N", D))
+        assert _kind(model, (T, N, D))[0] == want
+
+
+def test_rank2_hidden_state_is_features_not_class_scores():
+    node = helper.make_node("Tanh", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, ["N", D])],
+                              [helper.make_tensor_value_info("y", 1, ["N", D])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert _kind(model, (N, D))[0] == "features"
+
+
+# ------------------------------------------------------------------ the features measure
+
+def test_features_agreement_is_not_lenient():
+    """Centred: an output collapsed to the original's mean, or noise as large as its spread,
+    scores 0 although its raw cosine to the original stays high (a shared offset)."""
+    want = 3.0 + rng.standard_normal((8, T, D))  # the offset every input shares
+    assert compare_one("h", want, want + 1e-3, "features").agreement > 0.99
+    collapsed = np.broadcast_to(want.mean((0, 1)), want.shape)
+    f = compare_one("h", want, collapsed, "features")
+    assert f.agreement == 0.0 and f.cosine > 0.9
+    noisy = want + rng.standard_normal(want.shape)
+    f = compare_one("h", want, noisy, "features")
+    assert f.agreement < 0.2 and f.cosine > 0.9
+    assert f.measure == "1 - error / spread"
+
+
+# ------------------------------------------------------------------ end to end
+
+def _encoder(weak: float = 0.05) -> onnx.ModelProto:
+    """x -> MatMul -> Relu -> MatMul -> residual Add -> decomposed LayerNorm: half the FFN
+    neurons write almost nothing (`weak`), so removing them is a faithful prune."""
+    r = np.random.default_rng(1)
+    w2 = r.standard_normal((H, D)) / np.sqrt(H)
+    w2[H // 2:] *= weak
+    mk = helper.make_node
+    nodes = [mk("MatMul", ["x", "w1"], ["h"]), mk("Relu", ["h"], ["a"]),
+             mk("MatMul", ["a", "w2"], ["f"]), mk("Add", ["x", "f"], ["res"]),
+             *_decomposed_layernorm("res", "y")]
+    inits = {**LN_INITS, "w1": r.standard_normal((D, H)) / np.sqrt(D), "w2": w2}
+    return _model(nodes, inits, opset=14)
+
+
+def _calib() -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(2).standard_normal((4 * N, T, D)).astype(np.float32)}
+
+
+def _judge(model, pruned, feeds, kinds=None):
+    names = tensor_output_names(model)
+    want, got = run_model(model, feeds), run_model(pruned, feeds)
+    return compare(names, want, got, decide_kinds(names, want, model, kinds)), want, got
+
+
+def test_encoder_prune_passes_as_features_and_failed_as_a_sequence():
+    model, calib = _encoder(), _calib()
+    res = onnxprune.prune(model, calib, ratio=0.4, latency=False)
+    ver = res.report["verification"]
+    out = ver["outputs"][0]
+    assert (out["kind"], out["kind_from"]) == ("features",
+                                               "graph: decomposed normalization (ReduceMean)")
+    assert ver["verdict"] == "passed" and ver["fidelity"] > 0.95, ver
+    # the shape rule (before): the same outputs judged as a sequence of class scores fail
+    held = {"x": calib["x"][-N:]}
+    want, got = run_model(model, held), run_model(res.model, held)
+    assert compare_one("y", want[0], got[0]).agreement < 0.8 == ver["min_fidelity"]
+    assert compare_one("y", want[0], got[0]).kind == "sequence"
+
+
+def test_encoder_broken_prunes_still_fail():
+    model, calib = _encoder(), _calib()
+    heavy = onnxprune.prune(model, calib, ratio=0.9, metric="random", compensate=False,
+                            refit=False, latency=False, min_keep=1)
+    ver = heavy.report["verification"]
+    assert ver["outputs"][0]["kind"] == "features" and ver["verdict"] == "failed", ver
+    assert ver["outputs"][0]["cosine"] > 0.9  # a raw cosine would have passed it
+    corrupt = onnx.ModelProto()
+    corrupt.CopyFrom(model)
+    w1 = next(t for t in corrupt.graph.initializer if t.name == "w1")
+    w1.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(w1), "w1"))
+    fids, _, _ = _judge(model, corrupt, {"x": calib["x"][:N]})
+    assert fids[0].kind == "features" and verdict(fids, 0.8)["verdict"] == "failed"
+    assert fids[0].cosine > 0.8
+
+
+# ------------------------------------------------------------------ --output-kind
+
+def test_output_kind_override_through_the_api():
+    model, calib = _encoder(), _calib()
+    res = onnxprune.prune(model, calib, ratio=0.4, latency=False, output_kind={"y": "regression"})
+    out = res.report["verification"]["outputs"][0]
+    assert (out["kind"], out["kind_from"], out["measure"]) == ("regression", "--output-kind", "cosine")
+    assert res.report["options"]["output_kind"] == {"y": "regression"}
+
+
+@pytest.mark.parametrize("entry,words", [
+    ("y=logits", "--output-kind y=logits: unknown kind 'logits' (choose from integer,"),
+    ("features", "--output-kind takes NAME=KIND, got 'features'"),
+])
+def test_output_kind_is_validated(entry, words):
+    with pytest.raises(onnxprune.OnnxPruneError) as err:
+        onnxprune.PruneOptions(output_kind=(entry,)).validate()
+    assert words in str(err.value)
+
+
+def test_output_kind_must_name_an_output_and_fit_it():
+    model, calib = _encoder(), _calib()
+    with pytest.raises(onnxprune.OnnxPruneError, match="no tensor output 'z'.*outputs: y"):
+        onnxprune.prune(model, calib, ratio=0.4, output_kind=("z=features",))
+    assert kind_misfit("detection", [None, 12, 4]) and kind_misfit("features", [None])
+    assert kind_misfit("detection", [None, 400, 9]) is None
+
+
+def _cli(tmp_path, *args):
+    path, calib = tmp_path / "enc.onnx", tmp_path / "c.npz"
+    onnx.save(_encoder(), str(path))
+    np.savez(calib, **_calib())
+    return CliRunner().invoke(main, [str(a) for a in (
+        path, "--calib", calib, "-q", "--no-latency", "--ratio", 0.4, "-o",
+        tmp_path / "out.onnx", "--report", tmp_path / "r.json", *args)])
+
+
+@pytest.mark.parametrize("entry", ["z=features", "y=logits", "y"])
+def test_cli_output_kind_user_error_is_one_line_exit_2(tmp_path, entry):
+    result = _cli(tmp_path, "--output-kind", entry)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: --output-kind") and len(result.stderr.splitlines()) == 1
+
+
+def test_cli_output_kind_shows_in_the_report(tmp_path):
+    result = _cli(tmp_path, "--output-kind", "y=sequence")
+    assert "sequence (set by --output-kind)" in result.stdout
+    ver = json.loads((tmp_path / "r.json").read_text())["verification"]
+    assert ver["outputs"][0]["kind_from"] == "--output-kind"
+    result = _cli(tmp_path, "--force")  # without it: features, read from the graph
+    assert result.exit_code == 0, result.output
+    assert "features" in result.stdout and "set by" not in result.stdout
