@@ -1,10 +1,11 @@
-"""Issue 15: the study's five models at matched PARAMETER budgets, onnxprune against
+"""Issue 15: the study's five models at matched PARAMETER and MAC budgets, onnxprune against
 Torch-Pruning 1.6.1 and onnxsim 0.8.1's two pruners, no fine-tuning for anyone.
 
     nice -n 10 python bench/peers.py --max-minutes 40   # the full run (writes docs/peers.json)
     python bench/peers.py --quick                       # cnn_digits, budget 0.5, seed 0 (< 2 min)
     python bench/peers.py --onnxprune-only              # keep the cached peer rows, redo onnxprune's
     python bench/peers.py --from-json                   # tables only
+    nice -n 10 python bench/peers.py --append --budgets --mac-budgets 0.5   # the MAC budget only
 
 Needs torch==2.13.0, torch-pruning==1.6.1 and onnxsim==0.8.1 (dev tools, not dependencies).
 
@@ -13,6 +14,12 @@ channel-mixing ops (Conv/Gemm/MatMul), `low_data.weight_params`, counted the sam
 tool's exported ONNX (BN folding and biases do not move it). Every tool is driven to the
 budget: Torch-Pruning's `pruning_ratio` and onnxsim's `sparsity` by bisection, onnxprune's
 `ratio` (target="params") by a secant correction; each record keeps the reduction reached.
+A MAC budget (`--mac-budgets`) is the fraction of the model's MACs removed, counted by
+onnxprune's own cost model (compiler/cost.count_macs: Conv/ConvTranspose/Gemm/MatMul
+multiply-accumulates per sample, from the weight size and the static output dims) on each
+tool's exported ONNX after ONNX shape inference, `onnx_macs`; every tool is driven to it the
+same way (onnxprune with target="macs"; Torch-Pruning's bisection counts the same MACs on the
+module with forward hooks, checked equal to the ONNX count on the unpruned module).
 
 Torch-Pruning: the PyTorch modules of models/train_study.py loaded with the SAME weights as
 models/trained/*.onnx (initializers mapped to parameters by name, else by shape and order;
@@ -56,11 +63,14 @@ sys.path.insert(0, str(ROOT / "models"))
 import onnxprune  # noqa: E402
 from low_data import HOLDOUT, MODELS, Model, accuracy, compute_scores, draw, log, weight_params  # noqa: E402
 from onnxprune.api import score_model  # noqa: E402
+from onnxprune.compiler.cost import count_macs  # noqa: E402
 from onnxprune.scoring.metrics import METRICS  # noqa: E402
 from onnxprune.scoring.shapley import DEFAULT_ESTIMATOR  # noqa: E402
 from onnxprune.scoring.site_stats import site_means  # noqa: E402
 
-BUDGETS = (0.3, 0.5)
+BUDGETS = (0.3, 0.5)  # weight-parameter budgets
+MAC_BUDGETS = (0.5,)
+Budget = tuple[str, float]  # (target, fraction removed): ("params", 0.3), ("macs", 0.5)
 SEEDS = (0, 1, 2)
 CALIB = 128
 TP_IMPORTANCES = ("l1", "bn_scale", "taylor")
@@ -113,6 +123,36 @@ def torch_module(name: str, proto: onnx.ModelProto, test: dict):
 def torch_weight_params(module) -> int:
     import torch.nn as nn
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+def torch_macs(module, example) -> int:
+    """MACs per sample as onnx_macs counts them: a Conv's weight size times its output's
+    spatial size, a Linear's weight size times its output's dims between batch and features."""
+    import torch
+    import torch.nn as nn
+    total = [0]
+
+    def hook(mod, _inp, out):
+        inner = out.shape[2:] if isinstance(mod, nn.Conv2d) else out.shape[1:-1]
+        total[0] += mod.weight.numel() * int(np.prod(tuple(inner), dtype=np.int64))
+    hooks = [m.register_forward_hook(hook) for m in module.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            module(example[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0]
+
+
+def onnx_macs(proto: onnx.ModelProto) -> int:
+    """onnxprune's MAC count (compiler/cost.count_macs) of any tool's ONNX, shapes inferred."""
+    import onnx_graphsurgeon as gs
+    return count_macs(gs.import_onnx(onnx.shape_inference.infer_shapes(proto)))
+
+
+COUNTERS: dict[str, Callable[[onnx.ModelProto], int]] = {"params": weight_params, "macs": onnx_macs}
 
 
 def tp_prune(module, example, calib_x, pseudo, importance: str, global_pruning: bool,
@@ -170,27 +210,32 @@ def tp_rows(m: Model, module, seed: int, budgets, first_seed: bool) -> list[dict
     calib_x = torch.from_numpy(x)
     with torch.no_grad():
         pseudo = module(calib_x).argmax(1)
-    w0 = torch_weight_params(module)
+    count = {"params": torch_weight_params, "macs": lambda q: torch_macs(q, calib_x)}
+    base = {t: count[t](module) for t in count}
+    assert base["macs"] == onnx_macs(m.proto), f"{m.name}: torch and ONNX MAC counts differ"
     rows = []
     for importance in TP_IMPORTANCES:
         if importance != "taylor" and not first_seed:
             continue  # data-free: the first seed's row stands for every seed
         for glob in (True, False):
-            for b in budgets:
+            for target, b in budgets:
                 t0 = time.perf_counter()
 
                 def attempt(r):
                     q = tp_prune(module, calib_x[:2], calib_x, pseudo, importance, glob, r)
-                    return 1 - torch_weight_params(q) / w0, q
+                    return 1 - count[target](q) / base[target], q
                 knob, reached, q = bisect(attempt, b)
-                acc = accuracy(export_proto(q, x[:2]), m.test)
+                proto = export_proto(q, x[:2])
+                if target == "macs":  # the recorded reduction: counted on the exported ONNX
+                    reached = 1 - onnx_macs(proto) / base["macs"]
+                acc = accuracy(proto, m.test)
                 rows.append(dict(tool="torch-pruning", method=f"tp-{importance}",
                                  alloc="global" if glob else "uniform", deploy="plain", budget=b,
-                                 knob=knob, removed=reached, acc=acc,
+                                 target=target, knob=knob, removed=reached, acc=acc,
                                  seconds=time.perf_counter() - t0,
                                  seeds=[seed] if importance == "taylor" else "all"))
-                log(f"tp   {m.name:13s} {importance:8s} global={glob!s:5s} b={b} seed {seed}: "
-                    f"ratio {knob:.3f} removed {reached:.3f} acc {acc:.3f}")
+                log(f"tp   {m.name:13s} {importance:8s} global={glob!s:5s} {target} {b} seed "
+                    f"{seed}: ratio {knob:.3f} removed {reached:.3f} acc {acc:.3f}")
     return rows
 
 
@@ -201,7 +246,7 @@ def onnxsim_rows(m: Model, seed: int, budgets, first_seed: bool) -> list[dict]:
     import onnxsim
     from onnxsim.pruning import apply_structured_pruning, apply_structured_wanda_pruning
     simp, _ = onnxsim.simplify(onnx.ModelProto.FromString(m.proto.SerializeToString()))
-    w = weight_params(simp)
+    w = {t: c(simp) for t, c in COUNTERS.items()}
     x = m.pool["input"][draw(m.pool, CALIB, seed)]
     batches = [{"input": x[i:i + 32]} for i in range(0, len(x), 32)]
     tools = {"onnxsim-wanda": lambda s: apply_structured_wanda_pruning(
@@ -211,20 +256,21 @@ def onnxsim_rows(m: Model, seed: int, budgets, first_seed: bool) -> list[dict]:
             onnx.ModelProto.FromString(simp.SerializeToString()), sparsity=s)
     rows = []
     for tool, fn in tools.items():
-        for b in budgets:
+        for target, b in budgets:
             t0 = time.perf_counter()
 
             def attempt(s):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     q = fn(s)
-                return 1 - weight_params(q) / w, q
+                return 1 - COUNTERS[target](q) / w[target], q
             knob, reached, q = bisect(attempt, b)
             acc = accuracy(q, m.test)
             rows.append(dict(tool="onnxsim", method=tool, alloc="-", deploy="plain", budget=b,
-                             knob=knob, removed=reached, acc=acc, seconds=time.perf_counter() - t0,
+                             target=target, knob=knob, removed=reached, acc=acc,
+                             seconds=time.perf_counter() - t0,
                              seeds=[seed] if tool == "onnxsim-wanda" else "all"))
-            log(f"sim  {m.name:13s} {tool:18s} b={b} seed {seed}: sparsity {knob:.3f} "
+            log(f"sim  {m.name:13s} {tool:18s} {target} {b} seed {seed}: sparsity {knob:.3f} "
                 f"removed {reached:.3f} acc {acc:.3f}")
     return rows
 
@@ -232,16 +278,19 @@ def onnxsim_rows(m: Model, seed: int, budgets, first_seed: bool) -> list[dict]:
 # ----------------------------------------------------------------------------- onnxprune
 
 
-def op_prune(m: Model, cal, scores, budget: float, deploy: str, alloc: str, seed: int):
-    """prune() driven to the weight-parameter budget: ratio=budget, then secant corrections
-    (the `params` target counts the prunable groups' cost, not every weight)."""
+def op_prune(m: Model, cal, scores, budget: Budget, deploy: str, alloc: str, seed: int):
+    """prune() driven to the budget (weight parameters or MACs of the whole model): ratio =
+    budget with the same target, then secant corrections (the target counts the prunable
+    groups' cost, not every weight or MAC)."""
     compensate, refit = DEPLOYS[deploy]
+    (target, budget), count = budget, COUNTERS[budget[0]]
+    base = count(m.proto)
     ratio, tried = budget, []
     for _ in range(2):
         res = onnxprune.prune(m.am, cal, ratio=ratio, scores=scores, compensate=compensate,
                               refit=refit, seed=seed, holdout=HOLDOUT, latency=False,
-                              uniform=alloc == "uniform", target="params")
-        reached = 1 - weight_params(res.model) / m.w0
+                              uniform=alloc == "uniform", target=target)
+        reached = 1 - count(res.model) / base
         tried.append((abs(reached - budget), ratio, reached, res))
         if abs(reached - budget) <= OP_TOL or reached <= 0:
             break
@@ -263,7 +312,7 @@ def onnxprune_rows(m: Model, seed: int, budgets, metrics, first_seed: bool,
             game = DEPLOYS[deploy][0]
             means = site_means(m.am.analysis, m.am.ident, scoring.inputs) if game else None
             t0 = time.perf_counter()
-            per_budget = {b: default_scores(m, scoring, seed, means, b) for b in budgets} \
+            per_budget = {b: default_scores(m, scoring, seed, means, b) for _, b in budgets} \
                 if metric == "shapley" else None
             if per_budget is None:
                 scores, secs, *_ = compute_scores(m, scoring, metric, seed, means, None)
@@ -271,27 +320,30 @@ def onnxprune_rows(m: Model, seed: int, budgets, metrics, first_seed: bool,
                 fixed = metric in DATA_FREE and deploy == "plain" and alloc == "uniform"
                 if fixed and not first_seed:
                     continue
-                for b in budgets:
+                for target, b in budgets:
                     if per_budget is not None:
                         scores, secs = per_budget[b]
-                    ratio, reached, res = op_prune(m, cal, scores, b, deploy, alloc, seed)
+                    ratio, reached, res = op_prune(m, cal, scores, (target, b), deploy, alloc,
+                                                   seed)
                     d = res.report["deploy"]
                     acc = accuracy(res.model, m.test)
                     rows.append(dict(tool="onnxprune", method=metric, alloc=alloc, deploy=deploy,
-                                     budget=b, knob=ratio, removed=reached, acc=acc,
+                                     budget=b, target=target, knob=ratio, removed=reached, acc=acc,
                                      score_seconds=secs, seconds=time.perf_counter() - t0,
                                      chosen=d.get("chosen"), allocation=d.get("allocation"),
                                      seeds="all" if fixed else [seed]))
-                    log(f"op   {m.name:13s} {metric:15s} {alloc:7s} {deploy:7s} b={b} seed {seed}:"
+                    log(f"op   {m.name:13s} {metric:15s} {alloc:7s} {deploy:7s} {target} {b} "
+                        f"seed {seed}:"
                         f" ratio {ratio:.3f} removed {reached:.3f} acc {acc:.3f} "
                         f"({d.get('allocation')}, {d.get('chosen')})")
     return rows
 
 
 def default_scores(m: Model, scoring, seed: int, means, budget: float) -> tuple[dict, float]:
-    """Shapley scores as prune() computes them for a params budget: the default estimator
-    (auto: the truncated game where the cut is known) with the depth of that budget's
-    expected width cut, 1-(1-R)^0.5 of each group's units (api._unit_share)."""
+    """Shapley scores as prune() computes them for a params or MACs budget: the default
+    estimator (auto: the truncated game where the cut is known) with the depth of that
+    budget's expected width cut, 1-(1-R)^0.5 of each group's units (api._unit_share, the same
+    for both targets)."""
     t0 = time.perf_counter()
     out = score_model(m.am, scoring, metric="shapley", seed=seed, means=means,
                       removal=1 - (1 - budget) ** 0.5)
@@ -309,6 +361,20 @@ def label(r: dict) -> str:
     return r["method"]
 
 
+def bkey(r: dict) -> Budget:
+    """A record's budget; rows written before the MAC budget carry no target (params)."""
+    return (r.get("target") or "params", r["budget"])
+
+
+def bname(budget: Budget) -> str:
+    return f"{'MAC' if budget[0] == 'macs' else 'params'} budget {budget[1]}"
+
+
+def budgets_of(records) -> list[Budget]:
+    return sorted({bkey(r) for r in records if r.get("kind") == "prune"},
+                  key=lambda b: (b[0] != "params", b[1]))
+
+
 def seeds_run(records) -> dict[str, list[int]]:
     """Per model, the seeds whose seeded rows ran (a run cut by --max-minutes has fewer)."""
     out: dict[str, set] = {}
@@ -319,24 +385,25 @@ def seeds_run(records) -> dict[str, list[int]]:
 
 
 def cell_values(records) -> dict[tuple, dict[str, list]]:
-    """(label, model, budget) -> {"acc": [...], "removed": [...]} with one entry per seed run
+    """(label, model, (target, budget)) -> {"acc": [...], "removed": [...]}, one entry per seed run
     (a deterministic row counts for every seed that ran on its model)."""
     runs, out = seeds_run(records), {}
     for r in records:
         if r.get("kind") != "prune":
             continue
         n = len(runs.get(r["model"], [0])) if r["seeds"] == "all" else 1
-        c = out.setdefault((label(r), r["model"], r["budget"]), {"acc": [], "removed": []})
+        c = out.setdefault((label(r), r["model"], bkey(r)), {"acc": [], "removed": []})
         c["acc"] += [r["acc"]] * n
         c["removed"] += [r["removed"]] * n
     return out
 
 
-def table(records, models, budget) -> str:
+def table(records, models, budget: Budget) -> str:
     cells = cell_values(records)
     labels = sorted({k[0] for k in cells if k[2] == budget},
                     key=lambda s: (not s.startswith("onnxprune shapley"), s))
-    lines = [f"| method (budget {budget}) | " + " | ".join(models) + " | mean |",
+    frac = budget[1]
+    lines = [f"| method ({bname(budget)}) | " + " | ".join(models) + " | mean |",
              "|---" * (len(models) + 2) + "|"]
     for lab in labels:
         accs, row, short = [], [], False
@@ -347,22 +414,23 @@ def table(records, models, budget) -> str:
                 continue
             a, rem = float(np.mean(c["acc"])), float(np.mean(c["removed"]))
             accs.append(a)
-            short |= rem < budget - MISS
-            row.append(f"{a:.3f} ({rem:.2f}){'*' if rem < budget - MISS else ''}")
+            short |= rem < frac - MISS
+            row.append(f"{a:.3f} ({rem:.2f}){'*' if rem < frac - MISS else ''}")
         # no mean where a model was missing or short of the budget (not a matched count)
         mean = f"{np.mean(accs):.3f}" if len(accs) == len(models) and not short else "-"
         lines.append(f"| {lab} | " + " | ".join(row) + f" | {mean} |")
     return "\n".join(lines)
 
 
-def _best(cells, model, budget, pick: Callable[[str], bool]) -> tuple[float, str] | None:
+def _best(cells, model, budget: Budget, pick: Callable[[str], bool]
+          ) -> tuple[float, str] | None:
     got = [(float(np.mean(c["acc"])), lab) for (lab, mod, b), c in cells.items()
            if mod == model and b == budget and pick(lab)
-           and float(np.mean(c["removed"])) >= budget - MISS]
+           and float(np.mean(c["removed"])) >= budget[1] - MISS]
     return max(got) if got else None
 
 
-def ahead(records, models, budget) -> list[str]:
+def ahead(records, models, budget: Budget) -> list[str]:
     """Who is ahead on how many models: onnxprune's default (and its plain removal) against
     the best setting of each rival per model, picked with hindsight."""
     cells = cell_values(records)
@@ -386,7 +454,7 @@ def ahead(records, models, budget) -> list[str]:
                 wins += float(np.mean(mine["acc"])) > other[0] + 1e-9
                 ties += abs(float(np.mean(mine["acc"])) - other[0]) <= 1e-9
             parts.append(f"{rival}: ahead on {wins}/{n}" + (f" (tied on {ties})" if ties else ""))
-        lines.append(f"- budget {budget}, `{me}` (mean over seeds) — " + "; ".join(parts))
+        lines.append(f"- {bname(budget)}, `{me}` (mean over seeds) — " + "; ".join(parts))
     return lines
 
 
@@ -398,12 +466,13 @@ def markdown(doc: dict) -> str:
              f"`{doc['meta']['default_estimator']}`; peers from "
              f"{doc['meta'].get('peer_commit', doc['meta']['onnxprune_commit'])}. Seeds run per model: "
              f"{', '.join(f'{k} {v}' for k, v in seeds_run(recs).items())}. Cell: test accuracy, mean "
-             f"over those seeds (weight-parameter fraction removed; `*`: the method "
+             f"over those seeds (fraction of the weight parameters, or of the MACs for a MAC budget, "
+             f"removed; `*`: the method "
              f"could not reach the budget, left out of the counts). Skipped: "
              f"{', '.join(doc['meta']['skipped']) or 'nothing'}.", ""]
-    for b in args["budgets"]:
+    for b in budgets_of(recs):
         parts += ahead(recs, models, b) + [""]
-    for b in args["budgets"]:
+    for b in budgets_of(recs):
         parts += [table(recs, models, b), ""]
     base = [f"{r['model']} {r['acc']:.3f}" for r in recs if r.get("kind") == "base"]
     parts += ["Unpruned: " + ", ".join(base) + ".", ""]
@@ -438,7 +507,10 @@ def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="cnn_digits, budget 0.5, seed 0, a few metrics")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--budgets", nargs="+", type=float, default=list(BUDGETS))
+    ap.add_argument("--budgets", nargs="*", type=float, default=list(BUDGETS),
+                    help="weight-parameter budgets (none: `--budgets` alone)")
+    ap.add_argument("--mac-budgets", nargs="*", type=float, default=list(MAC_BUDGETS),
+                    help="MAC budgets (none: `--mac-budgets` alone)")
     ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     ap.add_argument("--metrics", nargs="+", choices=list(METRICS),
                     default=[k for k in PRIORITY if k in METRICS] + [k for k in METRICS if k not in PRIORITY])
@@ -451,9 +523,11 @@ def parse(argv=None):
     ap.add_argument("--from-json", action="store_true", help="only the tables from --out-json")
     ap.add_argument("--out-json", default=str(ROOT / "docs" / "peers.json"))
     ap.add_argument("--out-md", default=str(ROOT / "docs" / "peers.md"))
+    ap.add_argument("--out-results", default=str(ROOT / "docs" / "results.md"),
+                    help="whose peers section's tables to rewrite ('' for none)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.models, args.budgets, args.seeds = ["cnn_digits"], [0.5], [0]
+        args.models, args.budgets, args.mac_budgets, args.seeds = ["cnn_digits"], [0.5], [], [0]
         args.metrics = ["shapley", "l1", "bn_gamma"]
     return args
 
@@ -474,6 +548,8 @@ def run(args, save: Callable[[list[dict], list[str]], None]
     t_start, records, skipped = time.perf_counter(), [], []
     late = lambda: (time.perf_counter() - t_start) / 60 > args.max_minutes  # noqa: E731
     models: dict[str, Model] = {}
+    grid: list[Budget] = [("params", b) for b in args.budgets] + \
+        [("macs", b) for b in args.mac_budgets]
     for seed, metrics, with_peers in stages(args):
         first = seed == args.seeds[0]
         for name in args.models:
@@ -491,10 +567,10 @@ def run(args, save: Callable[[list[dict], list[str]], None]
                 module, diff = torch_module(name, m.proto, m.test)
                 if first:
                     records.append(dict(kind="load_check", model=name, max_abs_diff=diff))
-                for r in tp_rows(m, module, seed, args.budgets, first) + \
-                        onnxsim_rows(m, seed, args.budgets, first):
+                for r in tp_rows(m, module, seed, grid, first) + \
+                        onnxsim_rows(m, seed, grid, first):
                     records.append({**common, **r})
-            for r in onnxprune_rows(m, seed, args.budgets, metrics, first, late, skipped):
+            for r in onnxprune_rows(m, seed, grid, metrics, first, late, skipped):
                 records.append({**common, **r})
             save(list(records), list(skipped))  # a crash or a kill keeps what is done
     return records, skipped
@@ -502,7 +578,7 @@ def run(args, save: Callable[[list[dict], list[str]], None]
 
 def cell_key(r: dict) -> tuple:
     return tuple(str(r.get(k)) for k in ("kind", "model", "tool", "method", "alloc", "deploy",
-                                          "budget", "seeds"))
+                                          "budget", "seeds")) + (str(r.get("target") or "params"),)
 
 
 def save_appended(out_json: Path, old: dict, meta: dict, records: list[dict]) -> dict:
@@ -516,6 +592,8 @@ def save_appended(out_json: Path, old: dict, meta: dict, records: list[dict]) ->
     merged["skipped"] = [u for u in old["meta"]["skipped"] if u.split(" (")[0] not in done] + \
         meta["skipped"]
     merged["minutes"] = old["meta"]["minutes"] + meta["minutes"]
+    for key in ("budgets", "mac_budgets"):  # the grid the document now holds
+        merged[key] = sorted(set(old["meta"].get(key, [])) | set(meta[key]))
     merged["peer_commit"] = meta.get("peer_commit") or old["meta"].get(
         "peer_commit", old["meta"]["onnxprune_commit"])  # before the commit is overwritten
     merged["onnxprune_commit"] = meta["onnxprune_commit"]
@@ -537,11 +615,13 @@ def main(argv=None) -> int:
         if old is not None and not args.append:  # the peers' grid is the cached one
             args.models, args.budgets, args.seeds = (old["meta"]["models"], old["meta"]["budgets"],
                                                      old["meta"]["seeds"])
+            args.mac_budgets = old["meta"].get("mac_budgets", [])
         t0 = time.perf_counter()
 
         def save(records, skipped, partial=True):
             meta = dict(command=" ".join(["python bench/peers.py", *(argv if argv is not None else sys.argv[1:])]),
-                    models=args.models, budgets=args.budgets, seeds=args.seeds, metrics=args.metrics,
+                    models=args.models, budgets=args.budgets, mac_budgets=args.mac_budgets,
+                    seeds=args.seeds, metrics=args.metrics,
                     calib=CALIB, holdout=HOLDOUT, onnxprune_commit=git_commit(),
                     default_estimator=DEFAULT_ESTIMATOR, versions=versions(), skipped=skipped,
                     minutes=round((time.perf_counter() - t0) / 60, 1), partial=partial)
@@ -561,8 +641,25 @@ def main(argv=None) -> int:
         doc = save(records, skipped, partial=False)
     text = markdown(doc)
     out_md.write_text(text)
+    if args.out_results:
+        into_results(Path(args.out_results), text)
     print(text)
     return 0
+
+
+TABLES = "### Tables\n"
+END = "<!-- peers:end -->"
+
+
+def into_results(path: Path, text: str) -> None:
+    """docs/results.md's peers section: its `### Tables` part (up to the end marker) is
+    these tables; the hand-written reading above it stays. Nothing when the marks are absent."""
+    doc = path.read_text() if path.exists() else ""
+    start, end = doc.find(TABLES), doc.find(END)
+    if start < 0 or end < start:
+        log(f"{path}: no '{TABLES.strip()}' before '{END}', left unchanged")
+        return
+    path.write_text(doc[:start] + TABLES + "\n" + text.rstrip("\n") + "\n\n" + doc[end:])
 
 
 if __name__ == "__main__":

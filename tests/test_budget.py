@@ -6,7 +6,7 @@ import onnxprune
 from graphs import G
 from onnxprune.api import as_calibration, value_function
 from onnxprune.deploy.candidates import Guard, deploy_allocations
-from onnxprune.deploy.select import Budget, floor_keep, lamp, select
+from onnxprune.deploy.select import DEFAULT_TARGET, Budget, floor_keep, lamp, select
 from onnxprune.model import analyze_model
 
 
@@ -127,7 +127,7 @@ def test_prune_reports_allocation_and_removed_fractions(am):
     res = onnxprune.prune(am, calib, ratio=0.5, metric="l1", latency=False)
     removed = res.report["removed"]
     assert set(removed) == {"units", "params", "macs"}
-    assert abs(removed["params"] - 0.5) <= step_cost(am, res.scores, "params") + 1e-6
+    assert abs(removed[DEFAULT_TARGET] - 0.5) <= step_cost(am, res.scores, DEFAULT_TARGET) + 1e-6
     assert res.report["deploy"]["allocation"] in ("global", "uniform")
     uni = onnxprune.prune(am, calib, ratio=0.5, metric="l1", latency=False, uniform=True,
                           target="units")

@@ -101,7 +101,7 @@ def test_to_json_keeps_every_key_of_the_old_report_options():
     assert REPORT_KEYS <= set(doc)
     assert doc["round_to_requested"] == "auto" and isinstance(doc["round_to"], int)
     assert doc["exclude"] == ["c*"] and doc["estimator"] == "exact" and doc["global"] is True
-    assert doc["uniform"] is False and doc["target"] == "params"  # the defaults of issue 15
+    assert doc["uniform"] is False and doc["target"] == "macs"  # the defaults of issue 15
     assert doc["prune_cache"] is False and PruneOptions(prune_cache=True).to_json()["prune_cache"]
 
 

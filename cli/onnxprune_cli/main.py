@@ -31,8 +31,9 @@ PRUNE_CACHE_HELP = (
     "(key and value of a layer alike), so caches built for the original no longer fit; the "
     "report lists per layer the old and new head counts and the kept heads' indices (slice an "
     "existing cache as past[:, kept]). Without it these heads stay whole.")
-RATIO_MEANING = ("The fraction R of the model's prunable cost to remove (by default the weight "
-                 "parameters of the Conv/Gemm/MatMul layers whose channels can be removed), "
+RATIO_MEANING = ("The fraction R of the model's prunable cost to remove (by default the "
+                 "multiply-accumulates per sample of the Conv/Gemm/MatMul layers whose channels "
+                 "can be removed), "
                  "placed where the unit scores say it costs least.")
 
 
@@ -163,7 +164,7 @@ def scoring_options(fn):
               help="Global allocation (now the default; kept for scripts).")
 @click.option("--target", default=_DEFAULTS.target, show_default=True, type=click.Choice(TARGETS),
               help="The cost --ratio is a fraction of: the prunable groups' Conv/Gemm/MatMul "
-              "weights (params), their MACs, or their units.")
+              "multiply-accumulates per sample (macs), their weights (params), or their units.")
 @click.option("--min-keep", default=_DEFAULTS.min_keep, show_default=True, type=float,
               help="Every group keeps at least this fraction of its units (a number from 1 up: "
               "this many units).")
