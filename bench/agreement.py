@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import onnxprune  # noqa: E402
 from cost import CACHE, SHARE, agreement, data, model_path  # noqa: E402
-from onnxprune.api import _split, as_calibration, make_engine  # noqa: E402
+from onnxprune.api import as_calibration, make_engine  # noqa: E402
+from onnxprune.pipeline import split_samples  # noqa: E402
 from onnxprune.scoring import shapley  # noqa: E402
 from onnxprune.scoring.estimators import DEFAULT_MARGINALS, estimate_truncated, truncation_depth  # noqa: E402
 
@@ -42,7 +43,7 @@ def setup(name: str):
     path = model_path(name)
     calib, _, _ = data(name, onnx.load(str(path)), 64)
     am = onnxprune.analyze_model(str(path))
-    scoring, _, _ = _split(as_calibration(calib, am.proto), 0.25, 0)
+    scoring, _, _ = split_samples(as_calibration(calib, am.proto), 0.25, 0)
     from onnxprune.scoring.site_stats import site_means
     means = site_means(am.analysis, am.ident, scoring.inputs, device="cpu")
     engine = make_engine(am, scoring, means=means)

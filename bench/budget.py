@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import onnxprune  # noqa: E402
-import onnxprune.api as api  # noqa: E402
+import onnxprune.pipeline as pipeline  # noqa: E402
 from low_data import HOLDOUT, MODELS, Model, accuracy, log  # noqa: E402
 from onnxprune.api import score_model  # noqa: E402
 from onnxprune.deploy.select import DEFAULT_MIN_KEEP  # noqa: E402
@@ -42,7 +42,7 @@ from onnxprune.scoring.site_stats import site_means  # noqa: E402
 
 DEPLOYS = {"plain": (False, False), "default": (True, True)}
 _ONLY_GLOBAL = {"on": False}
-_allocations = api._allocations
+_allocations = pipeline._allocations
 
 
 def _patched(am, opts, scores, guarded):
@@ -51,14 +51,14 @@ def _patched(am, opts, scores, guarded):
     return {"global": keeps["global"]} if _ONLY_GLOBAL["on"] and "global" in keeps else keeps
 
 
-api._allocations = _patched
+pipeline._allocations = _patched
 
 
 def scores_for(m: Model, scoring, metric: str, game: bool, ratio: float, seed: int
                ) -> tuple[dict, int]:
     """(scores per group, coalition evaluations spent). Metrics: l1 and the other heuristics;
     `shapley` = the persample estimator (the full game); `truncated` = the truncated per-sample
-    estimator at the depth a params budget of `ratio` implies (api._unit_share)."""
+    estimator at the depth a params budget of `ratio` implies (pipeline._unit_share)."""
     means = site_means(m.am.analysis, m.am.ident, scoring.inputs) if game else None
     kw: dict = {}
     if metric == "shapley":

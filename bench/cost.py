@@ -62,9 +62,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import onnxprune  # noqa: E402
 from end_to_end import synthetic  # noqa: E402
-from onnxprune.api import _split, as_calibration, make_engine, value_function  # noqa: E402
+from onnxprune.api import as_calibration, make_engine, value_function  # noqa: E402
 from onnxprune.deploy.select import n_removed  # noqa: E402
 from onnxprune.deploy.verify import run_model  # noqa: E402
+from onnxprune.pipeline import split_samples  # noqa: E402
 from onnxprune.runtime import make_session  # noqa: E402
 from onnxprune.scoring.estimators import (  # noqa: E402
     DEFAULT_MARGINALS,
@@ -177,7 +178,7 @@ def reference(name: str, path: Path, calib: dict, mult: int, estimator: str = "p
     if file.exists():
         return {int(k): v for k, v in np.load(file).items()}
     am = onnxprune.analyze_model(str(path))
-    scoring, _, _ = _split(as_calibration(calib, am.proto), 0.25, 0)
+    scoring, _, _ = split_samples(as_calibration(calib, am.proto), 0.25, 0)
     means = site_means(am.analysis, am.ident, scoring.inputs, device="cpu")
     engine = make_engine(am, scoring, means=means)
     out = {}

@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxprune.api import _score_context, analyze_model, score_model
+from onnxprune.api import analyze_model, score_model
 from onnxprune.calib import Calibration
 from onnxprune.options import ScoreOptions
 from onnxprune.scoring.distributed import RunStats, score_distributed
+from onnxprune.scoring.run import score_context
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +61,7 @@ def run_ray(am, data, seed: int, workers: int) -> dict:
     opts = ScoreOptions(seed=seed, workers=workers).validate()
     stats = RunStats()
     gids = [g.id for g in am.analysis.prunable]
-    scores = score_distributed(am, data, opts, gids, context=_score_context, stats=stats)
+    scores = score_distributed(am, data, opts, gids, context=score_context, stats=stats)
     tasks = stats.tasks
     return {"wall": stats.wall_s, "setup": stats.setup_s, "total": stats.wall_s + stats.setup_s,
             "scores": scores, "stats": stats,

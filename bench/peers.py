@@ -342,7 +342,7 @@ def onnxprune_rows(m: Model, seed: int, budgets, metrics, first_seed: bool,
 def default_scores(m: Model, scoring, seed: int, means, budget: float) -> tuple[dict, float]:
     """Shapley scores as prune() computes them for a params or MACs budget: the default
     estimator (auto: the truncated game where the cut is known) with the depth of that
-    budget's expected width cut, 1-(1-R)^0.5 of each group's units (api._unit_share, the same
+    budget's expected width cut, 1-(1-R)^0.5 of each group's units (pipeline._unit_share, the same
     for both targets)."""
     t0 = time.perf_counter()
     out = score_model(m.am, scoring, metric="shapley", seed=seed, means=means,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import onnxprune
-import onnxprune.api
+import onnxprune.pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def calibration(name: str):
     return {"input": rng.standard_normal((32, 3, 32, 32)).astype(np.float32)}
 
 
-PLANNED_REFIT: list[float] = []  # what the plan expected of one refit, as api computed it
+PLANNED_REFIT: list[float] = []  # what the plan expected of one refit, as the rounds computed it
 
 
 def _recording(fn):
@@ -47,7 +47,7 @@ def _recording(fn):
     return wrapper
 
 
-onnxprune.api.refit_seconds = _recording(onnxprune.api.refit_seconds)
+onnxprune.pipeline.refit_seconds = _recording(onnxprune.pipeline.refit_seconds)
 
 
 class RefitClock:

@@ -35,12 +35,17 @@ def child(models: list[str]) -> None:
     """In a process of the tree under test: one JSON line per model."""
     sys.path.insert(0, str(ROOT / "bench"))
     import onnx
-    import onnxprune.api as api
+    import importlib
     import cost
     spent = [0.0]
-    for name in ("site_means", "means_and_activations"):  # whichever this tree's api calls
-        if hasattr(api, name):
-            setattr(api, name, _timed(getattr(api, name), spent))
+    for where in ("onnxprune.pipeline", "onnxprune.api"):  # the rounds' module, or an older
+        try:                                              # tree's api, where they lived
+            module = importlib.import_module(where)
+        except ModuleNotFoundError:
+            continue
+        for name in ("site_means", "means_and_activations"):  # whichever this tree calls
+            if hasattr(module, name):
+                setattr(module, name, _timed(getattr(module, name), spent))
     for name in models:
         path = cost.model_path(name)
         proto = onnx.load(str(path))

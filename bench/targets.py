@@ -13,7 +13,7 @@ and, on seed 0, the latency ratio the report measures (prune(latency=True): medi
 the original over the pruned model's on a batch of 32, interleaved; on shared CPUs, noisy).
 Protocol = bench/peers.py's for onnxprune: 128 calibration samples drawn with the seed,
 Shapley scores on prune()'s 75 % scoring split as prune() computes them (peers.default_scores,
-the truncation depth of each target: api._unit_share, the same for params and macs, so those
+the truncation depth of each target: pipeline._unit_share, the same for params and macs, so those
 two targets share scores) passed with `scores=`.
 """
 from __future__ import annotations

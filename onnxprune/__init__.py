@@ -2,8 +2,8 @@
 
 The pipeline (docs/design.md): load -> normalize -> analyze -> instrument -> score -> select
 -> rewrite -> deploy -> verify -> save + report, in three packages: `compiler` (the channel
-groups), `scoring` (ranking units) and `deploy` (what ships); `onnxprune.api` strings them
-together.
+groups), `scoring` (ranking units) and `deploy` (what ships); `onnxprune.pipeline` strings them
+together and `onnxprune.api` is the facade.
 """
 from .api import AnalyzedModel, PruneResult, analyze_model, prune, score_model
 from .errors import OnnxPruneError

@@ -288,7 +288,7 @@ def _validate(
     return Calibration(inputs, labels, notes)
 
 
-MIN_HOLDOUT_SAMPLES = 8  # below this nothing is held out (api._split)
+MIN_HOLDOUT_SAMPLES = 8  # below this nothing is held out (pipeline.split_samples)
 
 
 def _dtype_warning(arr: np.ndarray, spec: InputSpec, source: str) -> str | None:

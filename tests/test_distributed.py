@@ -12,7 +12,8 @@ import pytest
 
 from conftest import ROOT
 from onnxprune import OnnxPruneError, ScoreOptions
-from onnxprune.api import _score_context, analyze_model, as_calibration, score_model
+from onnxprune.api import analyze_model, as_calibration, score_model
+from onnxprune.scoring.run import score_context
 
 MODEL = ROOT / "models/zoo/lenet5.onnx"  # four prunable groups of 8 to 64 units
 HAS_RAY = importlib.util.find_spec("ray") is not None
@@ -76,7 +77,7 @@ def test_dead_worker_has_its_groups_redone(ray_local, lenet, workers):
     opts = ScoreOptions(seed=5, workers=workers).validate()
     gids = [g.id for g in am.analysis.prunable]
     stats = RunStats()
-    got = score_distributed(am, data, opts, gids, context=_score_context, stats=stats,
+    got = score_distributed(am, data, opts, gids, context=score_context, stats=stats,
                             _die_after={0: 1})
     assert stats.deaths == 1
     assert sorted(t["gid"] for t in stats.tasks) == sorted(gids)

@@ -6,7 +6,7 @@ import pytest
 
 import onnxprune
 from conftest import ROOT
-from onnxprune import OnnxPruneError, PruneOptions, ScoreOptions, api
+from onnxprune import OnnxPruneError, PruneOptions, ScoreOptions, api, pipeline
 from onnxprune import options as O
 from onnxprune.scoring.site_stats import SITE_STATS, SiteStat
 from onnxprune.scoring.estimators import CAPABILITIES, ESTIMATORS, Aggregate
@@ -109,7 +109,7 @@ def test_to_json_keeps_every_key_of_the_old_report_options():
 def test_step_ratio_is_the_same_for_scoring_and_selection(monkeypatch, target, steps):
     """Each round scores and selects with one ratio: `steps` of them remove `ratio` in all."""
     seen: dict[str, list[float]] = {"score": [], "select": []}
-    score_planned, select = api.score_planned, api.select  # what prune's rounds call
+    score_planned, select = pipeline.score_planned, pipeline.select  # what prune's rounds call
 
     def spy_score(*args, ratio, **kw):
         seen["score"].append(ratio)
@@ -119,8 +119,8 @@ def test_step_ratio_is_the_same_for_scoring_and_selection(monkeypatch, target, s
         seen["select"].append(ratio)
         return select(analysis, scores, ratio, **kw)
 
-    monkeypatch.setattr(api, "score_planned", spy_score)
-    monkeypatch.setattr(api, "select", spy_select)
+    monkeypatch.setattr(pipeline, "score_planned", spy_score)
+    monkeypatch.setattr(pipeline, "select", spy_select)
     opts = PruneOptions(ratio=0.5, target=target, steps=steps, compensate=False, refit=False,
                         latency=False, score=ScoreOptions(metric="l1"))
     onnxprune.prune(EXAMPLE, CALIB, opts)

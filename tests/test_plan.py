@@ -85,8 +85,8 @@ def _score(**keywords):
     am = analyze_model(EXAMPLE)
     data = as_calibration(CALIB, am.proto)
     opts = ScoreOptions(**keywords).validate()
-    from onnxprune.api import _scoring_allowance
-    return score_planned(am, data, opts, allowance=_scoring_allowance(opts))
+    from onnxprune.scoring.run import scoring_allowance
+    return score_planned(am, data, opts, allowance=scoring_allowance(opts))
 
 
 def test_time_budget_lowers_the_evaluations_spent():
@@ -213,7 +213,7 @@ def test_time_layer_runs_one_refit_layer_on_kept_activations():
 
 
 def test_a_long_plan_is_fitted_to_the_default_cap_unless_inf():
-    from onnxprune.api import DEFAULT_TIME_CAP_S, _scoring_allowance
+    from onnxprune.scoring.run import DEFAULT_TIME_CAP_S, scoring_allowance
     from onnxprune.options import ScoreOptions
     from onnxprune.scoring.plan import GroupPlan, Sampling, ScorePlan
 
@@ -222,13 +222,13 @@ def test_a_long_plan_is_fitted_to_the_default_cap_unless_inf():
                   for g in (0, 1)]
         return ScorePlan("shapley", groups, sampling=Sampling(per_sample=True, removal=0.3, samples=64), samples=64)
     short = plan(0.01)  # 2 x (0.5 + 10) s: under the cap, nothing changes
-    assert _scoring_allowance(ScoreOptions())(short) is None and not short.warnings
+    assert scoring_allowance(ScoreOptions())(short) is None and not short.warnings
     long = plan(1.0)  # 2 x 1000 s expected
-    seconds = _scoring_allowance(ScoreOptions())(long)
+    seconds = scoring_allowance(ScoreOptions())(long)
     assert seconds == pytest.approx(DEFAULT_TIME_CAP_S) and long.time_budget_s == DEFAULT_TIME_CAP_S
     assert "fitted to the default 10 minutes" in long.warnings[0]
     unbounded = plan(1.0)
-    assert _scoring_allowance(ScoreOptions(time_budget_s=float("inf")))(unbounded) is None
+    assert scoring_allowance(ScoreOptions(time_budget_s=float("inf")))(unbounded) is None
     assert not unbounded.warnings
     from onnxprune.options import PruneOptions
     inf = PruneOptions(ratio=0.5, score=ScoreOptions(time_budget_s=float("inf")))

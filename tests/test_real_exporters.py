@@ -117,7 +117,7 @@ def test_a_matmul_add_mlp_plain_removal_works(tmp_path):
 @pytest.mark.parametrize("options", [(), ("--no-compensate", "--no-refit")])
 def test_b_zipmap_output(tmp_path, options):
     """Today, default options: TypeError: float() argument must be a string or a real
-    number, not 'dict' (value._f64, from the deploy guard's value function, api._guard).
+    number, not 'dict' (value._f64, from the deploy guard's value function, pipeline.make_guard).
     With --no-compensate --no-refit, earlier: onnxruntime InvalidArgument 'Failed to load
     model with error: Invalid tensor data type 0' from the engine's reference session
     (engine._reference): the map output loses its type through onnx-graphsurgeon.

@@ -49,7 +49,7 @@ from .shapley import GroupScores
 
 INSTALL_HINT = "pip install 'onnxprune[distributed]'"
 _IN_FLIGHT = 2  # groups queued per worker: the next one is there when one finishes
-ContextFn = Callable[..., Any]  # api._score_context: (am, calib, opts, means, ratio, threads=)
+ContextFn = Callable[..., Any]  # run.score_context: (am, calib, opts, means, ratio, threads=)
 
 __all__ = ["RunStats", "ScoringActor", "score_distributed"]
 
@@ -119,8 +119,8 @@ def score_distributed(am: AnalyzedModel, calib: Calibration, opts: Any, gids: Se
                       ratio: float | None = None, removal: float | None = None,
                       round_to: int = 1, progress: ProgressFn | None = None, stats: RunStats | None = None,
                       _die_after: Mapping[int, int] | None = None) -> dict[int, GroupScores]:
-    """Score `gids` on Ray workers; the same result as api.score_model's local loop, whose
-    `context` builder (api._score_context) each worker calls once. `ratio` (None: the cut
+    """Score `gids` on Ray workers; the same result as a local scoring run's loop (run.py), whose
+    `context` builder (run.score_context) each worker calls once. `ratio` (None: the cut
     is not known), `removal` and `round_to` as for api.score_model (its defaults resolved).
     `_die_after` (tests only): worker index -> groups it scores before it exits."""
     ray = import_ray()

@@ -220,7 +220,7 @@ class Engine:
 
     def _count(self, k: int) -> None:
         self.evaluations += k
-        if self.on_values is not None:  # progress within a group (api.score_model)
+        if self.on_values is not None:  # progress within a group (run._score_groups)
             self.on_values(self.evaluations)
 
     def info(self) -> dict[str, Any]:

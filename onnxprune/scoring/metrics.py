@@ -3,7 +3,7 @@
 Every metric gives a score per unit of a group, higher = more important. Shapley values
 (score.py) are the default; the baselines let the study (and users) compare like for like.
 A metric's entry says what it needs (calibration data, the masking engine, a per-channel
-statistic of the mask sites), so `api.score_model` prepares exactly that and loops.
+statistic of the mask sites), so the scoring run (run.py) prepares exactly that and loops.
 """
 from __future__ import annotations
 
