@@ -29,8 +29,8 @@ from .pipeline import Run, check_runs, make_guard, prune_rounds, round_plan, sco
 from .progress import ProgressFn, emit
 from .report import build_report, verify_pruned
 from .scoring.plan import ScorePlan
-from .scoring.run import (DEFAULT_TIME_CAP_S, make_engine, score_planned, scoring_allowance,
-                          value_function)
+from .scoring.run import (DEFAULT_TIME_CAP_S, ExpectedCut, Round, make_engine, score_planned,
+                          scoring_allowance, value_function)
 from .scoring.shapley import GroupScores
 
 __all__ = ["AnalyzedModel", "PruneResult", "analyze_model", "prune", "score_model",
@@ -118,9 +118,9 @@ def score_model(am: AnalyzedModel, calib: Calibration | None, options: ScoreOpti
     depth of the truncated estimator.
     With `time_budget_s` the evaluations are planned to fit it (scoring/plan.py)."""
     opts = (options or ScoreOptions()).updated(**keywords).validate()
-    return score_planned(am, calib, opts, means=means, ratio=ratio, groups=groups,
-                         progress=progress, allowance=scoring_allowance(opts), at_cut=at_cut,
-                         round_to=round_to, removal=removal)[0]
+    cut = ExpectedCut(ratio, at_cut, round_to, removal)
+    return score_planned(am, calib, opts, cut, Round(allowance=scoring_allowance(opts)),
+                         groups=groups, means=means, progress=progress)[0]
 
 
 def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,

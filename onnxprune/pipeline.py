@@ -25,7 +25,7 @@ from .options import PruneOptions
 from .progress import ProgressFn, emit
 from .scoring.metrics import METRICS
 from .scoring.plan import Forward, ScorePlan, measure_forward, refit_seconds, stage_estimates
-from .scoring.run import score_planned, scoring_allowance, value_function
+from .scoring.run import ExpectedCut, Round, score_planned, scoring_allowance, value_function
 from .scoring.shapley import GroupScores
 from .scoring.site_stats import CACHE_BYTES, SiteActivations, means_and_activations
 
@@ -214,13 +214,13 @@ def round_plan(am: AnalyzedModel, opts: PruneOptions, run: Run, step: int,
     spent = {**(run.spent if step == 0 else {}), "means": time.perf_counter() - t0}
     # later rounds: what the command took before this round (the plan's measured_s has the rest)
     elapsed = t0 - run.t0 + sum(v for k, v in run.spent.items() if k != "check") if step else 0.0
-    scores, plan = score_planned(
-        am, run.scoring, opts.score, means=means, ratio=opts.step_ratio(), groups=gids,
-        progress=progress, forward=run.forward, spent=spent,
-        stages=stages, steps=opts.steps - step,
-        allowance=scoring_allowance(opts.score, elapsed, opts.steps - step), dry_run=dry_run,
-        step=step + 1, of=opts.steps, at_cut=_same_cut(opts), round_to=opts.round_multiple(),
-        removal=_unit_share(opts))
+    left = opts.steps - step
+    cut = ExpectedCut(opts.step_ratio(), _same_cut(opts), opts.round_multiple(), _unit_share(opts))
+    this = Round(forward=run.forward, stages=stages, spent=spent, left=left, step=step + 1,
+                 of=opts.steps, allowance=scoring_allowance(opts.score, elapsed, left),
+                 dry_run=dry_run)
+    scores, plan = score_planned(am, run.scoring, opts.score, cut, this, groups=gids,
+                                 means=means, progress=progress)
     return scores, plan, means, acts
 
 

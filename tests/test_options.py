@@ -111,9 +111,9 @@ def test_step_ratio_is_the_same_for_scoring_and_selection(monkeypatch, target, s
     seen: dict[str, list[float]] = {"score": [], "select": []}
     score_planned, select = pipeline.score_planned, pipeline.select  # what prune's rounds call
 
-    def spy_score(*args, ratio, **kw):
-        seen["score"].append(ratio)
-        return score_planned(*args, ratio=ratio, **kw)
+    def spy_score(am, calib, opts, cut, *args, **kw):
+        seen["score"].append(cut.ratio)
+        return score_planned(am, calib, opts, cut, *args, **kw)
 
     def spy_select(analysis, scores, ratio, **kw):
         seen["select"].append(ratio)

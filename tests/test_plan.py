@@ -85,8 +85,8 @@ def _score(**keywords):
     am = analyze_model(EXAMPLE)
     data = as_calibration(CALIB, am.proto)
     opts = ScoreOptions(**keywords).validate()
-    from onnxprune.scoring.run import scoring_allowance
-    return score_planned(am, data, opts, allowance=scoring_allowance(opts))
+    from onnxprune.scoring.run import Round, scoring_allowance
+    return score_planned(am, data, opts, round_=Round(allowance=scoring_allowance(opts)))
 
 
 def test_time_budget_lowers_the_evaluations_spent():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -54,45 +55,68 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def score_planned(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptions, *,
-                  means: Mapping[str, np.ndarray] | None = None, ratio: float | None = None,
-                  groups: Sequence[int] | None = None, progress: ProgressFn | None = None,
-                  at_cut: bool = True, round_to: int = 1, forward: Forward | None = None, stages: Mapping[str, float] | None = None,
-                  spent: Mapping[str, float] | None = None, steps: int = 1,
-                  allowance: Allowance | None = None, dry_run: bool = False,
-                  step: int = 1, of: int = 1, removal: float | None = None,
+@dataclass(frozen=True)
+class ExpectedCut:
+    """Where selection is expected to cut the groups (not the model's prefix/suffix cut of
+    cut.py): what the cut-aware and truncated estimators are steered by."""
+
+    ratio: float | None = None  # the fraction of units the run removes (None: not known)
+    at_cut: bool = True  # whether every group is cut at `ratio` (--uniform --target units)
+    round_to: int = 1  # kept widths rounded up to multiples of this many channels, as selected
+    removal: float | None = None  # each group's expected share removed (None: `ratio` at_cut)
+
+    @property
+    def steering(self) -> float | None:
+        """The ratio the cut-aware estimators (cutaware, adaptive) read: only a common cut."""
+        return self.ratio if self.at_cut else None
+
+    @property
+    def share(self) -> float | None:
+        """The depth of the truncated estimator: `removal`, else the common cut's ratio."""
+        return self.ratio if self.removal is None and self.at_cut else self.removal
+
+
+@dataclass(frozen=True)
+class Round:
+    """Where this scoring run sits in the command (one round of `prune`, or all of
+    `score_model`): what the plan reads beside the engine, and what the events say."""
+
+    forward: Forward | None = None  # the timed forward pass the plan's estimates scale
+    stages: Mapping[str, float] = field(default_factory=dict)  # the other stages' expected s
+    spent: Mapping[str, float] = field(default_factory=dict)  # the stages' measured s so far
+    left: int = 1  # rounds still to run, this one included
+    step: int = 1  # this round's number, of `of` (the `score` event)
+    of: int = 1
+    allowance: Allowance | None = None  # seconds the scoring may take, given the plan
+    dry_run: bool = False  # plan (and emit it) without scoring
+
+
+def score_planned(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptions,
+                  cut: ExpectedCut = ExpectedCut(), round_: Round = Round(), *,
+                  groups: Sequence[int] | None = None,
+                  means: Mapping[str, np.ndarray] | None = None,
+                  progress: ProgressFn | None = None,
                   ) -> tuple[dict[int, GroupScores], ScorePlan | None]:
-    """Plan (emitted as a `plan` event before scoring), then score unless `dry_run`.
-    `stages` and `spent`: the other stages' expected and already measured seconds; `ratio`,
-    `at_cut`, `round_to` and `removal` as for `score_model`."""
+    """Plan (emitted as a `plan` event before scoring), then score `groups` (default: every
+    prunable group) unless `round_.dry_run`. `means`: the mask sites' calibration means,
+    which the engine's value reads (mean compensation)."""
     metric = METRICS[opts.metric]
     gids = list(groups) if groups is not None else [g.id for g in am.analysis.prunable]
     if metric.needs_data and calib is None:
         raise OnnxPruneError(f"metric '{opts.metric}' needs calibration data (--calib)")
-    if removal is None and at_cut:
-        removal = ratio
-    if (opts.workers or opts.ray_address) and metric.needs_engine and not dry_run:
+    if (opts.workers or opts.ray_address) and metric.needs_engine and not round_.dry_run:
         from .distributed import score_distributed  # the only way Ray gets imported
         return score_distributed(am, calib, opts, gids, context=score_context, means=means,
-                                 ratio=ratio if at_cut else None, removal=removal,
-                                 round_to=round_to, progress=progress), None
+                                 ratio=cut.steering, removal=cut.share,
+                                 round_to=cut.round_to, progress=progress), None
     t0 = time.perf_counter()
-    ctx = score_context(am, calib, opts, means, ratio if at_cut else None, round_to)
-    ctx = dataclasses.replace(ctx, removal=removal)
-    t1 = time.perf_counter()
-    plan = plan_scoring(ctx.engine, am.analysis, gids, metric=opts.metric,
-                        estimator=opts.estimator, budget=opts.budget, aggregate=opts.aggregate,
-                        forward=forward, removal=removal)
-    plan.measured_s = {**(spent or {}), "engine": t1 - t0, "plan": time.perf_counter() - t1}
-    plan.stages, plan.steps, plan.time_budget_s = dict(stages or {}), steps, opts.time_budget_s
-    if allowance is not None and (seconds := allowance(plan)) is not None:
-        fit_time(plan, seconds)
-        if plan.scoring_samples is not None and ctx.engine is not None:
-            ctx.engine.use_samples(plan.scoring_samples)  # the minimum did not fit otherwise
+    ctx = score_context(am, calib, opts, means, cut.steering, cut.round_to)
+    ctx = dataclasses.replace(ctx, removal=cut.share)
+    plan = _plan(ctx, am, gids, opts, cut, round_, t0)
     emit(progress, "plan", 0, 0, plan=plan.to_json())
-    if dry_run:
+    if round_.dry_run:
         return {}, plan
-    emit(progress, "score", 0, len(gids), metric=opts.metric, step=step, steps=of)
+    emit(progress, "score", 0, len(gids), metric=opts.metric, step=round_.step, steps=round_.of)
     if ctx.engine is None:
         return _score_groups(ctx, metric, gids, plan, progress), plan
     before = ctx.engine.evaluations
@@ -101,6 +125,22 @@ def score_planned(am: AnalyzedModel, calib: Calibration | None, opts: ScoreOptio
     out = _score_groups(ctx, metric, gids, plan, progress)
     plan.spent_evaluations = ctx.engine.evaluations - before
     return out, plan
+
+
+def _plan(ctx: ScoreContext, am: AnalyzedModel, gids: list[int], opts: ScoreOptions,
+          cut: ExpectedCut, round_: Round, t0: float) -> ScorePlan:
+    """The plan of this run, fitted to its allowance (`t0`: when the engine's setup began)."""
+    t1 = time.perf_counter()
+    plan = plan_scoring(ctx.engine, am.analysis, gids, metric=opts.metric,
+                        estimator=opts.estimator, budget=opts.budget, aggregate=opts.aggregate,
+                        forward=round_.forward, removal=cut.share)
+    plan.measured_s = {**round_.spent, "engine": t1 - t0, "plan": time.perf_counter() - t1}
+    plan.stages, plan.steps, plan.time_budget_s = dict(round_.stages), round_.left, opts.time_budget_s
+    if round_.allowance is not None and (seconds := round_.allowance(plan)) is not None:
+        fit_time(plan, seconds)
+        if plan.scoring_samples is not None and ctx.engine is not None:
+            ctx.engine.use_samples(plan.scoring_samples)  # the minimum did not fit otherwise
+    return plan
 
 
 _PROGRESS_S = 2.0  # a score event at least this often within a long group
