@@ -133,7 +133,9 @@ def test_auto_resolves_to_truncated_when_the_cut_is_known():
     assert pick_estimator(40, 400, per_sample=True, cut_known=True) == shapley.DEFAULT_ESTIMATOR
     scores = shapley_group(engine, gid, budget=200, removal=0.3, estimator="truncated")
     assert scores.method == "shapley/truncated"
-    assert "truncated" in scores.to_json()["game"] and "3 of 10" in scores.to_json()["game"]
+    game = scores.to_json()["game"]  # DEPTH_MARGIN x the expected cut (3 of 10) deep
+    depth = E.truncation_depth(UNITS, 0.3)
+    assert "truncated" in game and f"{depth} of 10 units deep (expected cut 3)" in game
 
 
 def test_small_groups_share_the_truncated_game_when_the_cut_is_known():
@@ -151,7 +153,7 @@ def test_small_groups_share_the_truncated_game_when_the_cut_is_known():
     engine = SimpleNamespace(analysis=SimpleNamespace(group=lambda gid: group), values=values,
                              per_sample_masks=True)
     cut = shapley_group(engine, 0, removal=0.3)
-    assert cut.method == "shapley/truncated" and "2 of 5" in cut.to_json()["game"]
+    assert cut.method == "shapley/truncated" and "(expected cut 2)" in cut.to_json()["game"]
     np.testing.assert_allclose(cut.values, c[0], atol=1e-12)
     assert shapley_group(engine, 0).method == "shapley/exact"  # no cut: the full game
 

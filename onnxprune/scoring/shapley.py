@@ -25,8 +25,8 @@ from .estimators import (
 
 # What auto samples with when the run's cut is known (the share of units each group loses:
 # always in prune), and PLAIN_ESTIMATOR when it is not (`onnxprune score` without --ratio).
-# `truncated` scores the game pruning visits (removal orders from the full group down to the
-# expected cut) at about 128 n / N evaluations per group, 6x fewer than persample's 10 n,
+# `truncated` scores the game pruning visits (removal orders from the full group towards the
+# expected cut, DEPTH_MARGIN of the way) at about 128 n / N evaluations per group, 6x fewer than persample's 10 n,
 # and with plain removal it beats l1 where persample loses to it (bench/budget.py,
 # docs/benchmarks.md, Budget allocation). `cutaware` did not earn the default
 # (docs/benchmarks.md, Cost). All three need per-sample coalitions from the engine (and
@@ -120,6 +120,7 @@ def shapley_group(engine, gid: int, *, estimator: str = "auto", budget: int | No
     if can.needs_depth:
         share = removal if removal is not None else (k / n if k is not None else None)
         kwargs["depth"] = truncation_depth(n, share)  # as the plan computes it
+        kwargs["cut"] = truncation_depth(n, share, margin=1.0)  # wrong_side is at the cut
     t0 = time.perf_counter()
     try:
         est: Estimate = estimate(name, fn, n, **kwargs)
@@ -130,7 +131,8 @@ def shapley_group(engine, gid: int, *, estimator: str = "auto", budget: int | No
                              f"estimator {name}): {exc}") from None
     extra = {"wrong_side": est.info["wrong_side"]} if "wrong_side" in est.info else {}
     if est.info.get("truncated_game"):  # say what the values are: not the full game's
-        extra["game"] = (f"truncated: removal orders {est.info['depth']} of {n} units deep, "
+        extra["game"] = (f"truncated: removal orders {est.info['depth']} of {n} units deep "
+                         f"(expected cut {kwargs['cut']}), "
                          f"{est.info['marginals_per_unit']:.0f} marginals per unit; "
                          f"{est.info['unseen']} never removed (ranked most important)")
     return GroupScores(gid, est.values, est.stderr, est.evaluations, f"shapley/{name}",
