@@ -1,19 +1,46 @@
 """Issue 15 research: does scoring each group at the depth of ITS allocated cut (depth-consistent
-truncation) rank better than the default truncated game (every group at one depth d)?
+truncation) rank better than the truncated game at one depth d for every group?
 
     nice -n 10 python bench/depth.py --seeds 0 --out /tmp/depth_s0.json
+    nice -n 10 python bench/depth.py --seeds 1 2 --only default shallow0.5 shallow0.25 trunc_all --out /tmp/d.json
 
-The default truncated estimator walks per-sample removal chains d = ceil(1-(1-R)^0.5 x n) steps
-deep. Here the chains are kept with each marginal's step t, so a group's score at any depth
-d' <= d is the mean of its marginals with t <= d' (no new evaluation). Variants (scores fed to
-prune() with `scores=`, the protocol of bench/peers.py, global allocation):
+d = truncation_depth(n, 1-(1-R)^0.5): DEPTH_MARGIN x the expected cut (the run used margin 1.0,
+the default then). The chains are kept with each marginal's step t, so a group's score at any
+depth d' <= d is the mean of its marginals with t <= d' (no new evaluation). Variants (scores fed
+to prune() with `scores=`, the protocol of bench/peers.py, global allocation):
 
   default      every group at d (must equal score_model's scores: checked)
   consistent   global allocation -> each group rescored at its allocated cut (capped at d, at
                least 1), re-allocated; up to ITER rounds or until the depths repeat
   fresh        consistent's final depths, scored again by fresh chains at those depths (the same
                128 marginals per unit: the noise of the rescoring taken out; twice the cost)
+  fresh_deep   fresh chains at consistent's final cut, uncapped (deeper than d where it is)
   shallowF     a fresh truncated run at depth ceil(F x d) for every group (F in --shallow)
+  trunc_all    estimator="truncated" for every group (auto took exact for groups of <= 8 units)
+
+Measured (2026-12-06, margin 1.0, study models, 128 calibration samples, test accuracy mean over
+the five models; plain = --no-compensate --no-refit, refit = the default guarded deployment):
+
+  seed 0 screen         plain 0.3  plain 0.5  refit 0.3  refit 0.5
+  default               0.831      0.691      0.981      0.979
+  consistent            0.798      0.667      0.980      0.979
+  fresh                 0.814      0.591      0.982      0.980
+  fresh_deep            0.745      0.464      0.982      0.979
+  shallow0.5            0.858      0.711      0.982      0.980
+  shallow0.25           0.895      0.668      0.983      0.980
+
+  In the seed-0 runs 27 of 76 truncated groups were allocated a cut deeper than d (1.1-3.0x d)
+  and 37 less than half of d; every run had at least one group past d (the widest). Scoring
+  each group at its own cut ranked worse, most of all where the deep groups went deeper.
+
+  3 seeds, small groups truncated too (trunc_all, then the default)
+                        plain 0.3  plain 0.5  refit 0.3  refit 0.5
+  default (exact small) 0.807      0.627      0.981      0.978
+  trunc_all             0.839      0.651      0.981      0.978
+  + shallow0.5          0.893      0.663      0.982      0.979
+  + shallow0.25         0.934      0.654      0.983      0.980   (DEPTH_MARGIN 0.25 since)
+  loo / taylor (docs/peers.json) 0.947 / 0.941, 0.673 / 0.666; refit 0.982, 0.979 / 0.978
+"""
 """
 from __future__ import annotations
 

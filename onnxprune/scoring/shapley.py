@@ -26,8 +26,8 @@ from .estimators import (
 # What auto samples with when the run's cut is known (the share of units each group loses:
 # always in prune), and PLAIN_ESTIMATOR when it is not (`onnxprune score` without --ratio).
 # `truncated` scores the game pruning visits (removal orders from the full group towards the
-# expected cut, DEPTH_MARGIN of the way) at about 128 n / N evaluations per group, 6x fewer than persample's 10 n,
-# and with plain removal it beats l1 where persample loses to it (bench/budget.py,
+# expected cut, DEPTH_MARGIN of the way) at about 128 n / N evaluations per group, 6x fewer
+# than persample's 10 n, and with plain removal it beats l1 where persample loses to it (bench/budget.py,
 # docs/benchmarks.md, Budget allocation). `cutaware` did not earn the default
 # (docs/benchmarks.md, Cost). All three need per-sample coalitions from the engine (and
 # mean aggregation); without them auto falls back to FALLBACK_ESTIMATOR.
