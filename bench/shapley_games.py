@@ -6,7 +6,9 @@ kept channels. Two games closer to what ships are scored here, next to the defau
 and deployed exactly as the study does (prune(..., scores=...), guarded refit, held-out test
 accuracy):
 
-  default    onnxprune's Shapley (persample estimator, compensated game)
+  default    onnxprune's Shapley as prune() scores it (compensated game; the truncated
+             estimator at the depth of the params budget's expected cut, so it depends on
+             the ratio; the persample estimator before 2026-12-06)
   imputed    the same coalitions, but a removed channel is replaced by its linear least-
              squares prediction from the kept channels of the same site (per position,
              covariance of the scoring samples): what the refit of a 1x1 / Gemm consumer
@@ -50,7 +52,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import low_data as L  # noqa: E402
 import onnxprune  # noqa: E402
-from onnxprune.api import make_engine  # noqa: E402
+from onnxprune.api import make_engine, score_model  # noqa: E402
 from onnxprune.scoring.site_stats import site_means  # noqa: E402
 from onnxprune.scoring.estimators import default_budget  # noqa: E402
 from onnxprune.scoring.shapley import shapley_group  # noqa: E402
@@ -165,8 +167,10 @@ def truncated_scores(engine, gid: int, ratio: float, seed: int) -> np.ndarray:
 
 
 def scores_for(game: str, m: L.Model, scoring, seed: int, means, ratio: float) -> dict:
-    if game == "default":
-        return L.compute_scores(m, scoring, L.DEFAULT, seed, means, None)[0]
+    if game == "default":  # as prune() scores a params budget (api._unit_share)
+        out = score_model(m.am, scoring, metric=L.DEFAULT, seed=seed, means=means,
+                          removal=1 - (1 - ratio) ** 0.5)
+        return {g: np.asarray(v.values, dtype=np.float64) for g, v in out.items()}
     if game == "l1":
         return L.compute_scores(m, scoring, "l1", seed, means, None)[0]
     if game == "truncated":
@@ -198,7 +202,7 @@ def run(args) -> list[dict]:
             scoring, _ = cal.split(L.HOLDOUT, seed)
             means = site_means(m.am.analysis, m.am.ident, scoring.inputs)
             for game in args.games:
-                cached = None  # only the truncated game depends on the ratio
+                cached = None  # the truncated game and the default depend on the ratio
                 for ratio in args.ratios:
                     if game.endswith("sequential"):  # scores and prunes in one go
                         metric = "l1" if game.startswith("l1") else L.DEFAULT
@@ -207,7 +211,7 @@ def run(args) -> list[dict]:
                         records.append(_record(name, seed, game, ratio, L.accuracy(res.model, m.test),
                                                res.report["seconds"], {}, "steps"))
                         continue
-                    if cached is None or game == "truncated":
+                    if cached is None or game in ("truncated", "default"):
                         t0 = time.perf_counter()
                         cached = (scores_for(game, m, scoring, seed, means, ratio),
                                   time.perf_counter() - t0)

@@ -581,6 +581,10 @@ def test_auto_estimator_follows_engine_support():
     assert pick_estimator(40, 400) == "antithetic"
     assert pick_estimator(40, 400, per_sample=True) == "persample"
     assert pick_estimator(6, 60, per_sample=True) == "exact"
+    # the cut known: every group in one (truncated) game, small ones too; exact without
+    # per-sample coalitions (no truncated game to share)
+    assert pick_estimator(6, 60, per_sample=True, cut_known=True) == shapley.DEFAULT_ESTIMATOR
+    assert pick_estimator(6, 60, cut_known=True) == "exact"
     assert pick_estimator(40, 400, per_sample=True, cut_known=True) == shapley.DEFAULT_ESTIMATOR
     assert pick_estimator(40, 400, cut_known=True) == "antithetic"
     value = PerSample(tanh_game(np.random.default_rng(15), 10))

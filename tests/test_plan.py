@@ -236,8 +236,15 @@ def test_a_long_plan_is_fitted_to_the_default_cap_unless_inf():
 
 
 def test_truncated_minimum_is_one_chain_as_deep_as_the_cut():
-    """The endpoints and one chain down to the expected cut, not down to the last unit: a time
-    budget scales samples only below that (det_yolox planned 8,275 for 8,208 units before)."""
+    """The endpoints and one chain as deep as the game (DEPTH_MARGIN x the expected cut), not
+    down to the last unit: a time budget scales samples only below that (det_yolox planned
+    8,275 for 8,208 units before)."""
+    import math
+
     from onnxprune.scoring.estimators import truncation_depth
-    assert min_evaluations("truncated", 100, 0.2) == 2 + truncation_depth(100, 0.2) == 22
-    assert min_evaluations("truncated", 100, None) == 2 + 50  # not known: half the group
+    from onnxprune.scoring.estimators.truncated import DEPTH_MARGIN
+    assert truncation_depth(100, 0.2, margin=1.0) == 20  # the expected cut itself
+    assert min_evaluations("truncated", 100, 0.2) == 2 + truncation_depth(100, 0.2) == \
+        2 + math.ceil(DEPTH_MARGIN * 20)
+    # not known: half the group is expected to go
+    assert min_evaluations("truncated", 100, None) == 2 + math.ceil(DEPTH_MARGIN * 50)

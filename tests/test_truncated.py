@@ -133,7 +133,29 @@ def test_auto_resolves_to_truncated_when_the_cut_is_known():
     assert pick_estimator(40, 400, per_sample=True, cut_known=True) == shapley.DEFAULT_ESTIMATOR
     scores = shapley_group(engine, gid, budget=200, removal=0.3, estimator="truncated")
     assert scores.method == "shapley/truncated"
-    assert "truncated" in scores.to_json()["game"] and "3 of 10" in scores.to_json()["game"]
+    game = scores.to_json()["game"]  # DEPTH_MARGIN x the expected cut (3 of 10) deep
+    depth = E.truncation_depth(UNITS, 0.3)
+    assert "truncated" in game and f"{depth} of 10 units deep (expected cut 3)" in game
+
+
+def test_small_groups_share_the_truncated_game_when_the_cut_is_known():
+    """A global ranking compares scores across groups, so a small group (exact enumeration of
+    the full game otherwise) is scored in the same truncated game as the others; the game is
+    additive and the samples equal here, so its values are still each unit's contribution."""
+    from types import SimpleNamespace
+
+    c = np.tile(np.random.default_rng(11).standard_normal((1, 5)), (6, 1))  # samples x units
+
+    def values(gid, masks):  # [K, N, n] per-sample, or [K, n] shared
+        return (masks * c).sum(-1) if masks.ndim == 3 else masks.astype(float) @ c.T
+
+    group = SimpleNamespace(units=5)
+    engine = SimpleNamespace(analysis=SimpleNamespace(group=lambda gid: group), values=values,
+                             per_sample_masks=True)
+    cut = shapley_group(engine, 0, removal=0.3)
+    assert cut.method == "shapley/truncated" and "(expected cut 2)" in cut.to_json()["game"]
+    np.testing.assert_allclose(cut.values, c[0], atol=1e-12)
+    assert shapley_group(engine, 0).method == "shapley/exact"  # no cut: the full game
 
 
 def test_a_tight_time_budget_still_affords_one_chain():

@@ -107,8 +107,8 @@ def scoring_options(fn):
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--estimator", default="auto", show_default=True,
                      type=click.Choice(ESTIMATOR_NAMES),
-                     help=f"Shapley estimator (auto: exact for small groups, else "
-                          f"{DEFAULT_ESTIMATOR}; {PLAIN_ESTIMATOR} when the cut is not known; "
+                     help=f"Shapley estimator (auto: {DEFAULT_ESTIMATOR} for every group when the "
+                          f"cut is known; else exact for small groups, {PLAIN_ESTIMATOR}; "
                           "cutaware refines only the units near the cut)."),
         click.option("--budget", type=int, default=None,
                      help="Coalition evaluations per group (default: 10 x units)."),

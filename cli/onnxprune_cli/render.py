@@ -36,9 +36,10 @@ def _scores_line(report: dict) -> str | None:
     games = [g["game"] for g in report.get("groups", []) if g.get("game")]
     if not games:
         return None
+    from onnxprune.scoring.estimators.truncated import DEPTH_MARGIN
     return (f"scores: shapley/truncated in {len(games)} group(s): a truncated game (per-sample "
-            "removal orders from the full group down to the expected cut), not the Shapley "
-            "values of the full game")
+            f"removal orders from the full group, {DEPTH_MARGIN:g} of the way to the expected "
+            "cut), not the Shapley values of the full game")
 
 
 def _deploy_line(deploy) -> str | None:

@@ -1,5 +1,5 @@
-"""Truncated per-sample removal chains: the game pruning visits, from the full group down to
-a little past the cut.
+"""Truncated per-sample removal chains: the game pruning visits, from the full group part of
+the way to the cut (``DEPTH_MARGIN``).
 
 The truncated game
 ------------------
@@ -28,7 +28,7 @@ A unit's value is the mean of its marginals; its stderr the sd of those marginal
 removed within d steps has no marginal: it ranks as the most important unit of the group
 (value = the group's highest estimate, stderr inf), since pruning at the cut did not reach it
 on any sample. ``info["wrong_side"]``: the expected number of units on the wrong side of
-the group's cut (``cut``, default the depth: the units expected to go), from the stderrs
+the group's cut (``cut``: the units expected to go; default the depth), from the stderrs
 (normal approximation, as ``cutaware``).
 
 Refinement (``refine`` > 0, off by default)
@@ -60,10 +60,14 @@ from .permutation import supports_per_sample
 # 512 ranked no better with plain removal on the study models (bench/budget.py, seed 0)
 DEFAULT_MARGINALS = 128
 # depth = margin x the units expected to go. Units past the cut are ranked anyway (every unit
-# is removed early in some sample's order); a deeper game (1.5) ranked worse with plain
-# removal at 128 marginals (mean test accuracy 0.83 / 0.56 against 0.90 / 0.75 at params
-# budgets 0.3 / 0.5) and no better at 512 (docs/benchmarks.md, Budget allocation)
-DEPTH_MARGIN = 1.0
+# is removed early in some sample's order). Shallower ranks better with plain removal under
+# the global allocation, which cuts groups unevenly (36% of the groups past the expected cut,
+# half of them under half of it): 0.25 against 1.0, mean test accuracy over the study's five
+# models and 3 seeds 0.934 / 0.654 against 0.839 / 0.651 at params budgets 0.3 / 0.5, refit
+# 0.983 / 0.980 against 0.981 / 0.978; 0.5 in between (0.893 / 0.663); scoring each group at
+# its own allocated cut ranked worse (bench/depth.py). A deeper game (1.5) ranked worse still
+# (docs/benchmarks.md, Budget allocation)
+DEPTH_MARGIN = 0.25
 # refinement (``refine`` > 0): the planned rows left after the first pass go, in this many
 # rounds, to units whose keep/remove decision at the cut is uncertain, until the expected
 # number of units on the wrong side is below STOP_WRONG x the group
@@ -75,7 +79,7 @@ STOP_WRONG = 0.05
 def truncation_depth(n: int, removed_share: float | None, margin: float | None = None) -> int:
     """Removal steps per chain for a group of n units of which ``removed_share`` are expected
     to go (None: not known, half the group): ceil(margin x share x n), in [1, n - 1]
-    (margin: ``DEPTH_MARGIN`` when None)."""
+    (margin: ``DEPTH_MARGIN`` when None; 1.0 gives the expected cut itself)."""
     share = 0.5 if removed_share is None else removed_share
     margin = DEPTH_MARGIN if margin is None else margin
     return int(min(max(n - 1, 1), max(1, math.ceil(margin * share * n))))
