@@ -156,7 +156,8 @@ def test_refinement_keeps_an_additive_game_exact_and_stops_when_nothing_is_conte
     nothing is contested and the rows kept for refinement are not spent."""
     x = np.tile(np.random.default_rng(8).standard_normal((1, 4)).astype(np.float32), (6, 1))
     engine, gid, c = engine_and_contributions(x)
-    full = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=4, budget=1000, seed=0)
+    full = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=4, budget=1000, seed=0,
+                                stop_share=0.0)  # every planned chain
     est = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=4, budget=1000, seed=0,
                                refine=0.5)
     np.testing.assert_allclose(est.values, c[0], rtol=1e-5, atol=1e-5)
