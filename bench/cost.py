@@ -34,7 +34,7 @@ only); its calibration is `build_minilm.inputs(64, 32, 0)`, held out `inputs(256
 With `--before REV` the rows are this checkout ("after") against REV ("before"), both with
 the `--new` default estimator, alternately in fresh processes (before, after, ...), medians
 over `--rounds`; "keep" is a digest of the kept units (the same digest: the same pruned
-model), agreement is computed on the "after" rows (`--ref-mult 0`: not at all).
+model), agreement against the cached reference on both (`--ref-mult 0`: not at all).
 
 The reference is cached in bench/.cache (it costs ref-mult x the scoring). Scoring samples are
 48 of 64 (a quarter is held out by the command).
@@ -304,7 +304,7 @@ def before_after(args) -> None:
                 env = {**os.environ, "PYTHONPATH": f"{tree}:{tree / 'cli'}"}
                 cmd = [sys.executable, str(ROOT / "bench" / "cost.py"), "--child", "--models",
                        *args.models, "--samples", str(args.samples), "--new", args.new,
-                       "--ref-mult", str(args.ref_mult if which == "after" else 0)]
+                       "--ref-mult", str(args.ref_mult)]
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                 for line in out.stdout.splitlines():
                     if line.startswith("{"):

@@ -178,7 +178,8 @@ def test_refinement_keeps_an_additive_game_exact_and_stops_when_nothing_is_conte
     nothing is contested and the rows kept for refinement are not spent."""
     x = np.tile(np.random.default_rng(8).standard_normal((1, 4)).astype(np.float32), (6, 1))
     engine, gid, c = engine_and_contributions(x)
-    full = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=4, budget=1000, seed=0)
+    full = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=4, budget=1000, seed=0,
+                                stop_share=0.0)  # every planned chain
     est = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=4, budget=1000, seed=0,
                                refine=0.5)
     np.testing.assert_allclose(est.values, c[0], rtol=1e-5, atol=1e-5)
@@ -235,3 +236,63 @@ def test_refinement_on_noisy_samples_stays_unbiased_seeded_and_within_budget():
     assert lax.info["refine_rounds"] == 0 and lax.evaluations < plain.evaluations
     with pytest.raises(ValueError, match="refine"):
         E.estimate_truncated(value_fn(engine, gid), UNITS, refine=1.0)
+
+
+# --- early stop: chains in rounds, stopping once the cut is clear (truncated.py) -------------
+
+
+def test_early_stop_ends_a_clear_game_after_one_round():
+    """Samples nearly equal: every unit's marginals barely vary, its side of the cut is
+    certain after the first round, and the rest of the planned chains are not run."""
+    rng = np.random.default_rng(10)
+    x = (np.tile(rng.standard_normal((1, 4)), (6, 1)) + 1e-3 * rng.standard_normal((6, 4)))
+    engine, gid, c = engine_and_contributions(x.astype(np.float32))
+    fn = value_fn(engine, gid)
+    full = E.estimate_truncated(fn, UNITS, depth=3, budget=10**6, marginals=64, seed=0,
+                                stop_share=0.0)
+    est = E.estimate_truncated(fn, UNITS, depth=3, budget=10**6, marginals=64, seed=0,
+                               stop_share=0.02)
+    planned = full.info["chains"]
+    assert full.info["stopped"] == "planned" and full.info["chains_planned"] == planned
+    assert est.info["stopped"] == "confident" and est.info["chains_planned"] == planned
+    assert est.info["chains"] == -(-planned // E.truncated.STOP_ROUNDS)  # one round
+    assert est.evaluations == 2 + est.info["chains"] * 3 < full.evaluations
+    np.testing.assert_allclose(est.values, c.mean(0), atol=0.05 * np.abs(c).max())
+    assert est.info["wrong_side"] < 0.02 * UNITS
+
+
+def test_early_stop_runs_every_planned_chain_on_a_contested_game():
+    """Samples far apart: many units sit near the cut after every round, so the group never
+    stops early and its estimate is the one without early stopping."""
+    x = 3 * np.random.default_rng(11).standard_normal((8, 4)).astype(np.float32)
+    engine, gid, _ = engine_and_contributions(x)
+    fn = value_fn(engine, gid)
+    runs = [E.estimate_truncated(fn, UNITS, depth=3, budget=10**6, marginals=32, seed=1,
+                                 stop_share=s) for s in (0.0, 0.02)]
+    assert runs[1].info["stopped"] == "planned"
+    assert runs[1].info["chains"] == runs[1].info["chains_planned"] == runs[0].info["chains"]
+    assert runs[1].evaluations == runs[0].evaluations
+    np.testing.assert_allclose(runs[1].values, runs[0].values, rtol=1e-6, atol=1e-6)
+    assert runs[1].info["wrong_side"] >= 0.02 * UNITS
+
+
+def test_early_stop_is_seeded_and_reported():
+    rng = np.random.default_rng(12)
+    x = (np.tile(rng.standard_normal((1, 4)), (5, 1)) + 0.05 * rng.standard_normal((5, 4)))
+    engine, gid, _ = engine_and_contributions(x.astype(np.float32))
+    fn = value_fn(engine, gid)
+    runs = [E.estimate_truncated(fn, UNITS, depth=4, budget=10**6, marginals=64, seed=s,
+                                 stop_share=0.03, batch=5) for s in (3, 3)]
+    np.testing.assert_array_equal(runs[0].values, runs[1].values)
+    assert runs[0].info["chains"] == runs[1].info["chains"]
+    with pytest.raises(ValueError, match="stop_share"):
+        E.estimate_truncated(fn, UNITS, stop_share=1.0)
+    saved = E.truncated.STOP_SHARE
+    E.truncated.STOP_SHARE = 0.03  # what shapley_group reports when a group stops early
+    try:
+        scores = shapley_group(engine, gid, budget=10**4, removal=0.3, estimator="truncated")
+    finally:
+        E.truncated.STOP_SHARE = saved
+    chains = scores.to_json()["chains"]
+    assert chains["stopped"] == "confident" and chains["run"] < chains["planned"]
+    assert "stopped early" in scores.to_json()["game"]

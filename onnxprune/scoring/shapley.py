@@ -54,7 +54,8 @@ class GroupScores:
                 "stderr": None if self.stderr is None else self.stderr.tolist(),
                 **({"wrong_side": round(self.extra["wrong_side"], 4)}
                    if "wrong_side" in self.extra else {}),
-                **({"game": self.extra["game"]} if "game" in self.extra else {})}
+                **({"game": self.extra["game"]} if "game" in self.extra else {}),
+                **({"chains": self.extra["chains"]} if "chains" in self.extra else {})}
 
 
 def pick_estimator(n: int, budget: int, name: str = "auto", per_sample: bool = False,
@@ -130,11 +131,17 @@ def shapley_group(engine, gid: int, *, estimator: str = "auto", budget: int | No
         raise OnnxPruneError(f"--budget {budget} is too small for group {gid} ({n} units, "
                              f"estimator {name}): {exc}") from None
     extra = {"wrong_side": est.info["wrong_side"]} if "wrong_side" in est.info else {}
+    if "stopped" in est.info:  # chains run of the planned, and why they ended
+        extra["chains"] = {"run": est.info["chains"], "planned": est.info["chains_planned"],
+                           "stopped": est.info["stopped"]}
     if est.info.get("truncated_game"):  # say what the values are: not the full game's
         extra["game"] = (f"truncated: removal orders {est.info['depth']} of {n} units deep "
                          f"(expected cut {kwargs['cut']}), "
                          f"{est.info['marginals_per_unit']:.0f} marginals per unit; "
-                         f"{est.info['unseen']} never removed (ranked most important)")
+                         f"{est.info['unseen']} never removed (ranked most important)"
+                         + (f"; {est.info['chains']} of {est.info['chains_planned']} planned "
+                            "chains (stopped early: the cut was clear)"
+                            if est.info.get("stopped") == "confident" else ""))
     return GroupScores(gid, est.values, est.stderr, est.evaluations, f"shapley/{name}",
                        time.perf_counter() - t0, extra)
 
