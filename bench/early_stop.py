@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from agreement import setup  # noqa: E402
-from cost import SHARE, agreement, data, model_path, reference  # noqa: E402
+from cost import SHARE, agreement, data, reference  # noqa: E402
 from onnxprune.scoring import shapley  # noqa: E402
 from onnxprune.scoring.estimators import estimate_truncated, truncation_depth  # noqa: E402
 
