@@ -165,3 +165,28 @@ def test_min_fidelity_zero_turns_the_gate_off(tmp_path):
                           "--no-refit", "--min-fidelity", 0)
     assert result.exit_code == 0, result.output
     assert json.loads(rep.read_text())["options"]["min_fidelity"] == 0
+
+
+def test_slower_warning_needs_quartiles_apart_and_hints_rounding_only_with_convs():
+    """A slower median alone is timing noise on tiny models (a 0.02 ms MLP); the warning
+    needs the pruned model's first quartile above the original's third, and the channel
+    block hint is given only where the model has convs."""
+    from onnx import TensorProto, helper
+    from onnxprune.report import CONV_HINT, slower_warning
+
+    def timing(b, a):  # (q1, median, q3) in ms, before and after
+        return {"before": dict(zip(("q1_ms", "median_ms", "q3_ms"), b)),
+                "after": dict(zip(("q1_ms", "median_ms", "q3_ms"), a))}
+
+    def model(op):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        node = helper.make_node(op, ["x", "w"] if op == "Conv" else ["x"], ["y"])
+        w = helper.make_tensor("w", TensorProto.FLOAT, [2, 2, 1, 1], [1.0] * 4)
+        return helper.make_model(helper.make_graph([node], "g", [x], [y], [w]))
+
+    overlap = timing((0.020, 0.021, 0.023), (0.021, 0.022, 0.024))
+    apart = timing((0.020, 0.021, 0.022), (0.030, 0.031, 0.033))
+    assert slower_warning(overlap, model("Conv")) is None
+    assert slower_warning(apart, model("Relu")) == "the pruned model measured slower than the original (quartiles apart)"
+    assert slower_warning(apart, model("Conv")).endswith(CONV_HINT)
