@@ -745,7 +745,7 @@ def test_tuning_is_reused_for_a_suffix_of_the_same_size(monkeypatch):
     am = zoo("vgg_bn")
     calib = calibration(am)
     first, second = positions(am)[-2:]
-    monkeypatch.setattr(Engine, "_size_class", lambda self, plan: (0, 0))
+    monkeypatch.setattr(engine_mod, "size_class", lambda plan: (0, 0))
     engine = Engine(am, calib, Probe(), max_coalitions=4)
     fixed = Engine(am, calib, Probe(), tune=False)
     for gid in (first, second):
@@ -761,7 +761,7 @@ def test_tuning_stops_where_the_planned_work_stops_paying():
     """K tuning costs about 6 K coalitions: with the group's planned work known, K is tuned
     up to work / _TUNE_WORK, and a group with under 2 x _TUNE_WORK is not tuned (issue 16:
     on digits_cnn tuning ran more coalitions than scoring); values are unchanged."""
-    from onnxprune.scoring.engine import _TUNE_WORK
+    from onnxprune.scoring.tuning import _TUNE_WORK
     am = zoo("vgg_bn")
     calib = calibration(am)
     gid = positions(am)[-1]

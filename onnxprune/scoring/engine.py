@@ -13,7 +13,7 @@ Three things make a coalition cheap (docs/design.md, Scoring):
   fed by the extra input `onnxprune_tile` = [K]) so the data stays on the device and only
   the masks change between runs. n and the largest K come from a memory budget and the
   sub-model's activation sizes, estimated from inferred shapes; on CPU K itself is then
-  measured (`Engine._tune`: a few timed runs at K = 1, 2, 4, ...), since what pays depends
+  measured (`scoring/tuning.py`: a few timed runs at K = 1, 2, 4, ...), since what pays depends
   on the suffix's size and on the machine's load.
 - **Prefix caching.** Nodes upstream of a group's masked tensors do not depend on the
   mask. The scoring model is cut there: a prefix (the model with the cut tensors as
@@ -61,6 +61,7 @@ from .cut import Cut, batch_dim_state, cut_model, preoptimized_session, probe_al
 from .fixedbatch import input_batch, make_batch_dynamic
 from .memory import activations, default_memory_mb, row_bytes
 from .plans import Chunk, Plan, chunk_rows, make_chunks, mask_rows
+from .tuning import size_class, tune, tune_cap
 from .value import ValueFunction
 
 _MAX_PLANS = 3          # scoring sessions kept (each holds its sub-model's weights)
@@ -68,18 +69,6 @@ _CACHE_SHARE = 0.5      # cached activations may use at most this share of the b
 _MAX_SUFFIX_SHARE = 0.75  # cut only when the suffix has at most this share of the MACs
 _CPU_RUN_BYTES = 2 << 20  # CPU, untuned: largest activation of one run (about one L2 cache)
 _VALUE_BYTES = 16 << 20   # outputs handed to one value-function call (its overhead is per call)
-_TUNE_ROUNDS = 2          # timed runs per K when tuning (the minimum counts: load only adds)
-_TUNE_SLOWER = 1.15       # stop doubling K once a coalition costs this much more than the best
-_TUNE_RUN_S = 0.01        # ... or once one run is long enough to amortize its fixed cost (a
-                          # run's fixed cost is 0.1-0.3 ms: 10 ms amortize it; tuning was 90%
-                          # of the engine stage on digits_cnn at 20 ms and 3 rounds)
-_TUNE_GAIN = 0.9          # ... or once doubling K gains under 10% on runs over _TUNE_RUN_S / 4
-                          # (the last doublings are most of the tuning's time)
-_TUNE_LONG = 10           # a warm-up at K = 1 this many times _TUNE_RUN_S ends tuning at once
-_TUNE_WORK = 12           # tuning to K costs about 6 K coalitions: with a group's planned work
-                          # known (`expected`), K stops at work / _TUNE_WORK (tuning at most
-                          # half of it) and a group under 2 x _TUNE_WORK is not tuned (digits_cnn:
-                          # 33 tuning runs against 139 planned evaluations in all)
 
 __all__ = ["Engine"]
 
@@ -460,7 +449,7 @@ class Engine:
                 if isinstance(t, gs.Variable) and t.inputs and batch_dim_state(t, batch_dims) is None]
 
     def _sizes(self, cut: Cut, cache: int) -> tuple[list[Chunk], int, int, dict[str, Any]]:
-        """Samples per run n, coalitions per run K (an estimate `_tune` may replace) and the
+        """Samples per run n, coalitions per run K (an estimate K tuning may replace) and the
         largest K the budget allows.
 
         Memory: a run of K coalitions x n samples needs about K*n suffix rows (its inputs, held
@@ -522,67 +511,23 @@ class Engine:
             feeds.append(chunk)
         del sess
         if self.tune and not plan.tuned and self.backend.device == "cpu" and plan.k_max > 1:
-            size, k_cap = self._size_class(plan), self._tune_cap(plan)
+            size, k_cap = size_class(plan), tune_cap(plan, self.expected)
             if size in self._tuned:  # an earlier group's suffix of this size measured it
                 k, seconds = self._tuned[size]
                 plan.k_run, plan.tuned = min(plan.k_max, k), True
                 plan.est["tuned_from_size_class"] = list(size)
                 plan.est["tuned_s_per_coalition"] = seconds
             elif k_cap > 1:
-                self._tune(plan, feeds[0], k_cap)
+                widths = [self.analysis.group(g).units for g in plan.gids]
+                tune(plan, feeds[0], k_cap, widths, self.backend.hold,
+                     lambda held, masks, k: self._timed_run(plan, held, masks, k,
+                                                            plan.chunks[0].rows))
                 if k_cap >= plan.k_max:  # a K capped by little work is not the class's best
                     self._tuned[size] = (plan.k_run, plan.est["tuned_s_per_coalition"])
         copies = 1 if self.backend.tile_in_graph else plan.k_run
         plan.feeds = [self.backend.hold(f, copies) for f in feeds]
         plan.cache_bytes = nbytes * copies
         return True
-
-    def _size_class(self, plan: Plan) -> tuple[int, int]:
-        """Suffixes within a factor of about 1.4 in bytes per run and in MACs want the same K:
-        what a run costs in memory traffic and in compute (K tuning is a dozen runs)."""
-        rows = plan.chunks[0].rows
-        run_bytes = max(1, int(plan.est["suffix_row_bytes"]) * rows)
-        macs = max(1e-9, float(plan.est["suffix_mac_share"]))
-        return round(2 * np.log2(run_bytes)), round(2 * np.log2(macs))
-
-    def _tune_cap(self, plan: Plan) -> int:
-        """The largest K worth tuning towards: K_max, or less where the planned work is known
-        and small (1: not worth tuning at all)."""
-        if any(g not in self.expected for g in plan.gids):
-            return plan.k_max
-        work = sum(self.expected[g] for g in plan.gids)
-        return min(plan.k_max, work // _TUNE_WORK) if work >= 2 * _TUNE_WORK else 1
-
-    def _tune(self, plan: Plan, data: Mapping[str, Any], k_max: int) -> None:
-        """CPU: K from timings of the suffix at K = 1, 2, 4, ... up to what the budget allows,
-        stopping once a coalition costs clearly more than at the best K so far, once doubling
-        K gains little on runs already a few ms long, or once one run gets long (tuning stays a
-        small part of scoring a group). The cache-size estimate was off
-        both ways: a late group's small suffix wanted 4-8x more rows per run."""
-        rows = plan.chunks[0].rows
-        widths = [self.analysis.group(g).units for g in plan.gids]
-        timings: dict[int, float] = {}
-        k = prev = 1
-        while True:
-            held = self.backend.hold(data, k)
-            masks = [np.ones((k * rows, w), np.float32) for w in widths]
-            warm = self._timed_run(plan, held, masks, k, rows)  # the arena grows to this K
-            if k == 1 and warm > _TUNE_LONG * _TUNE_RUN_S:
-                timings[k] = warm  # one coalition already amortizes a run: K = 1, no rounds
-                break
-            timings[k] = min(self._timed_run(plan, held, masks, k, rows)
-                             for _ in range(_TUNE_ROUNDS)) / k
-            del held
-            best = min(timings.values())
-            flat = (k > 1 and timings[k] * k > _TUNE_RUN_S / 4
-                    and timings[k] > _TUNE_GAIN * timings[prev])
-            if (k >= k_max or timings[k] > _TUNE_SLOWER * best or flat
-                    or timings[k] * k > _TUNE_RUN_S):
-                break
-            prev, k = k, min(2 * k, k_max)
-        plan.k_run, plan.tuned = min(timings, key=timings.__getitem__), True
-        plan.est["tuned_ms_per_coalition"] = {k: round(t * 1e3, 3) for k, t in timings.items()}
-        plan.est["tuned_s_per_coalition"] = timings[plan.k_run]
 
     # -- running
 
