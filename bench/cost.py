@@ -173,7 +173,9 @@ def reference(name: str, path: Path, calib: dict, mult: int, estimator: str = "p
     digest = hashlib.sha256(path.read_bytes() + repr(sorted((k, v.tobytes()[:4096])
                             for k, v in calib.items())).encode()).hexdigest()[:12]
     game = ("" if estimator == "persample" else f"_{estimator}") + (
-        "" if base == 10_000 else f"_s{base}")
+        "" if base == 10_000 else f"_s{base}") + (  # the game's depth is part of the game
+        "" if estimator != "truncated" or truncated_mod.DEPTH_MARGIN == 1.0
+        else f"_m{truncated_mod.DEPTH_MARGIN:g}_small")  # small groups truncated too
     file = CACHE / f"cost_ref_{name}_{len(next(iter(calib.values())))}_{mult}x{game}_{digest}.npz"
     if file.exists():
         return {int(k): v for k, v in np.load(file).items()}
@@ -184,7 +186,8 @@ def reference(name: str, path: Path, calib: dict, mult: int, estimator: str = "p
     out = {}
     for g in am.analysis.prunable:
         budget = mult * default_budget(g.units)
-        if estimator == "truncated" and g.units > 8:
+        if estimator == "truncated" and shapley.pick_estimator(
+                g.units, budget, per_sample=True, cut_known=True) == "truncated":
             out[g.id] = estimate_truncated(
                 shapley._GroupValue(engine, g.id), g.units, budget=budget * 100,
                 depth=truncation_depth(g.units, SHARE), marginals=mult * REF_MARGINALS,
