@@ -65,7 +65,10 @@ from end_to_end import synthetic  # noqa: E402
 from onnxprune.api import as_calibration, make_engine, value_function  # noqa: E402
 from onnxprune.deploy.select import n_removed  # noqa: E402
 from onnxprune.deploy.verify import run_model  # noqa: E402
-from onnxprune.pipeline import split_samples  # noqa: E402
+try:  # the --before tree may predate pipeline.py (session 6)
+    from onnxprune.pipeline import split_samples  # noqa: E402
+except ImportError:
+    from onnxprune.api import _split as split_samples  # noqa: E402
 from onnxprune.runtime import make_session  # noqa: E402
 from onnxprune.scoring.estimators import (  # noqa: E402
     DEFAULT_MARGINALS,
