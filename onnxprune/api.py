@@ -178,7 +178,10 @@ def plan_prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
     if opts.compensate or opts.refit:
         make_guard(am, run.held_out or run.scoring, run.held_note, opts.score.value)
     run.spent["check"] = time.perf_counter() - run.t0
-    return round_plan(am, opts, run, 0, progress, dry_run=True)[1]
+    plan = round_plan(am, opts, run, 0, progress, dry_run=True)[1]
+    if am.batch_note and am.source is None:  # the twin was refused: scoring is one per run
+        plan.warnings.insert(0, am.batch_note)
+    return plan
 
 
 def with_batch_twin(am: AnalyzedModel, data: Calibration | None) -> AnalyzedModel:

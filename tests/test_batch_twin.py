@@ -2,6 +2,8 @@
 (scoring/fixedbatch.batch_twin) when it provably runs each sample as the model does."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -169,3 +171,17 @@ def test_twin_from_one_sample_compares_distinct_copies():
     same_three = {"x": np.repeat(x["x"][:1], 3, axis=0)}  # identical samples would hide mixing
     twin, why = batch_twin(plain_cnn(), same_three)
     assert twin is None and "distinct" in why
+
+
+def test_dry_run_says_why_the_twin_was_refused(tmp_path):
+    """--dry-run plans the same run prune makes: a refused twin (scoring one sample per run)
+    is in the plan's warnings, not only in the prune report."""
+    from click.testing import CliRunner
+    from onnxprune_cli.main import main
+    onnx.save(flattens_the_batch(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", **_samples(16))
+    res = CliRunner().invoke(main, [str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npz"),
+                                    "--ratio", "0.5", "--dry-run", "--json"])
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.stdout)
+    assert any("batch-symbolic copy was refused" in w for w in plan["warnings"])
