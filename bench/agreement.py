@@ -32,6 +32,7 @@ from onnxprune.api import as_calibration, make_engine  # noqa: E402
 from onnxprune.pipeline import split_samples  # noqa: E402
 from onnxprune.scoring import shapley  # noqa: E402
 from onnxprune.scoring.estimators import DEFAULT_MARGINALS, estimate_truncated, truncation_depth  # noqa: E402
+from onnxprune.scoring.estimators import truncated as truncated_mod  # noqa: E402
 
 DESIGNS = {"chains": {},  # the default
            "refine.5": dict(refine=0.5),
@@ -61,7 +62,8 @@ def references(name, path, engine, groups, mult):
     out = []
     for tag, base in (("A", 10_000), ("B", 20_000)):
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-        file = CACHE / f"agree_ref_{name}_{mult}x_{tag}_{digest}.npz"
+        game = "" if truncated_mod.DEPTH_MARGIN == 1.0 else f"_m{truncated_mod.DEPTH_MARGIN:g}"
+        file = CACHE / f"agree_ref_{name}_{mult}x_{tag}{game}_{digest}.npz"  # per game depth
         if not file.exists():
             vals = {str(g.id): run(engine, g, mult * DEFAULT_MARGINALS, base + g.id).values
                     for g in groups}
