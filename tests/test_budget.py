@@ -5,7 +5,7 @@ import pytest
 import onnxprune
 from graphs import G
 from onnxprune.api import as_calibration, value_function
-from onnxprune.deploy.candidates import Guard, deploy_allocations
+from onnxprune.deploy.candidates import GUARD_Z, Guard, Paired, deploy_allocations
 from onnxprune.deploy.select import DEFAULT_TARGET, Budget, floor_keep, lamp, select
 from onnxprune.model import analyze_model
 
@@ -121,6 +121,34 @@ def test_guard_ships_the_allocation_that_wins_on_held_out_samples(am):
             assert guard.value(choice.model) == pytest.approx(values[winner], abs=1e-5)
 
 
+def _paired(g, u, z=GUARD_Z):
+    return Paired.of(("global", np.asarray(g, float)), ("uniform", np.asarray(u, float)), z)
+
+
+def test_paired_rule_keeps_global_unless_uniform_wins_beyond_noise():
+    rng = np.random.default_rng(0)
+    g = rng.normal(-0.2, 0.1, 24)
+    assert not _paired(g, g).wins                                  # a tie keeps global
+    noisy = g + rng.normal(0.005, 0.05, 24)                       # ahead on the mean, by noise
+    assert noisy.mean() > g.mean() and not _paired(g, noisy).wins
+    assert _paired(g, noisy, z=0).wins                             # z = 0: the higher mean
+    clear = g + rng.normal(0.1, 0.02, 24)
+    d = _paired(g, clear)
+    assert d.wins and d.difference == pytest.approx(np.mean(clear - g))
+    assert d.stderr == pytest.approx(np.std(clear - g, ddof=1) / np.sqrt(24))
+    assert not _paired(g, g - 0.5).wins                            # uniform clearly worse
+
+
+def test_paired_rule_nan_never_wins():
+    g = np.full(8, -0.3)
+    bad = g.copy()
+    bad[3] = np.nan
+    assert not _paired(g, bad).wins and not _paired(g, bad, z=0).wins
+    assert _paired(bad, g).wins                                    # a broken global loses
+    assert not _paired(bad, bad).wins
+    assert _paired(g, bad).to_json()["difference"] is None
+
+
 def test_prune_reports_allocation_and_removed_fractions(am):
     rng = np.random.default_rng(0)
     calib = {"x": rng.standard_normal((32, 4)).astype(np.float32)}
@@ -129,6 +157,14 @@ def test_prune_reports_allocation_and_removed_fractions(am):
     assert set(removed) == {"units", "params", "macs"}
     assert abs(removed[DEFAULT_TARGET] - 0.5) <= step_cost(am, res.scores, DEFAULT_TARGET) + 1e-6
     assert res.report["deploy"]["allocation"] in ("global", "uniform")
+    rule = res.report["deploy"]["allocation_rule"]  # the guard's paired decision, stated
+    assert rule["shipped"] == res.report["deploy"]["allocation"]
+    assert (rule["preferred"], rule["challenger"], rule["samples"]) == ("global", "uniform", 8)
+    assert rule["rule"] == "paired" and rule["z"] == GUARD_Z
+    assert (rule["shipped"] == "uniform") == (rule["difference"] > GUARD_Z * rule["stderr"])
+    from onnxprune_cli.render import _allocation_line
+    line = _allocation_line(res.report["deploy"])
+    assert line.startswith(f"allocation: {rule['shipped']}") and "8 paired samples" in line
     uni = onnxprune.prune(am, calib, ratio=0.5, metric="l1", latency=False, uniform=True,
                           target="units")
     assert uni.report["deploy"]["allocation"] == "uniform"

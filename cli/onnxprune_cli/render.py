@@ -57,6 +57,25 @@ def _deploy_line(deploy) -> str | None:
     return line
 
 
+def _allocation_line(deploy) -> str | None:
+    """Why this allocation shipped: the paired difference on the guard samples and the rule."""
+    last = deploy[-1] if isinstance(deploy, list) and deploy else deploy
+    rule = (last or {}).get("allocation_rule")
+    if not rule:
+        return None
+    diff, se, n = rule["difference"], rule["stderr"], rule["samples"]
+    if diff is None:
+        return f"allocation: {rule['shipped']} shipped: one allocation's value is not finite"
+    ahead = (f"{rule['challenger']} - {rule['preferred']} = {diff:+.4g} per sample on average "
+             f"(standard error {_value(se)}, {n} paired samples)")
+    if rule["rule"] == "mean":
+        return f"allocation: {rule['shipped']} shipped, the higher mean: {ahead}"
+    if rule["shipped"] == rule["challenger"]:
+        return f"allocation: {rule['shipped']} shipped: {ahead}, more than {rule['z']:g} standard errors"
+    return (f"allocation: {rule['preferred']} kept: {ahead}, not more than {rule['z']:g} "
+            "standard errors (noise)")
+
+
 def _removed_line(report: Report) -> str | None:
     """The fractions of the prunable cost actually removed, whatever the budget's target."""
     removed = report.get("removed")
@@ -96,6 +115,8 @@ def prune_table(report: Report) -> str:
     if line := _removed_line(report):
         out.append(line)
     if line := _deploy_line(report.get("deploy")):
+        out.append(line)
+    if line := _allocation_line(report.get("deploy")):
         out.append(line)
     if line := _scores_line(report):
         out.append(line)

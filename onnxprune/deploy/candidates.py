@@ -9,7 +9,10 @@ every candidate's figure, so the user sees what the guard decided and why.
 
 The same guard judges the allocation: the global allocation (select.py) and the uniform one
 at the same budget, each with its best candidate, so that a global allocation that loses on
-held-out samples never ships (`deploy_allocations`).
+held-out samples never ships (`deploy_allocations`). Loses, not ties: on 16-24 samples two
+near-equal allocations differ by noise, so the comparison is paired (both run on the same
+samples) and the uniform one ships only when it is ahead by more than GUARD_Z standard
+errors of the per-sample differences (`Paired`).
 """
 from __future__ import annotations
 
@@ -38,13 +41,64 @@ class Guard:
         self.reference = run_model(original, data.inputs)
         value_fn.prepare(self.reference, data.labels)
 
-    def value(self, model: onnx.ModelProto) -> float:
+    def samples(self, model: onnx.ModelProto) -> np.ndarray:
+        """The value on each guard sample ([N] float64; NaN where the model produced NaN)."""
         # a model whose heads shrank its key-value cache (--prune-cache) reads the past of
         # its kept heads; its cache outputs count on those heads only
         outputs = run_model(model, narrow_feeds(model, self.data.inputs))
         outputs = widen_outputs(model, tensor_output_names(model), outputs, self.reference)
-        value = float(np.mean(self.value_fn([o[None] for o in outputs])))
-        return value if np.isfinite(value) else -np.inf  # NaN never wins
+        return np.asarray(self.value_fn([o[None] for o in outputs]), dtype=np.float64)[0]
+
+    def value(self, model: onnx.ModelProto) -> float:
+        return _mean(self.samples(model))
+
+
+def _mean(samples: np.ndarray) -> float:
+    value = float(np.mean(samples))
+    return value if np.isfinite(value) else -np.inf  # NaN never wins
+
+
+GUARD_Z = 2.0  # standard errors a challenger must be ahead by (docs/results.md "The guard's rule")
+
+
+@dataclass(frozen=True)
+class Paired:
+    """The guard's paired comparison of a challenger with the preferred candidate on the same
+    samples: `difference` = mean of (challenger - preferred) per sample, `stderr` its standard
+    error; the challenger wins when difference > z x stderr (z = 0: the higher mean wins).
+    A challenger with a non-finite value never wins; a preferred one with one always loses
+    to a finite challenger."""
+
+    preferred: str
+    challenger: str
+    difference: float
+    stderr: float
+    samples: int
+    z: float
+    wins: bool
+
+    @classmethod
+    def of(cls, preferred: tuple[str, np.ndarray], challenger: tuple[str, np.ndarray],
+           z: float = GUARD_Z) -> "Paired":
+        (p, a), (c, b) = preferred, challenger
+        ok_a, ok_b = bool(np.all(np.isfinite(a))), bool(np.all(np.isfinite(b)))
+        n = len(a)
+        if not (ok_a and ok_b):  # NaN never wins; a finite challenger beats a broken preferred one
+            return cls(p, c, np.nan, np.nan, n, z, ok_b)
+        d = b - a
+        se = float(np.std(d, ddof=1) / np.sqrt(n)) if n > 1 else np.inf
+        diff = float(np.mean(d)) if n else 0.0
+        return cls(p, c, diff, se, n, z, diff > (z * se if z > 0 else 0.0))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule": "paired" if self.z > 0 else "mean", "z": self.z,
+                "preferred": self.preferred, "challenger": self.challenger,
+                "difference": _round(self.difference), "stderr": _round(self.stderr),
+                "samples": self.samples, "shipped": self.challenger if self.wins else self.preferred}
+
+
+def _round(v: float) -> float | None:
+    return round(v, 6) if np.isfinite(v) else None
 
 
 @dataclass
@@ -56,16 +110,18 @@ class Choice:
     allocation: str = "global"  # which selection shipped (deploy_allocations)
     keep: Mapping[int, np.ndarray] = field(default_factory=dict)
     allocations: dict[str, float] = field(default_factory=dict)  # its best value per allocation
+    samples: dict[str, np.ndarray] = field(default_factory=dict)  # per candidate, per guard sample
+    decision: Paired | None = None  # how the allocation was chosen (deploy_allocations)
 
     def to_json(self, guard: Guard | None) -> dict[str, Any]:
         out: dict[str, Any] = {"chosen": self.chosen, "allocation": self.allocation}
         if self.allocations:
-            out["allocation_values"] = {k: round(v, 6) if np.isfinite(v) else None
-                                        for k, v in self.allocations.items()}
+            out["allocation_values"] = {k: _round(v) for k, v in self.allocations.items()}
+        if self.decision is not None:
+            out["allocation_rule"] = self.decision.to_json()
         if guard is not None:
             out.update({"value_function": guard.value_fn.name, "guard_samples": guard.note,
-                        "values": {k: round(v, 6) if np.isfinite(v) else None
-                                   for k, v in self.values.items()}})
+                        "values": {k: _round(v) for k, v in self.values.items()}})
         if self.refit_layers:
             out["refit_layers"] = self.refit_layers
         return out
@@ -99,19 +155,21 @@ def deploy(analysis: Analysis, ident: ModelIdentity, keep: Mapping[int, np.ndarr
         name = next(iter(candidates))
         return Choice(candidates[name], name, refit_layers=layers, keep=keep)
     emit({"stage": "deploy", "done": 0, "total": 0})
-    values = {name: guard.value(model) for name, model in candidates.items()}
+    samples = {name: guard.samples(model) for name, model in candidates.items()}
+    values = {name: _mean(s) for name, s in samples.items()}
     # ties (ratio 0, nothing to compensate) go to the earlier, simpler-to-explain candidate
     best = max(values, key=lambda k: (values[k], -list(values).index(k)))
-    return Choice(candidates[best], best, values, layers, keep=keep)
+    return Choice(candidates[best], best, values, layers, keep=keep, samples=samples)
 
 
 def deploy_allocations(analysis: Analysis, ident: ModelIdentity,
                        keeps: Mapping[str, Mapping[int, np.ndarray]], *,
                        means: Mapping[str, np.ndarray] | None, refit_data: Calibration | None,
                        guard: Guard | None, progress: Callable[[dict], None] | None = None,
-                       activations: SiteActivations | None = None) -> Choice:
-    """Deploy each allocation (`keeps`: name -> kept units; the first is preferred on ties)
-    and ship the one whose best candidate has the best value on the guard samples."""
+                       activations: SiteActivations | None = None, z: float = GUARD_Z) -> Choice:
+    """Deploy each allocation (`keeps`: name -> kept units; the first is preferred) and ship
+    the first unless another's best candidate beats it on the guard samples by more than
+    `z` standard errors of the paired differences (`Paired`; z = 0: the higher mean)."""
     choices: dict[str, Choice] = {}
     for name, keep in keeps.items():
         if any(_same(keep, c.keep) for c in choices.values()):
@@ -125,8 +183,12 @@ def deploy_allocations(analysis: Analysis, ident: ModelIdentity,
     if len(choices) == 1:
         return first
     values = {name: c.values[c.chosen] for name, c in choices.items()}
-    best = max(values, key=lambda k: (values[k], -list(values).index(k)))
-    choices[best].allocations = values
+    best, decision = first.allocation, None
+    for name, c in list(choices.items())[1:]:
+        decision = Paired.of((best, choices[best].samples[choices[best].chosen]),
+                             (name, c.samples[c.chosen]), z)
+        best = name if decision.wins else best
+    choices[best].allocations, choices[best].decision = values, decision
     return choices[best]
 
 
