@@ -147,11 +147,15 @@ def best_within(cands: dict, within: str, z: float) -> str:
     return best
 
 
-def ship(rec: dict, within: str, z: float, z_within: float = 2.0) -> tuple[str, str, float]:
-    """(allocation, candidate, task metric kept) under a rule."""
+def ship(rec: dict, within: str, z: float, force: str | None = None,
+         z_within: float = 2.0) -> tuple[str, str, float]:
+    """(allocation, candidate, task metric kept) under a rule (`force`: that allocation,
+    where it was deployed apart from the global one)."""
     picks = {a: best_within(c, within, z_within) for a, c in rec["allocs"].items()}
     alloc = "global"
-    if "uniform" in picks:
+    if force is not None:
+        alloc = force if force in picks else "global"
+    elif "uniform" in picks:
         g, u = rec["allocs"]["global"][picks["global"]], rec["allocs"]["uniform"][picks["uniform"]]
         alloc = "uniform" if Paired.of(("global", _arr(g)), ("uniform", _arr(u)), z).wins else "global"
     cand = picks[alloc]
@@ -186,10 +190,9 @@ def tables(records: dict) -> str:
                 kept, uni = [], 0
                 for r in rs:
                     if z is None:
-                        opts = [ship(r, "mean", 1e9)] + ([ship(r, "mean", -1e9)] if "uniform" in r["allocs"] else [])
-                        a, _, k = max(opts, key=lambda t: t[2])
+                        a, _, k = max((ship(r, "mean", 0.0, a) for a in r["allocs"]), key=lambda t: t[2])
                     elif z in ("g", "u"):
-                        a, _, k = ship(r, "mean", 1e9 if z == "g" else -1e9)
+                        a, _, k = ship(r, "mean", 0.0, {"g": "global", "u": "uniform"}[z])
                     else:
                         a, _, k = ship(r, "mean", z)
                     kept.append(k)

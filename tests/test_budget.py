@@ -121,7 +121,7 @@ def test_guard_ships_the_allocation_that_wins_on_held_out_samples(am):
             assert guard.value(choice.model) == pytest.approx(values[winner], abs=1e-5)
 
 
-def _paired(g, u, z=GUARD_Z):
+def _paired(g, u, z=2.0):
     return Paired.of(("global", np.asarray(g, float)), ("uniform", np.asarray(u, float)), z)
 
 
@@ -149,6 +149,24 @@ def test_paired_rule_nan_never_wins():
     assert _paired(g, bad).to_json()["difference"] is None
 
 
+def test_deploy_allocations_decides_on_the_paired_guard_samples(am):
+    """Two allocations one unit apart: the decision is the paired rule on the per-sample
+    guard values of each allocation's shipped candidate, at the z given."""
+    rng = np.random.default_rng(0)
+    data = as_calibration({"x": rng.standard_normal((32, 4)).astype(np.float32)}, am.proto)
+    guard = Guard(am.proto, data, value_function(am, data), "32 samples")
+    g0, g1 = (g.id for g in am.analysis.prunable)
+    keeps = {"global": {g0: np.arange(1, 16), g1: np.arange(32)},
+             "uniform": {g0: np.arange(15), g1: np.arange(32)}}
+    for z in (0.0, 2.0, 1e6):
+        choice = deploy_allocations(am.analysis, am.ident, keeps, means=None, refit_data=None,
+                                    guard=guard, z=z)
+        d = choice.decision
+        assert (d.z, d.samples, d.preferred, d.challenger) == (z, 32, "global", "uniform")
+        assert choice.allocation == ("uniform" if d.difference > z * d.stderr else "global")
+    assert choice.allocation == "global"  # z = 1e6: no finite lead is beyond the noise
+
+
 def test_prune_reports_allocation_and_removed_fractions(am):
     rng = np.random.default_rng(0)
     calib = {"x": rng.standard_normal((32, 4)).astype(np.float32)}
@@ -160,7 +178,7 @@ def test_prune_reports_allocation_and_removed_fractions(am):
     rule = res.report["deploy"]["allocation_rule"]  # the guard's paired decision, stated
     assert rule["shipped"] == res.report["deploy"]["allocation"]
     assert (rule["preferred"], rule["challenger"], rule["samples"]) == ("global", "uniform", 8)
-    assert rule["rule"] == "paired" and rule["z"] == GUARD_Z
+    assert rule["rule"] == ("paired" if GUARD_Z > 0 else "mean") and rule["z"] == GUARD_Z
     assert (rule["shipped"] == "uniform") == (rule["difference"] > GUARD_Z * rule["stderr"])
     from onnxprune_cli.render import _allocation_line
     line = _allocation_line(res.report["deploy"])

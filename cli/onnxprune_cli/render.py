@@ -69,7 +69,8 @@ def _allocation_line(deploy) -> str | None:
     ahead = (f"{rule['challenger']} - {rule['preferred']} = {diff:+.4g} per sample on average "
              f"(standard error {_value(se)}, {n} paired samples)")
     if rule["rule"] == "mean":
-        return f"allocation: {rule['shipped']} shipped, the higher mean: {ahead}"
+        noise = ", within 2 standard errors: noise" if se is not None and abs(diff) <= 2 * se else ""
+        return f"allocation: {rule['shipped']} shipped, the higher mean: {ahead}{noise}"
     if rule["shipped"] == rule["challenger"]:
         return f"allocation: {rule['shipped']} shipped: {ahead}, more than {rule['z']:g} standard errors"
     return (f"allocation: {rule['preferred']} kept: {ahead}, not more than {rule['z']:g} "

@@ -9,10 +9,11 @@ every candidate's figure, so the user sees what the guard decided and why.
 
 The same guard judges the allocation: the global allocation (select.py) and the uniform one
 at the same budget, each with its best candidate, so that a global allocation that loses on
-held-out samples never ships (`deploy_allocations`). Loses, not ties: on 16-24 samples two
-near-equal allocations differ by noise, so the comparison is paired (both run on the same
-samples) and the uniform one ships only when it is ahead by more than GUARD_Z standard
-errors of the per-sample differences (`Paired`).
+held-out samples never ships (`deploy_allocations`). The comparison is paired (both run on
+the same samples): the uniform one ships when it is ahead by more than GUARD_Z standard
+errors of the per-sample differences (`Paired`; 0 by default: the higher mean), and the
+report gives that difference and its standard error, so a choice between near-equal
+allocations reads as the coin toss it is.
 """
 from __future__ import annotations
 
@@ -58,7 +59,11 @@ def _mean(samples: np.ndarray) -> float:
     return value if np.isfinite(value) else -np.inf  # NaN never wins
 
 
-GUARD_Z = 2.0  # standard errors a challenger must be ahead by (docs/results.md "The guard's rule")
+# standard errors a challenger allocation must be ahead by; 0: the higher mean. Measured
+# (docs/results.md "The guard's allocation rule"): z = 2 kept the global allocation on ties
+# (orientation 0.970 -> 0.975 of its metric) but was 0.0002-0.0006 below on two of the
+# study's three budget means (within their noise), so the higher mean stays the default.
+GUARD_Z = 0.0
 
 
 @dataclass(frozen=True)
