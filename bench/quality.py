@@ -250,7 +250,8 @@ def table_real(records: dict) -> str:
         o, w = by.get("old", {}), by.get("new", {})
 
         def task(r: dict) -> str:
-            return fmt(r.get("task")) if r.get("rc") in (0, 3) else f"exit {r.get('rc')}"
+            gate = " (failed gate)" if r.get("rc") == 3 else ""  # written, below --min-fidelity
+            return fmt(r.get("task")) + gate if r.get("rc") in (0, 3) else f"exit {r.get('rc')}"
         lines.append(f"| {name} | {target} | {ratio} | {fmt(o.get('params_removed'))} / "
                      f"{fmt(w.get('params_removed'))} | {fmt(o.get('macs_removed'))} / "
                      f"{fmt(w.get('macs_removed'))} | {fmt((o or w).get('base'))} | {task(o)} | "
