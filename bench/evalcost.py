@@ -18,6 +18,9 @@ medians, ms per coalition over all scoring samples at the K the engine tuned:
   (e) fp - pre  one forward pass minus one run of the group's prefix on the same samples:
                 the suffix's real share of a forward pass
 
+With `--joint [MODEL ...]`: per model, every group's K coalitions one group after another
+against all of them in one `Engine.values_joint` run (item 3 of issue 16's evaluation part).
+
 a - b is the engine's Python (mask rows, output buffers, the value function); b - c what the
 masks cost inside ORT.
 """
@@ -154,13 +157,62 @@ def measure(model: str, args) -> list[dict]:
     return rows
 
 
+def joint(model: str, ks: list[int], repeats: int) -> None:
+    """Every group of `model` scored one after another (each on its active plan, as the
+    estimators do) against all groups' coalitions carried in one `values_joint` run (rows of
+    group j: its coalition, the other groups all ones), medians of `repeats`, alternated."""
+    am = analyze_model(model_path(model))
+    calib_d, _, _ = data(model, am.proto, 64)
+    scoring = Calibration({k: v[:48] for k, v in calib_d.items()})
+    engine = make_engine(am, scoring, means=site_means(am.analysis, am.ident, scoring.inputs))
+    gids = [g.id for g in am.analysis.prunable]
+    units = [am.analysis.group(g).units for g in gids]
+    off = np.cumsum([0, *units])
+    rng = np.random.default_rng(0)
+    for k in ks:
+        coal = [rng.random((k, u)) < 0.5 for u in units]
+        block = np.ones((k * len(gids), off[-1]), bool)
+        for j, c in enumerate(coal):
+            block[j * k:(j + 1) * k, off[j]:off[j + 1]] = c
+        diff = np.abs(np.concatenate([engine.values(g, c) for g, c in zip(gids, coal)])
+                      - engine.values_joint(gids, block)).max()
+        sep, one = [], []
+        for _ in range(3):
+            sep.append(sum(_median(lambda g=g, c=c: engine.values(g, c), repeats)
+                           for g, c in zip(gids, coal)))
+            one.append(_median(lambda: engine.values_joint(gids, block), repeats))
+        s, j = statistics.median(sep), statistics.median(one)
+        print(f"| {model} | {len(gids)} | {k} | {1e3 * s:.2f} | {1e3 * j:.2f} | {s / j:.2f} "
+              f"| {diff:.1e} |", flush=True)
+
+
+def _median(f, repeats: int) -> float:
+    f()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="*", default=["minilm_l6", "resnet_mnist", "mobilenetv2"])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--coalitions", type=int, default=64)
+    p.add_argument("--joint", nargs="*", default=None, metavar="MODEL",
+                   help="instead: groups one after another against all groups in one run")
+    p.add_argument("--k", type=int, nargs="+", default=[4, 16, 64])
     args = p.parse_args()
     load = os.getloadavg()
+    if args.joint is not None:
+        print("| model | groups | K per group | one after another ms | all in one run ms "
+              "| after/one | max abs diff |\n|---|---:|---:|---:|---:|---:|---:|")
+        for model in args.joint or ["digits_cnn", "resnet_mnist"]:
+            joint(model, args.k, args.repeats)
+        print(f"load average before: {' '.join(f'{x:.1f}' for x in load)}")
+        return
     print("| model | group | units | K old / new | suffix MACs | (o) old engine ms/coal | (a) engine "
           "| o/a | values rel. diff | (b) ORT suffix | (c) unmasked suffix | (d) forward x share "
           "| (e) forward - prefix | a/c | b/c | c/d | c/e |")
