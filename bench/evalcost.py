@@ -127,10 +127,7 @@ def measure(model: str, args) -> list[dict]:
                 names = [o.name for o in sess.get_outputs()]
                 wanted = {i.name for i in sess.get_inputs()}
                 feed = {n: v for n, v in {**data_in, **extra}.items() if n in wanted}
-                try:
-                    sess.run(names, feed)
-                except Exception:
-                    print(gid, k, c, {n: v.shape for n, v in feed.items()}, {n: v.shape for n, v in held.items()}); raise
+                sess.run(names, feed)
 
         ways = {"o": lambda: old.values(gid, coal[:k]),
                 "a": lambda: engine.values(gid, coal[:k]),
