@@ -11,7 +11,7 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -68,18 +68,20 @@ def providers_for(device: str) -> list[str]:
 
 def make_session(model: onnx.ModelProto | str | bytes, device: str = "auto",
                  threads: int | None = None, *, spinning: bool = True,
-                 optimize: bool = True) -> Any:
-    """A session on `device`; with 'cuda' it is an error if CUDA is not what the session got."""
+                 optimize: bool = True, disabled_optimizers: Sequence[str] = ()) -> Any:
+    """A session on `device`; with 'cuda' it is an error if CUDA is not what the session got.
+    `disabled_optimizers`: ORT graph rewrites (by name) this session must not apply."""
     rt = ort()
     wanted = providers_for(device)
     available = rt.get_available_providers()
     providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
     opts = session_options(threads, spinning=spinning, optimize=optimize)
     if isinstance(model, onnx.ModelProto) and is_large(model):
-        sess = _session_from_file(rt, model, opts, providers)
+        sess = _session_from_file(rt, model, opts, providers, disabled_optimizers)
     else:
         source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-        sess = rt.InferenceSession(source, opts, providers=providers)
+        sess = rt.InferenceSession(source, opts, providers=providers,
+                                   disabled_optimizers=list(disabled_optimizers) or None)
     if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
         raise OnnxPruneError("--device cuda: the CUDA execution provider is not usable here "
                              f"(session got {sess.get_providers()[0]}); install 'onnxprune[gpu]' "
@@ -87,14 +89,16 @@ def make_session(model: onnx.ModelProto | str | bytes, device: str = "auto",
     return sess
 
 
-def _session_from_file(rt: Any, model: onnx.ModelProto, opts: Any, providers: list[str]) -> Any:
+def _session_from_file(rt: Any, model: onnx.ModelProto, opts: Any, providers: list[str],
+                       disabled_optimizers: Sequence[str] = ()) -> Any:
     """A model past protobuf's 2 GB limit cannot be handed over as bytes (and a large one would
     be copied twice on the way): write it with external data to a temporary directory and load
     it from there. The directory goes right after loading (on Linux, data ONNX Runtime has
     mapped stays readable until it unmaps it)."""
     with tempfile.TemporaryDirectory(prefix="onnxprune-session-") as tmp:
         path = write_external(model, Path(tmp) / "model.onnx")
-        return rt.InferenceSession(str(path), opts, providers=providers)
+        return rt.InferenceSession(str(path), opts, providers=providers,
+                                   disabled_optimizers=list(disabled_optimizers) or None)
 
 
 def fixed_batch(sess: Any, skip: Mapping[str, Any] | None = None) -> int | None:

@@ -774,3 +774,62 @@ def test_tuning_stops_where_the_planned_work_stops_paying():
     assert not small.info()["plans"][str(gid)]["tuned"]
     plan = capped.info()["plans"][str(gid)]
     assert plan["tuned"] and set(plan["tuned_ms_per_coalition"]) <= {1, 2}
+
+
+# ------------------------------------------------------------------ ORT rewrites left out
+
+
+def _suffix_ops(engine: Engine, gid: int) -> set[str]:
+    return {n.op_type for n in engine._plans[(gid,)].cut.suffix.graph.node}
+
+
+@pytest.mark.parametrize("name", ["bert_tiny", "hf_bert"])
+def test_values_without_skiplayernorm_fusion_equal_before_to_float32_rounding(name, monkeypatch):
+    """The engine's CPU sessions leave out SkipLayerNormFusion (cut.CPU_DISABLED_OPTIMIZERS:
+    slower than LayerNorm + Add). The values are those of the engine with every rewrite,
+    to float32 rounding (the fused kernel sums in another order), and the plain run's."""
+    am = zoo(name)
+    calib = calibration(am)
+    gid = positions(am)[1]
+    coal = coalitions(am.analysis.group(gid).units, 6, 3)
+    new = Engine(am, calib, Probe())
+    got = new.values(gid, coal)
+    for mod in (cut_mod, engine_mod):
+        monkeypatch.setattr(mod, "CPU_DISABLED_OPTIMIZERS", ())
+    old = Engine(am, calib, Probe())
+    before = old.values(gid, coal)
+    assert "SkipLayerNormalization" in _suffix_ops(old, gid)  # the test sees the fusion
+    assert "SkipLayerNormalization" not in _suffix_ops(new, gid)
+    scale = float(np.abs(before).max())
+    assert float(np.abs(got - before).max()) <= 1e-5 * scale
+    assert_same(got, plain_values(am, calib, [gid], coal))
+
+
+def test_tiny_residual_layernorm_values_equal_with_and_without_the_fusion(monkeypatch):
+    """x -> MatMul -> Relu -> MatMul -> + x -> LayerNorm: the pattern ORT fuses into
+    SkipLayerNormalization; the engine's values without the fusion equal those with it to
+    float32 rounding, and the plain run's."""
+    rng = np.random.default_rng(5)
+    w1 = helper.make_tensor("w1", TensorProto.FLOAT, [8, 16], rng.standard_normal(128).tolist())
+    w2 = helper.make_tensor("w2", TensorProto.FLOAT, [16, 8], rng.standard_normal(128).tolist())
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [8], rng.standard_normal(8).tolist())
+    bias = helper.make_tensor("b", TensorProto.FLOAT, [8], rng.standard_normal(8).tolist())
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["d"]), helper.make_node("Add", ["d", "x"], ["a"]),
+             helper.make_node("LayerNormalization", ["a", "s", "b"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8])],
+                              [w1, w2, scale, bias])
+    am = analyze_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    (g,) = am.analysis.prunable
+    calib = calibration(am)
+    coal = coalitions(g.units, 8, 4)
+    got = Engine(am, calib, Probe(), prefix_cache=False).values(g.id, coal)
+    ops = lambda: {n.op_type for n in cut_mod.optimized_cpu_model(am.proto).graph.node}  # noqa: E731
+    assert "SkipLayerNormalization" not in ops()
+    for mod in (cut_mod, engine_mod):
+        monkeypatch.setattr(mod, "CPU_DISABLED_OPTIMIZERS", ())
+    assert "SkipLayerNormalization" in ops()  # the test sees the fusion
+    before = Engine(am, calib, Probe(), prefix_cache=False).values(g.id, coal)
+    assert float(np.abs(got - before).max()) <= 1e-5 * float(np.abs(before).max())
+    assert_same(got, plain_values(am, calib, [g.id], coal))

@@ -29,8 +29,14 @@ from .fixedbatch import same
 from .memory import light_copy
 
 TILE_INPUT = "onnxprune_tile"  # the suffix's extra input [K] when it tiles its data itself
+# ORT CPU rewrites the engine's sessions leave out. SkipLayerNormalization (a residual Add
+# fused into the LayerNorm after it) ran ~7x slower than LayerNorm + Add on this machine
+# (ORT 1.32, 2 cores): 21% of a MiniLM forward pass and of every evaluation
+# (bench/evalcost.py). Values change only at float32 rounding (the sum order).
+CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
-__all__ = ["TILE_INPUT", "Aligned", "Cut", "batch_dim_state", "cut_model", "optimized_cpu_model",
+__all__ = ["CPU_DISABLED_OPTIMIZERS", "TILE_INPUT", "Aligned", "Cut", "batch_dim_state", "cut_model",
+           "optimized_cpu_model",
            "preoptimized_session", "probe_aligned", "shape_aligned", "site_fill"]
 
 
@@ -135,7 +141,8 @@ def optimized_cpu_model(model: onnx.ModelProto) -> onnx.ModelProto | None:
         opts.optimized_model_filepath = path
         try:
             ort().InferenceSession(model.SerializeToString(), opts,
-                                   providers=["CPUExecutionProvider"])
+                                   providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
             return onnx.load(path, load_external_data=False)  # ORT saves its graph inline
         except Exception:  # e.g. a model over 2 GB: the source graph's cut still works
             return None

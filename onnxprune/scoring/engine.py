@@ -55,9 +55,9 @@ from ..compiler.graph import to_proto
 from ..compiler.instrument import mask_name
 from ..errors import OnnxPruneError
 from ..model import AnalyzedModel
-from ..runtime import batch_axes, make_session, run_chunks
+from ..runtime import batch_axes, make_session, ort, run_chunks
 from .backends import Backend, backend_for
-from .cut import Cut, batch_dim_state, cut_model, preoptimized_session, probe_aligned, site_fill
+from .cut import CPU_DISABLED_OPTIMIZERS, Cut, batch_dim_state, cut_model, preoptimized_session, probe_aligned, site_fill
 from .fixedbatch import input_batch, make_batch_dynamic
 from .memory import activations, default_memory_mb, row_bytes
 from .plans import Chunk, Plan, chunk_rows, make_chunks, mask_rows
@@ -264,8 +264,11 @@ class Engine:
         return analysis, fixed, f"fixed {fixed}"
 
     def _session(self, model: onnx.ModelProto, device: str, preoptimized: bool = False) -> Any:
-        if not preoptimized:
-            return make_session(model, device, self.threads, spinning=self.spinning)
+        if not preoptimized:  # CPU: the same rewrites as the cut's optimized graph
+            cpu = device == "cpu" or (device == "auto" and "CUDAExecutionProvider"
+                                      not in ort().get_available_providers())
+            skip = {"disabled_optimizers": CPU_DISABLED_OPTIMIZERS} if cpu else {}
+            return make_session(model, device, self.threads, spinning=self.spinning, **skip)
         return preoptimized_session(model, self.threads, self.spinning)
 
     def _values_mixing(self, gids: tuple[int, ...], masks: list[np.ndarray]) -> np.ndarray:
