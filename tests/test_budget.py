@@ -56,6 +56,19 @@ def test_rounding_keeps_multiples_and_meets_the_budget_within_one_block(am, roun
     assert abs(removed - 0.5) <= step_cost(am, scores, "params", round_to) + 1e-9
 
 
+def test_a_large_step_that_overshoots_is_passed_over_for_smaller_ones(am):
+    # g0's units cost 37 params (4 in + bias + 32 out), g1's 20: g0 ranks lowest, and at this
+    # ratio its next unit would pass the budget by more than the prefix falls short
+    g0, g1 = (g.id for g in am.analysis.prunable)
+    scores = {g0: np.linspace(0, 1, 16), g1: np.linspace(10, 20, 32)}
+    budget = Budget(am.analysis, scores)
+    unit = budget.unit_cost(g1, "params") / budget.prunable[0]
+    ratio = 2.45 * budget.unit_cost(g0, "params") / budget.prunable[0]
+    keep = select(am.analysis, scores, ratio, target="params", min_keep=1)
+    assert len(keep[g0]) == 14 and len(keep[g1]) < 32     # two of g0, the rest from g1
+    assert abs(budget.removed(keep, "params") - ratio) <= unit / 2 + 1e-9
+
+
 def test_global_removes_where_scores_are_lowest(am):
     g0, g1 = (g.id for g in am.analysis.prunable)
     scores = {g0: np.linspace(10, 20, 16), g1: np.linspace(0, 1, 32)}

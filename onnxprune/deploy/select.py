@@ -5,7 +5,8 @@
 multiply-accumulates) or `units` (the units of the scored groups). By default removals are
 placed by one ranking across groups (global allocation): a unit's score per unit of cost,
 lowest first, until the budget is met to within one removal step (one unit, or one
-`round_to` block). Shapley, leave-one-out and Taylor scores are in the units of the
+`round_to` block); a step that would pass the budget by more than it falls short is passed
+over for smaller ones ranked after it. Shapley, leave-one-out and Taylor scores are in the units of the
 objective and compare across groups as they are; heuristic scores (weight norms, activation
 statistics) are first normalized per group as LAMP does (Lee et al. 2021: a unit's score over
 the sum of the scores at least as large), so that no layer's scale decides.
@@ -32,6 +33,7 @@ TARGETS = ("units", "params", "macs")
 DEFAULT_TARGET = "macs"  # measured (docs/results.md, "Which target by default"): on the study's
 # models it removes >= R of the params too, at the params target's accuracy (within 0.002)
 DEFAULT_MIN_KEEP = 0.1
+FILL_TRIES = 256  # later steps _fill may try (one cost-model evaluation each)
 
 
 def n_removed(units: int, ratio: float, multiple: int = 1) -> int:
@@ -158,7 +160,8 @@ def _steps(units: int, multiple: int, least: int) -> list[int]:
 def _select_global(budget: Budget, scores, ratio, target, multiple, least) -> dict[int, np.ndarray]:
     """Rank removal steps of every group by score per unit of cost (a group's steps stay in
     order, lowest-scored units first) and take the prefix whose removed cost is nearest the
-    budget: within one step of it."""
+    budget: within one step of it, then filled with later steps while that brings it
+    nearer (`_fill`)."""
     orders = {g: _order(np.asarray(s, dtype=np.float64)) for g, s in scores.items()}
     steps = []  # (score per cost, gid, step index, kept width after the step)
     for gid, s in scores.items():
@@ -170,11 +173,17 @@ def _select_global(budget: Budget, scores, ratio, target, multiple, least) -> di
             width = w
     steps.sort(key=lambda t: (t[0], t[2], t[1]))
 
-    def keep_after(n: int) -> dict[int, np.ndarray]:
+    def widths_after(n: int) -> dict[int, int]:
         width = {gid: len(s) for gid, s in scores.items()}
         for _, gid, _, w in steps[:n]:
             width[gid] = min(width[gid], w)
+        return width
+
+    def to_keep(width: Mapping[int, int]) -> dict[int, np.ndarray]:
         return {gid: np.sort(orders[gid][len(scores[gid]) - width[gid]:]) for gid in scores}
+
+    def keep_after(n: int) -> dict[int, np.ndarray]:
+        return to_keep(widths_after(n))
 
     lo, hi = 0, len(steps)  # the fewest steps that reach the budget
     while lo < hi:
@@ -187,7 +196,30 @@ def _select_global(budget: Budget, scores, ratio, target, multiple, least) -> di
         over = budget.removed(keep_after(lo), target) - ratio
         under = ratio - budget.removed(keep_after(lo - 1), target)
         lo = lo - 1 if under < over else lo
-    return keep_after(lo)
+    width = _fill(budget, steps[lo:lo + FILL_TRIES], widths_after(lo), to_keep, ratio, target)
+    return to_keep(width)
+
+
+def _fill(budget: Budget, later, width: dict[int, int], to_keep, ratio: float,
+          target: str) -> dict[int, int]:
+    """Later steps that bring a prefix that falls short nearer the budget: a step is taken if
+    it narrows the gap (passing the budget by less than it fell short), else its group keeps
+    its width from then on (a group's steps stay in order). One large step (a channel of a
+    first conv, a sizable share of the MACs) no longer leaves the budget short by its cost."""
+    gap = ratio - budget.removed(to_keep(width), target)
+    passed: set[int] = set()
+    for _, gid, _, w in later:
+        if gap <= 1e-12:
+            break
+        if gid in passed:
+            continue
+        trial = {**width, gid: min(width[gid], w)}
+        trial_gap = ratio - budget.removed(to_keep(trial), target)
+        if abs(trial_gap) < abs(gap):
+            width, gap = trial, trial_gap
+        else:
+            passed.add(gid)
+    return width
 
 
 def repair_empty(analysis: Analysis, keep: dict[int, np.ndarray],
