@@ -95,7 +95,12 @@ STOP_ROUNDS = 4
 # after 5.3 chains instead of 8, agreement with a 96-chain reference 0.972 against 0.974; no
 # change on the study models, whose chains are 1-12 rows (docs/benchmarks.md, s7-stop)
 STOP_ROWS = 64
-STOP_SHARE = 0.03  # tighter than the 95% aim: the reference itself is noisy
+# 5%: the 95% aim itself. The expectation is calibrated where it matters (MiniLM's last FFN
+# group: 72.9 expected against 70.7 measured disagreements with a 96-chain reference after 2
+# chains, 28.0 against 29.3 after 15); on the study models 0.05 against 0.03 cost 0-16% fewer
+# evaluations at the same agreement (docs/benchmarks.md, s7-stop). 0.03 allowed for a noisy
+# reference, which a long run of a 1,536-unit group is not (its halves agree on 0.986)
+STOP_SHARE = 0.05
 
 
 def truncation_depth(n: int, removed_share: float | None, margin: float | None = None) -> int:
