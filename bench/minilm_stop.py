@@ -176,6 +176,22 @@ def stops(reps, ref_v, n: int, k: int, d: int, planned: int) -> None:
                   f"{np.mean(dis):.1f} | {1 - np.mean(dis) / n:.3f} |")
 
 
+def refine_step(game, rng, units, marg, d: int, k: int, parts: int = 4):
+    """One chain's worth of star rows (d), in ``parts`` rounds, each to units in proportion to
+    their wrong-side probability (as truncated._refine, but a unit seen fewer than twice counts
+    as contested, p = 0.5, instead of refusing the round)."""
+    arms = tr.STAR_ARMS
+    for _ in range(parts):
+        v, se = values_of([(units, marg)], game.n)
+        p, _ = wrong_side(v, se, k)
+        stars = max(1, d // parts // (arms + 1))
+        slots = tr._contested_slots(rng, p, (stars, arms, len(game.v_full_ps)))
+        extra = tr._star_marginals(game, rng, slots, d)
+        ok = ~np.isnan(extra)
+        units, marg = np.concatenate([units, slots[ok]]), np.concatenate([marg, extra[ok]])
+    return units, marg
+
+
 def refine_study(name: str, n_ref: int, seeds: int, start: int, cap: int) -> None:
     """``start`` pool chains (from past the reference) then star rows, one chain's worth of rows
     per step, live; E[wrong side] and disagreement with the reference after each step."""
@@ -194,15 +210,14 @@ def refine_study(name: str, n_ref: int, seeds: int, start: int, cap: int) -> Non
         game, rng = game_for(engine, g), np.random.default_rng(40_000 + seed)
         rows = start * d
         while True:
-            mean, se, _ = tr._summarize(units, marg, n)
+            mean, se = values_of([(units, marg)], n)
             ew = float(wrong_side(mean, se, k)[0].sum())
             print(f"| {seed} | {rows} | {ew:.1f} ({ew / n:.1%}) | {disagree(mean, ref_v, k)} | "
                   f"{1 - disagree(mean, ref_v, k) / n:.3f} |", flush=True)
             if ew < 0.03 * n or rows >= cap * d:
                 break
-            e0 = game.evaluations
-            units, marg, _ = tr._refine(game, rng, units, marg, d, k, d, 0.0)
-            rows += game.evaluations - e0
+            units, marg = refine_step(game, rng, units, marg, d, k)
+            rows = start * d + game.evaluations - 2  # the endpoints are not rows of the design
 
 
 def setup_groups_only():

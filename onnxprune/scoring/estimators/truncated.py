@@ -31,17 +31,18 @@ on any sample. ``info["wrong_side"]``: the expected number of units on the wrong
 the group's cut (``cut``: the units expected to go; default the depth), from the stderrs
 (normal approximation, as ``cutaware``).
 
-Early stop (``stop_share``, default ``STOP_SHARE`` = 0.03)
+Early stop (``stop_share``, default ``STOP_SHARE`` = 0.05)
 ---------------------------------------------------------
-The planned chains are drawn at once (the same orders as one batch) and run in
-``STOP_ROUNDS`` rounds; after each round but the last the group stops once its expected
-wrong-side count is below ``stop_share`` x n (at least one round; a unit with fewer than 2
-marginals counts 0.5). The planned count stays the upper bound, so a group that stops only
-finishes sooner. ``info``: ``chains`` run, ``chains_planned``, ``stopped`` ("confident" or
-"planned"). Measured (docs/benchmarks.md, "Early stop of the chains"): at the default marginal
-count most groups end well above 3% (5-16% of their units on the study models), so few stop:
-0-18% fewer evaluations per model, agreement unchanged within seed noise; no help with
-MiniLM's cost (its FFN groups reach 3% only past half their chains).
+The planned chains are drawn at once (the same orders as one batch) and run in rounds of a
+``STOP_ROUNDS``-th of them, or of one chain at a time where that would be over ``STOP_ROWS``
+rows (long chains: a 1,536-unit FFN group's are 113 rows); after each round but the last the
+group stops once its expected wrong-side count is below ``stop_share`` x n (at least one round;
+a unit with fewer than 2 marginals counts 0.5). The planned count stays the upper bound, so a
+group that stops only finishes sooner. ``info``: ``chains`` run, ``chains_planned``,
+``stopped`` ("confident" or "planned"). Measured (docs/benchmarks.md, "Stopping per chain at
+5%"): the expectation matches the disagreement with a 16x longer run on MiniLM's last FFN
+group, whose chains now stop after 2 (0.952 agreement; 8 at HEAD's 3% in quarters); on the
+study models 0-16% fewer evaluations than at 3%, agreement unchanged within seed noise.
 
 Refinement (``refine`` > 0, off by default)
 -------------------------------------------
