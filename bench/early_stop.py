@@ -28,12 +28,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 from agreement import setup  # noqa: E402
 from cost import SHARE, agreement, data, reference  # noqa: E402
 from onnxprune.scoring import shapley  # noqa: E402
-from onnxprune.scoring.estimators import estimate_truncated, truncation_depth  # noqa: E402
+from onnxprune.scoring.estimators import estimate_truncated, truncated, truncation_depth  # noqa: E402
 
 
 def run(engine, g, seed: int, **kw):
+    # wrong side counted at the cut, as prune() counts it (shapley_group), not at the depth
     return estimate_truncated(shapley._GroupValue(engine, g.id), g.units, budget=10**9,
-                              depth=truncation_depth(g.units, SHARE), seed=seed, batch=256, **kw)
+                              depth=truncation_depth(g.units, SHARE), seed=seed, batch=256,
+                              cut=truncation_depth(g.units, SHARE, margin=1.0), **kw)
 
 
 def main() -> None:
@@ -43,8 +45,10 @@ def main() -> None:
     ap.add_argument("--targets", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.03])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--ref-mult", type=int, default=20)
+    ap.add_argument("--stop-rows", type=int, nargs="+", default=[truncated.STOP_ROWS],
+                    help="rows per stop check (truncated.STOP_ROWS; 1000000000: quarters only)")
     args = ap.parse_args()
-    print("| model | units (groups) | stop_share | evaluations | agree vs ref (mean, min..max) "
+    print("| model | units (groups) | stop_share / STOP_ROWS | evaluations | agree vs ref (mean, min..max) "
           "| E[wrong side] | groups stopped early |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
@@ -53,7 +57,8 @@ def main() -> None:
         ref = reference(name, path, calib, args.ref_mult, "truncated")
         ref = {g.id: ref[g.id] for g in groups}
         units = sum(g.units for g in groups)
-        for target in args.targets:
+        for target, rows in [(t, r) for t in args.targets for r in args.stop_rows]:
+            truncated.STOP_ROWS = rows
             agree, evals, wrong, stopped = [], [], [], 0
             for seed in range(args.seeds):
                 ests = {g.id: run(engine, g, seed + g.id, stop_share=target) for g in groups}
@@ -61,7 +66,7 @@ def main() -> None:
                 evals.append(sum(e.evaluations for e in ests.values()))
                 wrong.append(sum(e.info["wrong_side"] for e in ests.values()))
                 stopped += sum(e.info["stopped"] == "confident" for e in ests.values())
-            print(f"| {name} | {units} ({len(groups)}) | {target:g} | {np.mean(evals):.0f} | "
+            print(f"| {name} | {units} ({len(groups)}) | {target:g} / {rows} | {np.mean(evals):.0f} | "
                   f"{np.mean(agree):.3f} ({min(agree):.3f}..{max(agree):.3f}) | "
                   f"{np.mean(wrong):.1f} | {stopped} of {len(groups) * args.seeds} |", flush=True)
 

@@ -221,7 +221,7 @@ def test_refinement_on_noisy_samples_stays_unbiased_seeded_and_within_budget():
     x = np.random.default_rng(9).standard_normal((8, 4)).astype(np.float32)
     engine, gid, c = engine_and_contributions(x)
     plain = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=3, budget=5000,
-                                 marginals=400, seed=3)
+                                 marginals=400, seed=3, stop_share=0.0)  # the whole plan
     runs = [E.estimate_truncated(value_fn(engine, gid), UNITS, depth=3, budget=5000,
                                  marginals=400, seed=3, refine=0.6, stop_wrong=0.0)
             for _ in range(2)]
@@ -296,3 +296,35 @@ def test_early_stop_is_seeded_and_reported():
     chains = scores.to_json()["chains"]
     assert chains["stopped"] == "confident" and chains["run"] < chains["planned"]
     assert "stopped early" in scores.to_json()["game"]
+
+
+def test_long_chains_are_checked_after_each_chain():
+    """Rounds hold a STOP_ROUNDS-th of the planned chains unless that is over STOP_ROWS rows:
+    a FFN-sized chain (113 rows) is a round of its own, short chains keep the quarters."""
+    rows = E.truncated.STOP_ROWS
+    assert E.truncated.stop_round_chains(15, 113) == 1
+    assert E.truncated.stop_round_chains(15, 3) == -(-15 // E.truncated.STOP_ROUNDS)
+    assert E.truncated.stop_round_chains(40, rows // 3) == 3
+    assert E.truncated.stop_round_chains(1, 1) == 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_per_chain_check_stops_no_later_than_the_quarters(seed, monkeypatch):
+    """The same chains (one draw of orders) checked after every chain stop at or before the
+    chain the quarter rounds stop at, and where they stop the cut is as clear as asked."""
+    rng = np.random.default_rng(20 + seed)
+    x = np.tile(rng.standard_normal((1, 4)), (5, 1)) + 0.05 * rng.standard_normal((5, 4))
+    engine, gid, _ = engine_and_contributions(x.astype(np.float32))
+    fn = value_fn(engine, gid)
+
+    def run(stop_rows: int):
+        monkeypatch.setattr(E.truncated, "STOP_ROWS", stop_rows)
+        return E.estimate_truncated(fn, UNITS, depth=4, budget=10**6, marginals=96, seed=seed,
+                                    stop_share=0.03)
+
+    quarters, each = run(10**6), run(4)
+    assert each.info["chains_planned"] == quarters.info["chains_planned"] >= 8
+    assert each.info["chains"] <= quarters.info["chains"]
+    assert each.evaluations == 2 + 4 * each.info["chains"]
+    if each.info["stopped"] == "confident":
+        assert each.info["wrong_side"] < 0.03 * UNITS

@@ -1,0 +1,257 @@
+"""Stopping the truncated chains on the MiniLM-L6-sized encoder's groups (issue 16, s7-stop):
+per-chain stop checks, refinement on 1,536-unit groups, calibration of E[wrong side].
+
+    PYTHONPATH=.:cli python bench/minilm_stop.py pool --groups ffn_last ffn_first heads_last --chains 40
+    PYTHONPATH=.:cli python bench/minilm_stop.py study --groups ffn_last ffn_first heads_last --ref 32
+    PYTHONPATH=.:cli python bench/minilm_stop.py refine --groups ffn_last --seeds 2
+
+The game is the command's (bench/cost.py's MiniLM data: `build_minilm.inputs(64, 32, 0)`, 48
+scoring samples, the mean-compensated game, the truncated game at the depth of a params budget of
+0.5, wrong side counted at that budget's cut). ``pool`` runs plain chains (seed 30000 + chain) and
+caches each chain's marginals in bench/.cache (so a pool grows, never recomputes). ``study``
+splits a group's pool: the first ``--ref`` chains are the reference (a long run of the same
+game), the rest are independent replicates of a design, which are simulated by replaying the
+pool's chains in order (chains are i.i.d., so a design that runs m chains is m pool chains):
+E[wrong side] and measured disagreement after each chain, and where the round-checked stop and
+the per-chain stop end. ``refine`` runs 2 pool chains + star refinement rows on live
+evaluations until E[wrong side] is under 5% / 3% of the group.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from cost import CACHE, SHARE  # noqa: E402
+from onnxprune.scoring import shapley  # noqa: E402
+from onnxprune.scoring.estimators import truncated as tr  # noqa: E402
+from onnxprune.scoring.estimators.cutaware import wrong_side  # noqa: E402
+from onnxprune.scoring.estimators.game import open_game  # noqa: E402
+
+_SETUP: dict = {}
+
+
+def setup():
+    """(engine, {name: group}) for MiniLM, once per process."""
+    if not _SETUP:
+        from agreement import setup as agree_setup
+        t0 = time.perf_counter()
+        _, engine, groups = agree_setup("minilm_l6")
+        ffn = [g for g in groups if g.units == 1536]
+        heads = [g for g in groups if g.units == 12]
+        _SETUP["engine"] = engine
+        _SETUP["groups"] = {"ffn_first": ffn[0], "ffn_last": ffn[-1], "ffn_mid": ffn[len(ffn) // 2],
+                            "heads_first": heads[0], "heads_last": heads[-1]}
+        print(f"setup {time.perf_counter() - t0:.0f} s; groups "
+              f"{[(k, g.id, g.units) for k, g in _SETUP['groups'].items()]}", flush=True)
+    return _SETUP["engine"], _SETUP["groups"]
+
+
+def dims(n: int) -> tuple[int, int]:
+    """(depth, cut) as prune() sets them for a group that loses SHARE of its units."""
+    return tr.truncation_depth(n, SHARE), tr.truncation_depth(n, SHARE, margin=1.0)
+
+
+def chain_file(gid: int, c: int) -> Path:
+    digest = hashlib.sha256((CACHE / "minilm_l6.onnx").read_bytes()[:1 << 20]).hexdigest()[:8]
+    return CACHE / "minilm_pool" / f"g{gid}_m{tr.DEPTH_MARGIN:g}_{digest}_c{c}.npz"
+
+
+def game_for(engine, g):
+    return open_game(shapley._GroupValue(engine, g.id), g.units, 10**9, 256, cache=False)
+
+
+def run_pool(name: str, chains: int) -> None:
+    engine, groups = setup()
+    g = groups[name]
+    d, _ = dims(g.units)
+    game = game_for(engine, g)
+    for c in range(chains):
+        file = chain_file(g.id, c)
+        if file.exists():
+            continue
+        rng = np.random.default_rng(30_000 + c)
+        orders = rng.permuted(np.tile(np.arange(g.units), (len(game.v_full_ps), 1)), axis=1)[None]
+        t0, e0 = time.perf_counter(), game.evaluations
+        marg = tr._marginals(game, orders, d)[0]  # [N, d]
+        file.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(file, units=orders[0, :, :d], marg=marg)
+        dt = time.perf_counter() - t0
+        print(f"{name} chain {c}: {game.evaluations - e0} rows, {dt:.1f} s "
+              f"({1000 * dt / max(1, game.evaluations - e0):.0f} ms/row)", flush=True)
+
+
+def load_pool(gid: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    out, c = [], 0
+    while chain_file(gid, c).exists():
+        z = np.load(chain_file(gid, c))
+        out.append((z["units"].reshape(-1), z["marg"].reshape(-1)))
+        c += 1
+    return out
+
+
+def values_of(chains, n: int) -> tuple[np.ndarray, np.ndarray]:
+    units = np.concatenate([u for u, _ in chains])
+    marg = np.concatenate([m for _, m in chains])
+    mean, se, count = tr._summarize(units, marg, n)
+    seen = count > 0
+    return np.where(seen, mean, mean[seen].max() if seen.any() else 0.0), se
+
+
+def disagree(values: np.ndarray, ref: np.ndarray, k: int) -> int:
+    mine = np.zeros(len(ref), bool)
+    mine[np.argsort(values, kind="stable")[:k]] = True
+    theirs = np.zeros(len(ref), bool)
+    theirs[np.argsort(ref, kind="stable")[:k]] = True
+    return int((mine != theirs).sum())
+
+
+def study(names: list[str], n_ref: int, planned: int) -> None:
+    _, groups = setup_groups_only()
+    for name in names:
+        gid, n = groups[name]
+        d, k = dims(n)
+        pool = load_pool(gid)
+        ref, rest = pool[:n_ref], pool[n_ref:]
+        ref_v, ref_se = values_of(ref, n)
+        half = values_of(ref[: n_ref // 2], n)[0], values_of(ref[n_ref // 2:], n)[0]
+        ref_wrong = float(wrong_side(ref_v, ref_se, k)[0].sum())
+        print(f"\n{name} (group {gid}): {n} units, depth {d} rows/chain, cut {k}; reference "
+              f"{len(ref)} chains ({len(ref) * d} rows), its own E[wrong] {ref_wrong:.1f}; half vs "
+              f"half disagree {disagree(half[0], half[1], k)} (agreement "
+              f"{1 - disagree(half[0], half[1], k) / n:.3f})")
+        print("| chains | rows | E[wrong side] (share) | disagree with ref | agreement | replicates |")
+        print("|---|---|---|---|---|---|")
+        reps = [rest[i:i + planned] for i in range(0, len(rest) - planned + 1, planned)] or [rest]
+        for m in range(1, max(len(r) for r in reps) + 1):
+            ew, dis = [], []
+            for r in reps:
+                if len(r) < m:
+                    continue
+                v, se = values_of(r[:m], n)
+                ew.append(float(wrong_side(v, se, k)[0].sum()))
+                dis.append(disagree(v, ref_v, k))
+            print(f"| {m} | {m * d} | {np.mean(ew):.1f} ({np.mean(ew) / n:.1%}) | "
+                  f"{np.mean(dis):.1f} | {1 - np.mean(dis) / n:.3f} | {len(ew)} |")
+        stops(reps, ref_v, n, k, d, planned)
+
+
+def stop_at(seq: list[float], checks: list[int], target: float) -> int:
+    """Chains run by a rule that checks after the chain counts ``checks`` (the last = planned)."""
+    for m in checks:
+        if m >= len(seq) or seq[m - 1] < target:
+            return min(m, len(seq))
+    return len(seq)
+
+
+def stops(reps, ref_v, n: int, k: int, d: int, planned: int) -> None:
+    """Where each stop rule ends on the replicates, and the disagreement there."""
+    curves = []
+    for r in reps:
+        ew, dis = [], []
+        for m in range(1, len(r) + 1):
+            v, se = values_of(r[:m], n)
+            ew.append(float(wrong_side(v, se, k)[0].sum()))
+            dis.append(disagree(v, ref_v, k))
+        curves.append((ew, dis))
+    size = -(-planned // tr.STOP_ROUNDS)
+    rules = {f"rounds of {size} (HEAD)": list(range(size, planned, size)) + [planned],
+             "every chain": list(range(1, planned + 1)),
+             "every chain from 2": list(range(2, planned + 1))}
+    print(f"| rule ({planned} planned) | stop share | chains run (mean; each) | rows | "
+          f"disagree with ref | agreement |")
+    print("|---|---|---|---|---|---|")
+    for share in (0.02, 0.03, 0.04, 0.05):
+        for rule, checks in rules.items():
+            ms = [stop_at(ew, checks, share * n) for ew, _ in curves]
+            dis = [c[1][m - 1] for c, m in zip(curves, ms)]
+            print(f"| {rule} | {share:g} | {np.mean(ms):.1f}; {ms} | {np.mean(ms) * d:.0f} | "
+                  f"{np.mean(dis):.1f} | {1 - np.mean(dis) / n:.3f} |")
+
+
+def refine_step(game, rng, units, marg, d: int, k: int, parts: int = 4):
+    """One chain's worth of star rows (d), in ``parts`` rounds, each to units in proportion to
+    their wrong-side probability (as truncated._refine, but a unit seen fewer than twice counts
+    as contested, p = 0.5, instead of refusing the round)."""
+    arms = tr.STAR_ARMS
+    for _ in range(parts):
+        v, se = values_of([(units, marg)], game.n)
+        p, _ = wrong_side(v, se, k)
+        stars = max(1, d // parts // (arms + 1))
+        slots = tr._contested_slots(rng, p, (stars, arms, len(game.v_full_ps)))
+        extra = tr._star_marginals(game, rng, slots, d)
+        ok = ~np.isnan(extra)
+        units, marg = np.concatenate([units, slots[ok]]), np.concatenate([marg, extra[ok]])
+    return units, marg
+
+
+def refine_study(name: str, n_ref: int, seeds: int, start: int, cap: int) -> None:
+    """``start`` pool chains (from past the reference) then star rows, one chain's worth of rows
+    per step, live; E[wrong side] and disagreement with the reference after each step."""
+    engine, groups = setup()
+    g = groups[name]
+    n, (d, k) = g.units, dims(g.units)
+    pool = load_pool(g.id)
+    ref_v = values_of(pool[:n_ref], n)[0]
+    print(f"\n{name}: {start} chains + refinement, {d} rows per step, cut {k}")
+    print("| seed | rows | E[wrong side] (share) | disagree with ref | agreement |")
+    print("|---|---|---|---|---|")
+    for seed in range(seeds):
+        part = pool[n_ref + seed * start: n_ref + (seed + 1) * start]
+        units = np.concatenate([u for u, _ in part])
+        marg = np.concatenate([m for _, m in part])
+        game, rng = game_for(engine, g), np.random.default_rng(40_000 + seed)
+        rows = start * d
+        while True:
+            mean, se = values_of([(units, marg)], n)
+            ew = float(wrong_side(mean, se, k)[0].sum())
+            print(f"| {seed} | {rows} | {ew:.1f} ({ew / n:.1%}) | {disagree(mean, ref_v, k)} | "
+                  f"{1 - disagree(mean, ref_v, k) / n:.3f} |", flush=True)
+            if ew < 0.03 * n or rows >= cap * d:
+                break
+            units, marg = refine_step(game, rng, units, marg, d, k)
+            rows = start * d + game.evaluations - 2  # the endpoints are not rows of the design
+
+
+def setup_groups_only():
+    """(None, {name: (gid, units)}) from the pool files' names (no engine: study runs offline)."""
+    import onnxprune
+    am = onnxprune.analyze_model(str(CACHE / "minilm_l6.onnx"))
+    gs = [g for g in am.analysis.prunable if g.units > 8]
+    ffn = [g for g in gs if g.units == 1536]
+    heads = [g for g in gs if g.units == 12]
+    pick = {"ffn_first": ffn[0], "ffn_last": ffn[-1], "ffn_mid": ffn[len(ffn) // 2],
+            "heads_first": heads[0], "heads_last": heads[-1]}
+    return None, {k: (g.id, g.units) for k, g in pick.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["pool", "study", "refine"])
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--start", type=int, default=2)
+    ap.add_argument("--cap", type=int, default=15)
+    ap.add_argument("--groups", nargs="+", default=["ffn_last"])
+    ap.add_argument("--chains", type=int, default=40)
+    ap.add_argument("--ref", type=int, default=32)
+    ap.add_argument("--planned", type=int, default=15)
+    args = ap.parse_args()
+    for name in args.groups:
+        if args.what == "pool":
+            run_pool(name, args.chains)
+    if args.what == "refine":
+        for name in args.groups:
+            refine_study(name, args.ref, args.seeds, args.start, args.cap)
+    if args.what == "study":
+        study(args.groups, args.ref, args.planned)
+
+
+if __name__ == "__main__":
+    main()
