@@ -24,6 +24,10 @@ MIN_OPSET = 9
 # external data. Module constants, so that tests can route small models the same way.
 PROTOBUF_LIMIT = 2**31 - 1
 LARGE_MODEL = 1 << 28
+# Shape inference and the checker read no weight data: a model with this many bytes or more
+# is inferred and checked with its weights of 1 MB or more as stubs (dims, no data) rather
+# than serialized whole for each (4-5 copies of its weights in onnx's C++ round trip).
+HEAVY_MODEL = 1 << 23
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -139,7 +143,7 @@ def check(model: onnx.ModelProto, full_check: bool = False) -> None:
     """onnx.checker.check_model, also for a large model: its weights then become references
     into a sparse file of their size (no disk used), which the checker, reading the model from
     a path, finds in place but never reads."""
-    if not is_large(model):
+    if not is_heavy(model):
         onnx.checker.check_model(model, full_check=full_check)
         return
     light, pairs = split_weights(model)
@@ -222,7 +226,7 @@ def split_weights(model: onnx.ModelProto, threshold: int = 1 << 20,
     _copy_fields(model.graph, light.graph, skip="initializer")
     pairs = []
     for t in model.graph.initializer:
-        if t.data_type != onnx.TensorProto.STRING and _tensor_bytes(t) >= threshold:
+        if t.data_type != onnx.TensorProto.STRING and _at_least(t, threshold):
             stub = light.graph.initializer.add()
             stub.name, stub.data_type = t.name, t.data_type
             stub.dims.extend(t.dims)
@@ -285,6 +289,14 @@ def _copy_fields(src, dst, skip: str) -> None:
             setattr(dst, fd.name, value)
 
 
+def _at_least(t: onnx.TensorProto, threshold: int) -> bool:
+    """Whether the tensor's serialized size reaches `threshold`: its raw data alone decides
+    when it does (sizing a tensor means encoding it, a copy of its data)."""
+    if t.HasField("raw_data") and _raw_length(t) >= threshold:
+        return True
+    return _tensor_bytes(t) >= threshold
+
+
 def _tensor_bytes(t: onnx.TensorProto) -> int:
     try:
         return t.ByteSize()
@@ -317,6 +329,11 @@ def _all_tensors(model: onnx.ModelProto):
 
 def is_large(model: onnx.ModelProto) -> bool:
     return approx_bytes(model) >= min(LARGE_MODEL, PROTOBUF_LIMIT)
+
+
+def is_heavy(model: onnx.ModelProto) -> bool:
+    """Whether shape inference and the checker take the model without its weights' data."""
+    return approx_bytes(model) >= min(HEAVY_MODEL, LARGE_MODEL, PROTOBUF_LIMIT)
 
 
 def approx_bytes(model: onnx.ModelProto) -> int:

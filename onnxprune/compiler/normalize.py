@@ -17,7 +17,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 from onnx_graphsurgeon.util.exception import OnnxGraphSurgeonException
 
 from ..errors import OnnxPruneError
-from ..load import all_nodes, check_inference_crashes, check_opset, is_large, split_weights
+from ..load import all_nodes, check_inference_crashes, check_opset, is_heavy, is_large, split_weights
 from .shapes import (fill_expand_shapes, fold_reshape_targets, fold_shape_expands,
                      fold_slice_bounds, probe_reshape_targets, probe_unknown_shapes)
 
@@ -165,11 +165,13 @@ def _reinfer(graph: gs.Graph) -> gs.Graph:
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape inference that keeps going on ops it does not know (custom domains). A large
-    model (load.is_large: near or past protobuf's 2 GB limit) is inferred without its large
-    weights and gets the result in place (copying it would cost as much memory again)."""
+    """Shape inference that keeps going on ops it does not know (custom domains). A heavy
+    model (load.is_heavy: 8 MB or more) is inferred without its weights of 1 MB or more (a
+    whole model's round trip through onnx's C++ copies its weights 4-5 times; past protobuf's
+    2 GB limit it is impossible) and gets the result in place: `model` itself, with what
+    inference writes (value_info, output types, nodes' subgraphs) as it would have been."""
     check_inference_crashes(model)
-    light = split_weights(model)[0] if is_large(model) else None
+    light = split_weights(model)[0] if is_heavy(model) else None
     try:
         inferred = onnx.shape_inference.infer_shapes(model if light is None else light,
                                                      check_type=False, strict_mode=False,
@@ -178,8 +180,9 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         raise OnnxPruneError(f"model is inconsistent: {str(exc).splitlines()[0]}") from None
     if light is None:
         return inferred
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(inferred.graph.value_info)
+    for name in ("value_info", "output", "node"):
+        del getattr(model.graph, name)[:]
+        getattr(model.graph, name).extend(getattr(inferred.graph, name))
     return model
 
 
