@@ -216,17 +216,23 @@ def _umask() -> int:
     return mask
 
 
-def split_weights(model: onnx.ModelProto, threshold: int = 1 << 20,
+_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+           onnx.TensorProto.DOUBLE}
+
+
+def split_weights(model: onnx.ModelProto, threshold: int = 1 << 20, floats_only: bool = False,
                   ) -> tuple[onnx.ModelProto, list[tuple[onnx.TensorProto, onnx.TensorProto]]]:
     """A copy of `model` whose main-graph initializers of `threshold` bytes or more are stubs
     (name, type and dims, no data), and the (stub, original) pairs. This is how a model past
-    protobuf's limit is shape-inferred or written without copying its weights or changing it."""
+    protobuf's limit is shape-inferred or written without copying its weights or changing it.
+    `floats_only`: integer tensors stay (shapes and indices, whose values ORT reads)."""
     light = onnx.ModelProto()
     _copy_fields(model, light, skip="graph")
     _copy_fields(model.graph, light.graph, skip="initializer")
     pairs = []
     for t in model.graph.initializer:
-        if t.data_type != onnx.TensorProto.STRING and _at_least(t, threshold):
+        if (t.data_type != onnx.TensorProto.STRING and (t.data_type in _FLOATS or not floats_only)
+                and _at_least(t, threshold)):
             stub = light.graph.initializer.add()
             stub.name, stub.data_type = t.name, t.data_type
             stub.dims.extend(t.dims)

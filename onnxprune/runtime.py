@@ -15,9 +15,10 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from .errors import OnnxPruneError
-from .load import is_large, write_external
+from .load import _point_to, is_heavy, is_large, split_weights, write_external
 
 INSTALL_HINT = "pip install 'onnxprune[cpu]' (or 'onnxprune[gpu]' for CUDA)"
 
@@ -79,14 +80,39 @@ def make_session(model: onnx.ModelProto | str | bytes, device: str = "auto",
     if isinstance(model, onnx.ModelProto) and is_large(model):
         sess = _session_from_file(rt, model, opts, providers, disabled_optimizers)
     else:
-        source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+        source, weights = session_source(model, opts) if isinstance(model, onnx.ModelProto) else (model, ())
         sess = rt.InferenceSession(source, opts, providers=providers,
                                    disabled_optimizers=list(disabled_optimizers) or None)
+        sess.onnxprune_weights = weights  # ORT reads the arrays in place: alive with the session
     if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
         raise OnnxPruneError("--device cuda: the CUDA execution provider is not usable here "
                              f"(session got {sess.get_providers()[0]}); install 'onnxprune[gpu]' "
                              "with a matching CUDA, or use --device cpu")
     return sess
+
+
+SHARED_WEIGHT = 1 << 16  # bytes from which a heavy model's weights reach ORT as arrays
+
+
+def session_source(model: onnx.ModelProto, opts: Any) -> tuple[bytes, tuple]:
+    """The bytes a session is built from, and the arrays it reads in place (keep them as long
+    as the session). A heavy model's (load.is_heavy) floating-point weights of SHARED_WEIGHT
+    bytes or more are left out of the bytes and handed to ONNX Runtime as arrays
+    (`add_external_initializers` on `opts`; integer tensors stay: ORT reads shapes from them):
+    serializing them and ORT's parse would copy them twice more (a MiniLM session 0.27 ->
+    0.12 s; outputs bit-identical, tests/test_robustness.py)."""
+    if not is_heavy(model):
+        return model.SerializeToString(), ()
+    light, pairs = split_weights(model, SHARED_WEIGHT, floats_only=True)
+    try:
+        arrays = [numpy_helper.to_array(original) for _, original in pairs]
+        values = [ort().OrtValue.ortvalue_from_numpy(a) for a in arrays]
+    except (ValueError, TypeError, KeyError, RuntimeError):  # a type ORT's numpy bridge lacks
+        return model.SerializeToString(), ()
+    for stub, _ in pairs:
+        _point_to(stub, "onnxprune-in-memory", 0, 0)
+    opts.add_external_initializers([stub.name for stub, _ in pairs], values)
+    return light.SerializeToString(), (arrays, values)
 
 
 def _session_from_file(rt: Any, model: onnx.ModelProto, opts: Any, providers: list[str],

@@ -1260,6 +1260,32 @@ def test_large_model_route_on_a_small_model(tmp_path, monkeypatch):
     check_masked_equals_pruned(load_model(path), trials=2)
 
 
+@pytest.mark.parametrize("name", ["digits_cnn", "zoo/hf_bert_dynamo"])
+def test_heavy_model_route_changes_no_result(name, monkeypatch):
+    """A heavy model (load.is_heavy) is shape-inferred and checked without its weights' data,
+    and its ORT sessions get the weights as arrays (runtime.session_source): routes for speed
+    only. With the thresholds at 0 every model takes them: the same scores and the same
+    shipped bytes as the plain route."""
+    import onnxprune
+    import onnxprune.load as load_module
+    import onnxprune.runtime as runtime
+    path = ROOT / "models" / f"{name}.onnx"
+    model = load_model(path)
+    calib = (dict(np.load(DIGITS_CALIB)) if name == "digits_cnn"
+             else H.calib_arrays(model, n=16, seed=0))
+    results = []
+    for heavy in (False, True):
+        if heavy:
+            monkeypatch.setattr(load_module, "HEAVY_MODEL", 0)
+            monkeypatch.setattr(runtime, "SHARED_WEIGHT", 0)
+        res = onnxprune.prune(str(path), calib, ratio=0.5, latency=False)
+        results.append(res)
+    plain, heavy = results
+    assert plain.scores.keys() == heavy.scores.keys()
+    assert all(np.array_equal(plain.scores[g], heavy.scores[g]) for g in plain.scores)
+    assert plain.model.SerializeToString() == heavy.model.SerializeToString()
+
+
 def _mem_available_gb() -> float:
     with open("/proc/meminfo") as f:
         for line in f:

@@ -24,7 +24,7 @@ from ..compiler.cost import count_macs, node_macs
 from ..compiler.graph import ModelIdentity, to_proto
 from ..compiler.instrument import instrument, mask_name
 from ..errors import OnnxPruneError
-from ..runtime import make_session, ort, session_options
+from ..runtime import make_session, ort, session_options, session_source
 from .fixedbatch import same
 from .memory import light_copy
 
@@ -236,8 +236,10 @@ def preoptimized_session(model: onnx.ModelProto, threads: int | None = None,
     """A CPU session for a graph ORT already optimized (optimizing it again is unsupported)."""
     opts = session_options(threads, spinning=spinning)
     opts.graph_optimization_level = ort().GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort().InferenceSession(model.SerializeToString(), opts,
-                                  providers=["CPUExecutionProvider"])
+    source, weights = session_source(model, opts)
+    sess = ort().InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    sess.onnxprune_weights = weights  # read in place: alive with the session
+    return sess
 
 
 def _optimized_aligned(aligned: Aligned, graph: gs.Graph, ident: ModelIdentity,
