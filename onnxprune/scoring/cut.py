@@ -140,9 +140,10 @@ def optimized_cpu_model(model: onnx.ModelProto) -> onnx.ModelProto | None:
         opts = session_options(1, spinning=False)
         opts.optimized_model_filepath = path
         try:
-            ort().InferenceSession(model.SerializeToString(), opts,
-                                   providers=["CPUExecutionProvider"],
+            source, weights = session_source(model, opts)  # the same bytes saved, 0.39 -> 0.25 s on MiniLM
+            ort().InferenceSession(source, opts, providers=["CPUExecutionProvider"],
                                    disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
+            del weights  # read while the session was built
             return onnx.load(path, load_external_data=False)  # ORT saves its graph inline
         except Exception:  # e.g. a model over 2 GB: the source graph's cut still works
             return None
