@@ -232,7 +232,7 @@ def split_weights(model: onnx.ModelProto, threshold: int = 1 << 20, floats_only:
     pairs = []
     for t in model.graph.initializer:
         if (t.data_type != onnx.TensorProto.STRING and (t.data_type in _FLOATS or not floats_only)
-                and _at_least(t, threshold)):
+                and tensor_at_least(t, threshold)):
             stub = light.graph.initializer.add()
             stub.name, stub.data_type = t.name, t.data_type
             stub.dims.extend(t.dims)
@@ -295,7 +295,7 @@ def _copy_fields(src, dst, skip: str) -> None:
             setattr(dst, fd.name, value)
 
 
-def _at_least(t: onnx.TensorProto, threshold: int) -> bool:
+def tensor_at_least(t: onnx.TensorProto, threshold: int) -> bool:
     """Whether the tensor's serialized size reaches `threshold`: its raw data alone decides
     when it does (sizing a tensor means encoding it, a copy of its data)."""
     if t.HasField("raw_data") and _raw_length(t) >= threshold:
@@ -313,8 +313,12 @@ def _tensor_bytes(t: onnx.TensorProto) -> int:
 def model_bytes(model: onnx.ModelProto) -> int:
     """The serialized size, also past protobuf's limit (then: the model without its large
     weights, plus their data)."""
-    if fits_protobuf(model):
-        return model.ByteSize()
+    try:  # one encoding (upb sizes a message by encoding it), not one to check and one to size
+        size = model.ByteSize()
+    except (ValueError, EncodeError):  # protobuf refuses even to size it
+        size = PROTOBUF_LIMIT
+    if size < PROTOBUF_LIMIT:
+        return size
     light, pairs = split_weights(model)
     return light.ByteSize() + sum(_tensor_bytes(t) for _, t in pairs)
 

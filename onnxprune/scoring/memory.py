@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from ..compiler.normalize import infer_shapes
+from ..load import tensor_at_least
 from ..runtime import available_memory_bytes
 
 DEFAULT_MAX_MB = 2048.0
@@ -74,7 +75,7 @@ def light_copy(model: onnx.ModelProto, known: Dims) -> onnx.ModelProto:
     g.node.extend(model.graph.node)
     g.output.extend(model.graph.output)
     for init in model.graph.initializer:
-        if init.ByteSize() <= 4096:  # shape-like constants: inference reads their values
+        if not tensor_at_least(init, 4097):  # shape-like constants: inference reads their values
             g.initializer.append(init)
         else:
             empty = g.initializer.add()
