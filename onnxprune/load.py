@@ -140,9 +140,9 @@ def check_shapes(model: onnx.ModelProto, where: str = "model") -> None:
 
 
 def check(model: onnx.ModelProto, full_check: bool = False) -> None:
-    """onnx.checker.check_model, also for a large model: its weights then become references
-    into a sparse file of their size (no disk used), which the checker, reading the model from
-    a path, finds in place but never reads."""
+    """onnx.checker.check_model, also for a large model: a heavy one's (`is_heavy`) weights
+    become references into a sparse file of their size (no disk used), which the checker,
+    reading the model from a path, finds in place but never reads (no copy of them either)."""
     if not is_heavy(model):
         onnx.checker.check_model(model, full_check=full_check)
         return
@@ -151,7 +151,7 @@ def check(model: onnx.ModelProto, full_check: bool = False) -> None:
         offset = 0
         for stub, original in pairs:
             length = _raw_length(original)
-            _point_to(stub, "weights.data", offset, length)
+            point_to(stub, "weights.data", offset, length)
             offset += length
         with open(Path(tmp) / "weights.data", "wb") as f:
             f.truncate(offset)
@@ -258,13 +258,13 @@ def write_external(model: onnx.ModelProto, path: Path, data_path: Path | None = 
             f.write(b"\0" * pad)
             offset += pad
             f.write(data)
-            _point_to(stub, location or data_path.name, offset, len(data))
+            point_to(stub, location or data_path.name, offset, len(data))
             offset += len(data)
     onnx.save_model(light, str(path))
     return path
 
 
-def _point_to(stub: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+def point_to(stub: onnx.TensorProto, location: str, offset: int, length: int) -> None:
     stub.data_location = onnx.TensorProto.EXTERNAL
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
         stub.external_data.add(key=key, value=value)

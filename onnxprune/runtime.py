@@ -18,7 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import OnnxPruneError
-from .load import _point_to, is_heavy, is_large, split_weights, write_external
+from .load import is_heavy, is_large, point_to, split_weights, write_external
 
 INSTALL_HINT = "pip install 'onnxprune[cpu]' (or 'onnxprune[gpu]' for CUDA)"
 
@@ -110,7 +110,7 @@ def session_source(model: onnx.ModelProto, opts: Any) -> tuple[bytes, tuple]:
     except (ValueError, TypeError, KeyError, RuntimeError):  # a type ORT's numpy bridge lacks
         return model.SerializeToString(), ()
     for stub, _ in pairs:
-        _point_to(stub, "onnxprune-in-memory", 0, 0)
+        point_to(stub, "onnxprune-in-memory", 0, 0)
     opts.add_external_initializers([stub.name for stub, _ in pairs], values)
     return light.SerializeToString(), (arrays, values)
 
