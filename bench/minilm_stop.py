@@ -176,48 +176,49 @@ def stops(reps, ref_v, n: int, k: int, d: int, planned: int) -> None:
                   f"{np.mean(dis):.1f} | {1 - np.mean(dis) / n:.3f} |")
 
 
-def refine_step(game, rng, units, marg, d: int, k: int, parts: int = 4):
-    """One chain's worth of star rows (d), in ``parts`` rounds, each to units in proportion to
-    their wrong-side probability (as truncated._refine, but a unit seen fewer than twice counts
-    as contested, p = 0.5, instead of refusing the round)."""
-    arms = tr.STAR_ARMS
-    for _ in range(parts):
-        v, se = values_of([(units, marg)], game.n)
-        p, _ = wrong_side(v, se, k)
-        stars = max(1, d // parts // (arms + 1))
-        slots = tr._contested_slots(rng, p, (stars, arms, len(game.v_full_ps)))
-        extra = tr._star_marginals(game, rng, slots, d)
-        ok = ~np.isnan(extra)
-        units, marg = np.concatenate([units, slots[ok]]), np.concatenate([marg, extra[ok]])
-    return units, marg
-
-
-def refine_study(name: str, n_ref: int, seeds: int, start: int, cap: int) -> None:
-    """``start`` pool chains (from past the reference) then star rows, one chain's worth of rows
-    per step, live; E[wrong side] and disagreement with the reference after each step."""
+def refine_study(name: str, n_ref: int, seeds: int, start: int, cap: int,
+                 targets: list[float]) -> None:
+    """``start`` pool chains (from past the reference), then the estimator's own star rounds
+    (truncated._contest_rounds, one round at a time: a quarter of a chain's rows each), live;
+    E[wrong side] and disagreement with the reference after each round, and where a stop at
+    each of ``targets`` (shares of the group) ends."""
     engine, groups = setup()
     g = groups[name]
     n, (d, k) = g.units, dims(g.units)
     pool = load_pool(g.id)
+    assert len(pool) >= n_ref + seeds * start, f"{name}: {len(pool)} pool chains"
     ref_v = values_of(pool[:n_ref], n)[0]
-    print(f"\n{name}: {start} chains + refinement, {d} rows per step, cut {k}")
+    per_round = max(1, d // tr.STOP_ROUNDS // (tr.STAR_ARMS + 1)) * (tr.STAR_ARMS + 1)
+    print(f"\n{name}: {start} chains + star rounds of {per_round} rows, cut {k}, reference "
+          f"{n_ref} chains")
     print("| seed | rows | E[wrong side] (share) | disagree with ref | agreement |")
     print("|---|---|---|---|---|")
+    ends: dict[float, list[tuple[int, int]]] = {t: [] for t in targets}
     for seed in range(seeds):
         part = pool[n_ref + seed * start: n_ref + (seed + 1) * start]
         units = np.concatenate([u for u, _ in part])
         marg = np.concatenate([m for _, m in part])
         game, rng = game_for(engine, g), np.random.default_rng(40_000 + seed)
-        rows = start * d
+        rows, left = start * d, set(targets)
         while True:
             mean, se = values_of([(units, marg)], n)
-            ew = float(wrong_side(mean, se, k)[0].sum())
-            print(f"| {seed} | {rows} | {ew:.1f} ({ew / n:.1%}) | {disagree(mean, ref_v, k)} | "
-                  f"{1 - disagree(mean, ref_v, k) / n:.3f} |", flush=True)
-            if ew < 0.03 * n or rows >= cap * d:
+            ew, dis = float(wrong_side(mean, se, k)[0].sum()), disagree(mean, ref_v, k)
+            print(f"| {seed} | {rows} | {ew:.1f} ({ew / n:.1%}) | {dis} | {1 - dis / n:.3f} |",
+                  flush=True)
+            for t in sorted(left):
+                first = max(t, tr.STOP_SHARE) if rows == start * d else t  # chains: 5%
+                if ew < first * n or rows + per_round > cap * d:
+                    ends[t].append((rows, dis))
+                    left.discard(t)
+            if not left:
                 break
-            units, marg = refine_step(game, rng, units, marg, d, k)
-            rows = start * d + game.evaluations - 2  # the endpoints are not rows of the design
+            units, marg, spent, _ = tr._contest_rounds(game, rng, units, marg, d, k, per_round, 0.0)
+            rows += spent
+    print("| stop at | rows (each seed) | mean rows | disagreement (each) | agreement |")
+    print("|---|---|---|---|---|")
+    for t, got in ends.items():
+        r, dis = [x for x, _ in got], [y for _, y in got]
+        print(f"| {t:g} | {r} | {np.mean(r):.0f} | {dis} | {1 - np.mean(dis) / n:.3f} |")
 
 
 def setup_groups_only():
@@ -242,13 +243,14 @@ def main() -> None:
     ap.add_argument("--chains", type=int, default=40)
     ap.add_argument("--ref", type=int, default=32)
     ap.add_argument("--planned", type=int, default=15)
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.05, 0.04, 0.03])
     args = ap.parse_args()
     for name in args.groups:
         if args.what == "pool":
             run_pool(name, args.chains)
     if args.what == "refine":
         for name in args.groups:
-            refine_study(name, args.ref, args.seeds, args.start, args.cap)
+            refine_study(name, args.ref, args.seeds, args.start, args.cap, args.targets)
     if args.what == "study":
         study(args.groups, args.ref, args.planned)
 
