@@ -3,7 +3,8 @@ per-chain stop checks, refinement on 1,536-unit groups, calibration of E[wrong s
 
     PYTHONPATH=.:cli python bench/minilm_stop.py pool --groups ffn_last ffn_first heads_last --chains 40
     PYTHONPATH=.:cli python bench/minilm_stop.py study --groups ffn_last ffn_first heads_last --ref 32
-    PYTHONPATH=.:cli python bench/minilm_stop.py refine --groups ffn_last --seeds 2
+    PYTHONPATH=.:cli python bench/minilm_stop.py refine --groups ffn_last --ref 128 --seeds 3
+    PYTHONPATH=.:cli python bench/minilm_stop.py rowcost --groups ffn_first ffn_last
 
 The game is the command's (bench/cost.py's MiniLM data: `build_minilm.inputs(64, 32, 0)`, 48
 scoring samples, the mean-compensated game, the truncated game at the depth of a params budget of
@@ -13,8 +14,10 @@ splits a group's pool: the first ``--ref`` chains are the reference (a long run 
 game), the rest are independent replicates of a design, which are simulated by replaying the
 pool's chains in order (chains are i.i.d., so a design that runs m chains is m pool chains):
 E[wrong side] and measured disagreement after each chain, and where the round-checked stop and
-the per-chain stop end. ``refine`` runs 2 pool chains + star refinement rows on live
-evaluations until E[wrong side] is under 5% / 3% of the group.
+the per-chain stop end. ``refine`` runs 2 pool chains + the estimator's star rounds
+(``truncated._contest_rounds``) on live evaluations until E[wrong side] is under the smallest
+``--targets`` share, and says where each target's stop ends. ``rowcost``: ms per chain row
+against star row.
 """
 from __future__ import annotations
 
@@ -232,6 +235,28 @@ def stop_on(path, t: float, chain_check: bool, n: int):
     return path[-1]
 
 
+def row_cost(names: list[str], reps: int = 2) -> None:
+    """ms per row of a chain (``_marginals``, 113 rows) against star rows (3 stars, 27 rows)
+    on the same group, alternately in one process."""
+    engine, groups = setup()
+    for name in names:
+        g = groups[name]
+        d, _ = dims(g.units)
+        game, rng = game_for(engine, g), np.random.default_rng(0)
+        n_samples = len(game.v_full_ps)
+        for rep in range(reps):
+            orders = rng.permuted(np.tile(np.arange(g.units), (n_samples, 1)), axis=1)[None]
+            t0 = time.perf_counter()
+            tr._marginals(game, orders, d)
+            chain = (time.perf_counter() - t0) / d
+            slots = rng.integers(0, g.units, (3, tr.STAR_ARMS, n_samples))
+            t0 = time.perf_counter()
+            tr._star_marginals(game, rng, slots, d)
+            star = (time.perf_counter() - t0) / (3 * (tr.STAR_ARMS + 1))
+            print(f"{name} rep {rep}: chain row {1000 * chain:.0f} ms, star row {1000 * star:.0f} ms",
+                  flush=True)
+
+
 def setup_groups_only():
     """(None, {name: (gid, units)}) from the pool files' names (no engine: study runs offline)."""
     import onnxprune
@@ -246,7 +271,7 @@ def setup_groups_only():
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["pool", "study", "refine"])
+    ap.add_argument("what", choices=["pool", "study", "refine", "rowcost"])
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--start", type=int, default=2)
     ap.add_argument("--cap", type=int, default=15)
@@ -264,6 +289,8 @@ def main() -> None:
             refine_study(name, args.ref, args.seeds, args.start, args.cap, args.targets)
     if args.what == "study":
         study(args.groups, args.ref, args.planned)
+    if args.what == "rowcost":
+        row_cost(args.groups)
 
 
 if __name__ == "__main__":
