@@ -52,11 +52,13 @@ chains only the units near the cut are in doubt. A long group runs ``LONG_CHAINS
 of a ``STOP_ROUNDS``-th of a chain's rows, shared among the units in proportion to their
 wrong-side probability (a unit with under 2 marginals: 0.5, so it is contested, not a reason
 to refuse), until the expected wrong-side count is below ``REFINE_SHARE`` (tighter than
-``STOP_SHARE``: the expectation is optimistic by up to 1.2x there) x n or the planned chains'
+``STOP_SHARE``: the expectation was 1.1-1.2x under the measured disagreement on MiniLM's last
+FFN group, up to 1.4x on the first, against a noisier reference) x n or the planned chains'
 rows are spent. ``info["star_rows"]``: the rows so spent. Measured (docs/benchmarks.md,
 "Star rounds on MiniLM's long chains"): one 27-row round takes the last FFN group from 0.946
-to 0.964 agreement with a 128-chain reference, where a third chain (113 rows) reaches 0.960.
-Short-chain groups (every study model: 1-12 rows) are unchanged.
+to 0.964 agreement with a 128-chain reference (a third chain, 113 rows: 0.960), the first
+from 0.939 to 0.955 (main's third chain: 0.947). Short-chain groups are unchanged (every study
+model: its largest group has 96 units, a chain at most 24 rows).
 
 Refinement (``refine`` > 0, off by default)
 -------------------------------------------
