@@ -3,7 +3,8 @@ per-chain stop checks, refinement on 1,536-unit groups, calibration of E[wrong s
 
     PYTHONPATH=.:cli python bench/minilm_stop.py pool --groups ffn_last ffn_first heads_last --chains 40
     PYTHONPATH=.:cli python bench/minilm_stop.py study --groups ffn_last ffn_first heads_last --ref 32
-    PYTHONPATH=.:cli python bench/minilm_stop.py refine --groups ffn_last --seeds 2
+    PYTHONPATH=.:cli python bench/minilm_stop.py refine --groups ffn_last --ref 128 --seeds 3
+    PYTHONPATH=.:cli python bench/minilm_stop.py rowcost --groups ffn_first ffn_last
 
 The game is the command's (bench/cost.py's MiniLM data: `build_minilm.inputs(64, 32, 0)`, 48
 scoring samples, the mean-compensated game, the truncated game at the depth of a params budget of
@@ -13,8 +14,10 @@ splits a group's pool: the first ``--ref`` chains are the reference (a long run 
 game), the rest are independent replicates of a design, which are simulated by replaying the
 pool's chains in order (chains are i.i.d., so a design that runs m chains is m pool chains):
 E[wrong side] and measured disagreement after each chain, and where the round-checked stop and
-the per-chain stop end. ``refine`` runs 2 pool chains + star refinement rows on live
-evaluations until E[wrong side] is under 5% / 3% of the group.
+the per-chain stop end. ``refine`` runs 2 pool chains + the estimator's star rounds
+(``truncated._contest_rounds``) on live evaluations until E[wrong side] is under the smallest
+``--targets`` share, and says where each target's stop ends. ``rowcost``: ms per chain row
+against star row.
 """
 from __future__ import annotations
 
@@ -176,48 +179,82 @@ def stops(reps, ref_v, n: int, k: int, d: int, planned: int) -> None:
                   f"{np.mean(dis):.1f} | {1 - np.mean(dis) / n:.3f} |")
 
 
-def refine_step(game, rng, units, marg, d: int, k: int, parts: int = 4):
-    """One chain's worth of star rows (d), in ``parts`` rounds, each to units in proportion to
-    their wrong-side probability (as truncated._refine, but a unit seen fewer than twice counts
-    as contested, p = 0.5, instead of refusing the round)."""
-    arms = tr.STAR_ARMS
-    for _ in range(parts):
-        v, se = values_of([(units, marg)], game.n)
-        p, _ = wrong_side(v, se, k)
-        stars = max(1, d // parts // (arms + 1))
-        slots = tr._contested_slots(rng, p, (stars, arms, len(game.v_full_ps)))
-        extra = tr._star_marginals(game, rng, slots, d)
-        ok = ~np.isnan(extra)
-        units, marg = np.concatenate([units, slots[ok]]), np.concatenate([marg, extra[ok]])
-    return units, marg
-
-
-def refine_study(name: str, n_ref: int, seeds: int, start: int, cap: int) -> None:
-    """``start`` pool chains (from past the reference) then star rows, one chain's worth of rows
-    per step, live; E[wrong side] and disagreement with the reference after each step."""
+def refine_study(name: str, n_ref: int, seeds: int, start: int, cap: int,
+                 targets: list[float]) -> None:
+    """``start`` pool chains (from past the reference), then the estimator's own star rounds
+    (truncated._contest_rounds, one round at a time: a quarter of a chain's rows each), live;
+    E[wrong side] and disagreement with the reference after each round, and where a stop at
+    each of ``targets`` (shares of the group) ends."""
     engine, groups = setup()
     g = groups[name]
     n, (d, k) = g.units, dims(g.units)
     pool = load_pool(g.id)
+    assert len(pool) >= n_ref + seeds * start, f"{name}: {len(pool)} pool chains"
     ref_v = values_of(pool[:n_ref], n)[0]
-    print(f"\n{name}: {start} chains + refinement, {d} rows per step, cut {k}")
+    per_round = max(1, d // tr.STOP_ROUNDS // (tr.STAR_ARMS + 1)) * (tr.STAR_ARMS + 1)
+    print(f"\n{name}: {start} chains + star rounds of {per_round} rows, cut {k}, reference "
+          f"{n_ref} chains")
     print("| seed | rows | E[wrong side] (share) | disagree with ref | agreement |")
     print("|---|---|---|---|---|")
+    paths = []
     for seed in range(seeds):
         part = pool[n_ref + seed * start: n_ref + (seed + 1) * start]
         units = np.concatenate([u for u, _ in part])
         marg = np.concatenate([m for _, m in part])
         game, rng = game_for(engine, g), np.random.default_rng(40_000 + seed)
-        rows = start * d
+        rows, path = start * d, []
         while True:
             mean, se = values_of([(units, marg)], n)
-            ew = float(wrong_side(mean, se, k)[0].sum())
-            print(f"| {seed} | {rows} | {ew:.1f} ({ew / n:.1%}) | {disagree(mean, ref_v, k)} | "
-                  f"{1 - disagree(mean, ref_v, k) / n:.3f} |", flush=True)
-            if ew < 0.03 * n or rows >= cap * d:
+            ew, dis = float(wrong_side(mean, se, k)[0].sum()), disagree(mean, ref_v, k)
+            path.append((rows, ew, dis))
+            print(f"| {seed} | {rows} | {ew:.1f} ({ew / n:.1%}) | {dis} | {1 - dis / n:.3f} |",
+                  flush=True)
+            if ew < min(targets) * n or rows + per_round > cap * d:
                 break
-            units, marg = refine_step(game, rng, units, marg, d, k)
-            rows = start * d + game.evaluations - 2  # the endpoints are not rows of the design
+            units, marg, spent, _ = tr._contest_rounds(game, rng, units, marg, d, k, per_round, 0.0)
+            rows += spent
+        paths.append(path)
+    print("| stop (chains at 5% first?) | rows (each seed) | mean rows | disagreement (each) | "
+          "agreement |")
+    print("|---|---|---|---|---|")
+    for chain_check in (True, False):
+        for t in targets:
+            got = [stop_on(path, t, chain_check, n) for path in paths]
+            r, dis = [x for x, _, _ in got], [y for _, _, y in got]
+            print(f"| {t:g} ({'yes' if chain_check else 'no'}) | {r} | {np.mean(r):.0f} | {dis} | "
+                  f"{1 - np.mean(dis) / n:.3f} |")
+
+
+def stop_on(path, t: float, chain_check: bool, n: int):
+    """Where a stop at share t ends on a recorded (rows, E[wrong], disagreement) path; with
+    ``chain_check`` the chains alone stop at STOP_SHARE, as the estimator does."""
+    for i, (rows, ew, dis) in enumerate(path):
+        limit = max(t, tr.STOP_SHARE) if chain_check and i == 0 else t
+        if ew < limit * n:
+            return rows, ew, dis
+    return path[-1]
+
+
+def row_cost(names: list[str], reps: int = 2) -> None:
+    """ms per row of a chain (``_marginals``, 113 rows) against star rows (3 stars, 27 rows)
+    on the same group, alternately in one process."""
+    engine, groups = setup()
+    for name in names:
+        g = groups[name]
+        d, _ = dims(g.units)
+        game, rng = game_for(engine, g), np.random.default_rng(0)
+        n_samples = len(game.v_full_ps)
+        for rep in range(reps):
+            orders = rng.permuted(np.tile(np.arange(g.units), (n_samples, 1)), axis=1)[None]
+            t0 = time.perf_counter()
+            tr._marginals(game, orders, d)
+            chain = (time.perf_counter() - t0) / d
+            slots = rng.integers(0, g.units, (3, tr.STAR_ARMS, n_samples))
+            t0 = time.perf_counter()
+            tr._star_marginals(game, rng, slots, d)
+            star = (time.perf_counter() - t0) / (3 * (tr.STAR_ARMS + 1))
+            print(f"{name} rep {rep}: chain row {1000 * chain:.0f} ms, star row {1000 * star:.0f} ms",
+                  flush=True)
 
 
 def setup_groups_only():
@@ -234,7 +271,7 @@ def setup_groups_only():
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["pool", "study", "refine"])
+    ap.add_argument("what", choices=["pool", "study", "refine", "rowcost"])
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--start", type=int, default=2)
     ap.add_argument("--cap", type=int, default=15)
@@ -242,15 +279,18 @@ def main() -> None:
     ap.add_argument("--chains", type=int, default=40)
     ap.add_argument("--ref", type=int, default=32)
     ap.add_argument("--planned", type=int, default=15)
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.05, 0.04, 0.03])
     args = ap.parse_args()
     for name in args.groups:
         if args.what == "pool":
             run_pool(name, args.chains)
     if args.what == "refine":
         for name in args.groups:
-            refine_study(name, args.ref, args.seeds, args.start, args.cap)
+            refine_study(name, args.ref, args.seeds, args.start, args.cap, args.targets)
     if args.what == "study":
         study(args.groups, args.ref, args.planned)
+    if args.what == "rowcost":
+        row_cost(args.groups)
 
 
 if __name__ == "__main__":

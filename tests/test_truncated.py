@@ -328,3 +328,75 @@ def test_the_per_chain_check_stops_no_later_than_the_quarters(seed, monkeypatch)
     assert each.evaluations == 2 + 4 * each.info["chains"]
     if each.info["stopped"] == "confident":
         assert each.info["wrong_side"] < 0.03 * UNITS
+
+
+# --- long chains: star rounds on the contested units after LONG_CHAINS chains ----------------
+
+
+def additive_fn(c: np.ndarray):
+    """v_s(S) = sum_{i in S} c[s, i] for per-sample coalitions [K, N, n] (or shared [K, n])."""
+
+    def fn(masks):
+        return (masks * c).sum(-1) if masks.ndim == 3 else masks.astype(float) @ c.T
+
+    fn.per_sample_masks = True
+    return fn
+
+
+def test_star_rounds_go_only_to_contested_units_and_to_units_without_marginals():
+    """Units 0-2 certainly go and 7-10 certainly stay (every marginal equal: stderr 0), one of
+    3-6 goes (noisy, near each other), unit 11 has no marginal yet: the stars name only 3-6 and
+    11, and 11 among them."""
+    n, n_samples, k = 12, 6, 4
+    rng = np.random.default_rng(0)
+    c = np.tile(np.r_[-10.0, -9, -8, 0, 0, 0, 0, 10, 11, 12, 13, 14], (n_samples, 1))
+    c[:, 3:7] += rng.standard_normal((n_samples, 4))
+    game = E.game.open_game(additive_fn(c), n, 10**6, 64, cache=False)
+    units = np.repeat(np.arange(11), 3)  # 3 marginals each, none for unit 11
+    marg = c[rng.integers(0, n_samples, len(units)), units]
+    assert E.truncated._wrong_probs(units, marg, n, k)[11] == 0.5
+    out_u, out_m, spent, why = E.truncated._contest_rounds(game, rng, units, marg, 8, k, 200,
+                                                           0.01)
+    named = set(out_u[len(units):].tolist())
+    assert named <= {3, 4, 5, 6, 11} and 11 in named and spent > 0
+    assert spent % (E.truncated.STAR_ARMS + 1) == 0 and spent <= 200
+    assert game.evaluations == 2 + spent  # the endpoints, then the star rows
+    np.testing.assert_allclose(out_m[len(units):], c[0, out_u[len(units):]], atol=4.0)
+
+
+def noisy_engine():
+    x = 3 * np.random.default_rng(11).standard_normal((8, 4)).astype(np.float32)
+    engine, gid, c = engine_and_contributions(x)
+    return value_fn(engine, gid), c
+
+
+def test_a_long_chain_group_not_yet_clear_gets_star_rows_after_two_chains(monkeypatch):
+    """Chains over STOP_ROWS rows: a contested game runs LONG_CHAINS chains, then star rows
+    (within the planned rows), and stays unbiased; the same game with short chains runs its
+    chains as before, with no star row."""
+    fn, c = noisy_engine()
+    kw = dict(depth=3, budget=10**6, marginals=32, seed=1, stop_share=0.02)
+    short = E.estimate_truncated(fn, UNITS, **kw)
+    monkeypatch.setattr(E.truncated, "STOP_ROWS", 2)  # a 3-row chain is now long
+    long = E.estimate_truncated(fn, UNITS, **kw)
+    assert short.info["star_rows"] == 0 and short.info["chains"] == short.info["chains_planned"]
+    assert long.info["chains"] == E.truncated.LONG_CHAINS < long.info["chains_planned"]
+    assert long.info["star_rows"] > 0
+    assert long.evaluations == 2 + 3 * long.info["chains"] + long.info["star_rows"]
+    assert long.evaluations <= short.evaluations  # the plan stays the upper bound
+    assert np.all(np.abs(long.values - c.mean(0)) <= 4 * long.stderr + 1e-6)
+    again = E.estimate_truncated(fn, UNITS, **kw)
+    np.testing.assert_array_equal(long.values, again.values)
+
+
+def test_a_long_chain_group_clear_after_its_chains_gets_no_star_row(monkeypatch):
+    """Samples nearly equal: the cut is clear after the chains, no star row is drawn."""
+    rng = np.random.default_rng(10)
+    x = np.tile(rng.standard_normal((1, 4)), (40, 1)) + 1e-3 * rng.standard_normal((40, 4))
+    engine, gid, _ = engine_and_contributions(x.astype(np.float32))  # every unit seen twice
+    monkeypatch.setattr(E.truncated, "STOP_ROWS", 2)
+    est = E.estimate_truncated(value_fn(engine, gid), UNITS, depth=3, budget=10**6,
+                               marginals=64, seed=0, stop_share=0.02)
+    assert est.info["stopped"] == "confident" and est.info["star_rows"] == 0
+    assert est.info["chains"] <= E.truncated.LONG_CHAINS
+    assert est.evaluations == 2 + 3 * est.info["chains"]

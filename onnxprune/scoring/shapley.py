@@ -141,7 +141,9 @@ def shapley_group(engine, gid: int, *, estimator: str = "auto", budget: int | No
                          f"{est.info['unseen']} never removed (ranked most important)"
                          + (f"; {est.info['chains']} of {est.info['chains_planned']} planned "
                             "chains (stopped early: the cut was clear)"
-                            if est.info.get("stopped") == "confident" else ""))
+                            if est.info.get("stopped") == "confident" else "")
+                         + (f"; {est.info['star_rows']} rows on the contested units"
+                            if est.info.get("star_rows") else ""))
     return GroupScores(gid, est.values, est.stderr, est.evaluations, f"shapley/{name}",
                        time.perf_counter() - t0, extra)
 

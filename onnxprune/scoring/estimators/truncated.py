@@ -44,6 +44,22 @@ group that stops only finishes sooner. ``info``: ``chains`` run, ``chains_planne
 group, whose chains now stop after 2 (0.952 agreement; 8 at HEAD's 3% in quarters); on the
 study models 0-16% fewer evaluations than at 3%, agreement unchanged within seed noise.
 
+Long chains (a chain over ``STOP_ROWS`` rows; MiniLM's FFN groups: 113)
+--------------------------------------------------------------------------
+There a chain is costly and spreads its marginals over every unit, while after a couple of
+chains only the units near the cut are in doubt. A long group runs ``LONG_CHAINS`` chains
+(checked after each), then, while not yet clear, star rows (as in Refinement below) in rounds
+of a ``STOP_ROUNDS``-th of a chain's rows, shared among the units in proportion to their
+wrong-side probability (a unit with under 2 marginals: 0.5, so it is contested, not a reason
+to refuse), until the expected wrong-side count is below ``REFINE_SHARE`` (tighter than
+``STOP_SHARE``: the expectation was 1.1-1.2x under the measured disagreement on MiniLM's last
+FFN group, up to 1.4x on the first, against a noisier reference) x n or the planned chains'
+rows are spent. ``info["star_rows"]``: the rows so spent. Measured (docs/benchmarks.md,
+"Star rounds on MiniLM's long chains"): one 27-row round takes the last FFN group from 0.946
+to 0.964 agreement with a 128-chain reference (a third chain, 113 rows: 0.960), the first
+from 0.939 to 0.955 (main's third chain: 0.947). Short-chain groups are unchanged (every study
+model: its largest group has 96 units, a chain at most 24 rows).
+
 Refinement (``refine`` > 0, off by default)
 -------------------------------------------
 The chains spread their marginals over every unit; only units near the cut need precision.
@@ -102,6 +118,13 @@ STOP_ROWS = 64
 # evaluations at the same agreement (docs/benchmarks.md, s7-stop). 0.03 allowed for a noisy
 # reference, which a long run of a 1,536-unit group is not (its halves agree on 0.988)
 STOP_SHARE = 0.05
+# long chains (a chain over STOP_ROWS rows): after LONG_CHAINS chains a group that has not
+# stopped gets star rows on its contested units instead of more chains, until the expected
+# wrong-side count is below REFINE_SHARE x its units (module doc, Long chains). 4%, not 5%:
+# on MiniLM's last FFN group the expectation was 1.1-1.2x under the measured disagreement
+# with a 128-chain reference (5% stopped it after 2 chains at 0.946; docs/benchmarks.md)
+LONG_CHAINS = 2
+REFINE_SHARE = 0.04
 
 
 def truncation_depth(n: int, removed_share: float | None, margin: float | None = None) -> int:
@@ -153,13 +176,18 @@ def _marginals(game: Game, orders: np.ndarray, depth: int) -> np.ndarray:
     return (values[:, :-1] - values[:, 1:]).transpose(0, 2, 1)
 
 
-def _expected_wrong(units: np.ndarray, marg: np.ndarray, n: int, k: int) -> float:
-    """The expected number of units on the wrong side of a cut of k units, from the marginals
-    so far (a unit with fewer than 2 counts 0.5: its side is a coin flip)."""
+def _wrong_probs(units: np.ndarray, marg: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Per unit, the probability that it is on the wrong side of a cut of k units, from the
+    marginals so far (a unit with fewer than 2 has p = 0.5: its side is a coin flip)."""
     mean, se, count = _summarize(units, marg, n)
     seen = count > 0
     values = np.where(seen, mean, mean[seen].max() if seen.any() else 0.0)
-    return float(wrong_side(values, se, k)[0].sum())
+    return wrong_side(values, se, k)[0]
+
+
+def _expected_wrong(units: np.ndarray, marg: np.ndarray, n: int, k: int) -> float:
+    """The expected number of units on the wrong side of a cut of k units (``_wrong_probs``)."""
+    return float(_wrong_probs(units, marg, n, k).sum())
 
 
 def _chain_rounds(game: Game, orders: np.ndarray, depth: int, k: int, stop: float
@@ -277,6 +305,31 @@ def _refine(game: Game, rng: np.random.Generator, units: np.ndarray, marg: np.nd
     return units, marg, rounds
 
 
+def _contest_rounds(game: Game, rng: np.random.Generator, units: np.ndarray, marg: np.ndarray,
+                    depth: int, k: int, rows: int, stop: float
+                    ) -> tuple[np.ndarray, np.ndarray, int, str]:
+    """Star rows on the contested units of a long-chain group: rounds of a ``STOP_ROUNDS``-th
+    of a chain's rows, shared among the units in proportion to their wrong-side probability (a
+    unit with under 2 marginals: 0.5, so none blocks a round, unlike ``_refine``), until the
+    expected wrong-side count is below ``stop`` or ``rows`` are spent. Returns all (units,
+    marginals), the rows spent and why it ended ("confident" or "planned")."""
+    arms, n_samples = STAR_ARMS, len(game.v_full_ps)
+    per_round = max(1, depth // STOP_ROUNDS // (arms + 1))  # stars
+    spent = 0
+    while True:
+        p = _wrong_probs(units, marg, game.n, k)
+        if p.sum() < stop:
+            return units, marg, spent, "confident"
+        stars = min(per_round, (rows - spent) // (arms + 1))
+        if stars < 1:
+            return units, marg, spent, "planned"
+        slots = _contested_slots(rng, p, (stars, arms, n_samples))
+        extra = _star_marginals(game, rng, slots, depth)
+        ok = ~np.isnan(extra)
+        units, marg = np.concatenate([units, slots[ok]]), np.concatenate([marg, extra[ok]])
+        spent += stars * (arms + 1)
+
+
 def estimate_truncated(
     value_fn: ValueFn,
     n: int,
@@ -322,7 +375,15 @@ def estimate_truncated(
     orders = orders.reshape(chains, n_samples, n)
     k = min(max(1, d if cut is None else cut), n - 1)
     early = stop_share * n if refine == 0 else 0.0
-    units, marg, ran, why = _chain_rounds(game, orders, d, k, early)
+    long = early > 0 and d > STOP_ROWS and chains > LONG_CHAINS  # module doc, Long chains
+    if long:
+        early = min(early, REFINE_SHARE * n)
+    units, marg, ran, why = _chain_rounds(game, orders[:LONG_CHAINS] if long else orders, d, k,
+                                          early)
+    star_rows = 0
+    if long and why == "planned":  # not clear after LONG_CHAINS chains: stars, not chains
+        units, marg, star_rows, why = _contest_rounds(game, rng, units, marg, d, k,
+                                                      (chains - ran) * d, early)
     stop = (STOP_WRONG if stop_wrong is None else stop_wrong) * n
     units, marg, rounds = _refine(game, rng, units, marg, d, k, (planned - chains) * d, stop)
     mean, se, count = _summarize(units, marg, n)
@@ -331,6 +392,7 @@ def estimate_truncated(
     return result(
         game, values, se, "truncated", samples=count,
         info={"depth": d, "chains": ran, "chains_planned": chains, "stopped": why,
+              "star_rows": star_rows,
               "marginals_per_unit": float(count.mean()),
               "unseen": int(unseen.sum()), "truncated_game": True, "refine_rounds": rounds,
               "wrong_side": float(wrong_side(values, se, k)[0].sum())},
