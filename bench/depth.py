@@ -41,7 +41,6 @@ the five models; plain = --no-compensate --no-refit, refit = the default guarded
   + shallow0.25         0.934      0.654      0.983      0.980   (DEPTH_MARGIN 0.25 since)
   loo / taylor (docs/peers.json) 0.947 / 0.941, 0.673 / 0.666; refit 0.982, 0.979 / 0.978
 """
-"""
 from __future__ import annotations
 
 import argparse

@@ -162,7 +162,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
         report["batch_twin"] = {"used": am.source is not None, "note": am.batch_note}
     report["warnings"] = [*(data.warnings if data is not None else []),
                           *([am.batch_note] if am.batch_note and am.source is None else []),
-                          *_fallback_warnings(am, opts, rounds.scores)]
+                          *_fallback_warnings(am, opts, rounds.scores),
+                          *_short_warnings(opts, rounds.removed)]
     report["removed"] = {k: round(v, 6) for k, v in rounds.removed.items()}
     return PruneResult(rounds.model, report, {g: s.values for g, s in rounds.scores.items()},
                        rounds.keep, am.analysis)
@@ -259,6 +260,22 @@ def _plan_report(plan: ScorePlan, actual: Mapping[str, float], evaluations: int)
     doc["actual_total_s"] = round(sum(actual.values()), 4)
     doc["actual_evaluations"] = evaluations
     return doc
+
+
+def _short_warnings(opts: PruneOptions, removed: Mapping[str, float]) -> list[str]:
+    """Say so when far less than the budget was removed (under half of it), and why when
+    rounding is the likely cause (a group narrower than two blocks can lose little)."""
+    got = removed.get(opts.target)
+    if got is None or got >= opts.ratio / 2:
+        return []
+    line = f"removed {got:.2f} of the prunable {opts.target}, not the {opts.ratio:g} asked"
+    multiple = opts.round_multiple()
+    if multiple > 1:
+        return [f"{line}: kept widths are multiples of {multiple} channels (--round-to "
+                f"{opts.round_to}), so a {multiple}-channel group keeps every channel and a "
+                f"{multiple + 1}-{2 * multiple - 1}-channel one can only go down to {multiple}; "
+                "--round-to 1 allows any width (CPU speed-ups then may not follow)"]
+    return [f"{line}: the per-group floor (--min-keep) or excluded groups left too little"]
 
 
 def _fallback_warnings(am: AnalyzedModel, opts: PruneOptions,

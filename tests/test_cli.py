@@ -193,7 +193,8 @@ def test_scores_for_another_model_are_refused(work):
 
 @pytest.mark.parametrize("extra", [["--global"], ["--target", "params"], ["--target", "macs", "--global"],
                                    ["--round-to", "8"], ["--steps", "2", "--metric", "l1"],
-                                   ["--exclude", "*conv2*"], ["--aggregate", "mean+2std"]])
+                                   ["--exclude", "*conv2*", "--round-to", "1"],
+                                   ["--aggregate", "mean+2std"]])
 def test_selection_options(work, extra):
     args = [work / "m.onnx", "--calib", work / "c.npz", "--ratio", 0.5, "--json", "--no-latency",
             "--budget", "200", *extra]
@@ -237,6 +238,26 @@ def test_heavy_ratio_hints_at_steps(work, ratio, steps, metric, hinted):
     assert ("hint: at ratios above 0.5, --steps 3" in result.stdout) == hinted
 
 
+def test_default_rounding_that_leaves_too_little_says_so(work):
+    """The default rounds kept widths to the CPU's channel block: with only the 16-channel
+    conv left to prune nothing can go, and the run says why and what to pass instead."""
+    from onnxprune.runtime import hardware_multiple
+    args = [work / "m.onnx", "--calib", work / "c.npz", "--ratio", 0.5, "--metric", "l1",
+            "--no-latency", "--exclude", "*conv2*", "--report", work / "r.json"]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((work / "r.json").read_text())
+    short = [w for w in report["warnings"] if w.startswith("removed ")]
+    if hardware_multiple() < 16:  # the 16-channel group can be halved: nothing to warn about
+        assert not short and report["removed"]["macs"] > 0.25, report["warnings"]
+        return
+    assert report["removed"]["macs"] == 0 and len(short) == 1, report["warnings"]
+    assert "--round-to 1 allows any width" in short[0] and short[0] in result.stderr
+    result = run(*args[:-1], work / "r1.json", "--round-to", 1, "--force")  # any width: no warning
+    report = json.loads((work / "r1.json").read_text())
+    assert report["removed"]["macs"] > 0.25 and not any(w.startswith("removed ") for w in report["warnings"])
+
+
 def test_round_to_garbage_is_a_user_error(work):
     assert_user_error(run(work / "m.onnx", "--calib", work / "c.npz", "--ratio", 0.5,
                           "--round-to", "sixteen"), "--round-to")
@@ -249,6 +270,16 @@ def test_round_to_never_removes_more_than_asked():
     assert n_removed(16, 0.3, 8) == 0           # 11 kept -> 16
     assert n_removed(64, 0.3, 8) == 16          # 19 to remove, 45 kept -> 48 kept
     assert n_removed(64, 0.3, 1) == 19
+
+
+def test_groups_narrower_than_one_block_keep_any_width():
+    """A group that cannot fill one block is not rounded (its conv is not blocked in the
+    original either); one exactly a block wide stays whole; wider ones go in blocks."""
+    from onnxprune.deploy.select import width_multiple
+    assert width_multiple(6, 1, 16) == 1 and width_multiple(15, 1, 16) == 1
+    assert width_multiple(16, 1, 16) == 16 and width_multiple(24, 1, 16) == 16
+    assert width_multiple(12, 64, 16) == 1  # heads of 64 channels: every width is a multiple
+    assert width_multiple(6, 4, 16) == 4 and width_multiple(3, 4, 16) == 1
 
 
 GPT2_PAST = ROOT / "models/zoo/hf_gpt2_past_dynamo.onnx"

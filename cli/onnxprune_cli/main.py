@@ -152,9 +152,10 @@ def scoring_options(fn):
               help="Write the full report as JSON here.")
 @click.option("--scores", "scores_path", type=click.Path(dir_okay=False), default=None,
               help="Reuse scores written by 'onnxprune score' instead of scoring again.")
-@click.option("--round-to", default="1", show_default=True,
-              help="Keep widths at multiples of N channels; 'auto': the multiple this machine's "
-              "ONNX Runtime is fastest at (16 with AVX-512, 8 with AVX2 or CUDA).")
+@click.option("--round-to", default="auto", show_default=True,
+              help="Keep widths at multiples of N channels (groups narrower than N keep whole-unit "
+              "widths); 'auto': the multiple this machine's ONNX Runtime is fastest at (16 with "
+              "AVX-512, 8 with AVX2 or CUDA); 1: any width.")
 @click.option("--exclude", multiple=True, help="Leave groups whose tensors or nodes match this "
               "glob pattern alone (repeatable).")
 @click.option("--uniform", is_flag=True,

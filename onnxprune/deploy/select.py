@@ -15,8 +15,8 @@ the sum of the scores at least as large), so that no layer's scale decides.
 target, one common fraction chosen by bisection to meet the budget). Every group keeps at
 least `min_keep` units (a fraction of its width below 1, a count from 1 up; at least one).
 `round_to`: kept widths are multiples of N channels (ONNX Runtime's CPU convs work in
-blocks of 8 or 16 channels, docs/benchmarks.md); a group narrower than the multiple stays
-whole. Lowest scores go first; ties go to the later unit.
+blocks of 8 or 16 channels, docs/benchmarks.md); a group narrower than N cannot fill one block
+and keeps whole-unit widths. Lowest scores go first; ties go to the later unit.
 """
 from __future__ import annotations
 
@@ -34,6 +34,14 @@ DEFAULT_TARGET = "macs"  # measured (docs/results.md, "Which target by default")
 # models it removes >= R of the params too, at the params target's accuracy (within 0.002)
 DEFAULT_MIN_KEEP = 0.1
 FILL_TRIES = 256  # later steps _fill may try (one cost-model evaluation each)
+
+
+def width_multiple(units: int, unit_size: int, round_to: int) -> int:
+    """The multiple (in units of `unit_size` channels) a group's kept width is rounded to:
+    `round_to` channels, but 1 for a group narrower than that, which cannot fill one block
+    (ONNX Runtime's NCHWc kernels do not run it in the original either)."""
+    multiple = round_to // gcd(round_to, unit_size)
+    return 1 if units < multiple else multiple
 
 
 def n_removed(units: int, ratio: float, multiple: int = 1) -> int:
@@ -114,7 +122,8 @@ def select(analysis: Analysis, scores: Mapping[int, np.ndarray], ratio: float, *
     (not in the objective's units): LAMP-normalize each group before a global ranking."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}")
-    multiple = {gid: round_to // gcd(round_to, analysis.group(gid).unit_size) for gid in scores}
+    multiple = {gid: width_multiple(len(s), analysis.group(gid).unit_size, round_to)
+                for gid, s in scores.items()}
     least = {gid: floor_keep(len(s), min_keep, multiple[gid]) for gid, s in scores.items()}
     if uniform and target == "units":
         keep = _uniform(scores, ratio, multiple, least)

@@ -8,14 +8,13 @@ statistic of the mask sites), so the scoring run (run.py) prepares exactly that 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import gcd
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from ..compiler.analysis import Analysis
 from ..compiler.graph import const_value
-from ..deploy.select import n_removed
+from ..deploy.select import n_removed, width_multiple
 from .shapley import GroupScores, shapley_group
 from .site_stats import SiteStat
 
@@ -141,7 +140,7 @@ def taylor(engine, gid: int, eps: float = 0.05) -> GroupScores:
 
 def _shapley(ctx: ScoreContext, gid: int) -> GroupScores:
     group = ctx.analysis.group(gid)
-    multiple = ctx.round_to // gcd(ctx.round_to, group.unit_size)  # as select() rounds
+    multiple = width_multiple(group.units, group.unit_size, ctx.round_to)  # as select() rounds
     k = None if ctx.ratio is None else n_removed(group.units, ctx.ratio, multiple)
     budget = ctx.budgets.get(gid, ctx.budget) if ctx.budgets else ctx.budget
     return shapley_group(ctx.engine, gid, estimator=ctx.estimator, budget=budget,
