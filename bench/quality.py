@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAINED = ROOT / "models" / "trained"
 OUTS = {"study": ROOT / "docs" / "quality.json", "real": ROOT / "docs" / "quality_real.json"}
 STUDY = ("lenet5_mnist", "vgg_mnist", "resnet_mnist", "mlp_digits", "cnn_digits")
-REAL = ("mlp_digits", "orientation", "layout_picodet", "ocr_crnn")
+REAL = ("mlp_digits", "orientation", "layout_picodet", "ocr_crnn", "det_yolox")
 
 
 def child(args) -> None:
@@ -146,6 +146,7 @@ def real(args) -> None:
     records = load()
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         trees = {"old": tree_of(args.before, tmp), "new": ROOT}
+        trees = {k: v for k, v in trees.items() if k in args.trees}
         for name in args.real:
             spec = rm.SPECS[name]
             ev = rm.load_eval(spec)
@@ -273,6 +274,8 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=20.0,
                     help="--real: timeout per command (the default command caps its scoring at 10)")
     ap.add_argument("--from-json", action="store_true", help="tables only")
+    ap.add_argument("--trees", nargs="+", default=["old", "new"], choices=["old", "new"],
+                    help="--real: rerun only these trees (the other's records stay)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

@@ -130,12 +130,14 @@ def main() -> None:
     ap.add_argument("--data", default="/work/wt/realmodels/bench/.cache/data")
     ap.add_argument("--from-json", action="store_true")
     ap.add_argument("--retime", action="store_true", help="latency again from the saved models")
+    ap.add_argument("--out", default=str(OUT), help="the JSON records file (merged by key)")
     args = ap.parse_args()
-    records = json.loads(OUT.read_text()) if OUT.exists() else {}
+    out = Path(args.out)
+    records = json.loads(out.read_text()) if out.exists() else {}
     if args.retime:
         for key, rec in records.items():
             retime(key, rec, args)
-        OUT.write_text(json.dumps(records, indent=1))
+        out.write_text(json.dumps(records, indent=1))
     elif not args.from_json:
         for kind, names in (("study", args.study), ("real", args.real)):
             for name in names:
@@ -143,7 +145,7 @@ def main() -> None:
                     target, ratio = t.split(":")
                     rec = one(name, kind, target, float(ratio), args)
                     records[f"{kind}|{name}|{target}|{ratio}"] = rec
-                    OUT.write_text(json.dumps(records, indent=1))
+                    out.write_text(json.dumps(records, indent=1))
                     print(json.dumps({k: rec[k] for k in ("name", "target", "ratio", "base")} |
                                      {t: (rec[t]["task"], round(rec[t]["vs_orig"]["speedup"], 2))
                                       for t in ("r1", "auto")} |
