@@ -46,14 +46,32 @@ def test_budget_met_within_one_unit_of_cost(am, target, ratio):
         assert abs(removed - ratio) <= step_cost(am, scores, target) + 1e-9, (seed, removed)
 
 
+def cnn(widths=(16, 32)):
+    g = G(shape=(3, 8, 8), seed=1)
+    h = g.x
+    for w in widths:
+        h = g.op("Relu", g.conv(h, w))
+    return g.model(g.gemm(g.gap_flatten(h), 3))
+
+
 @pytest.mark.parametrize("round_to", [4, 8])
-def test_rounding_keeps_multiples_and_meets_the_budget_within_one_block(am, round_to):
+def test_rounding_keeps_multiples_and_meets_the_budget_within_one_block(round_to):
+    am = analyze_model(cnn())
     scores = random_scores(am, 1)
     keep = select(am.analysis, scores, 0.5, target="params", round_to=round_to, min_keep=1)
     for gid, kept in keep.items():
-        assert len(kept) % round_to == 0 or len(kept) == len(scores[gid]) or len(scores[gid]) < round_to
+        assert len(kept) % round_to == 0 or len(kept) == len(scores[gid])
+    assert any(len(k) < len(scores[g]) for g, k in keep.items())
     removed = Budget(am.analysis, scores).removed(keep, "params")
     assert abs(removed - 0.5) <= step_cost(am, scores, "params", round_to) + 1e-9
+
+
+def test_gemm_neurons_are_not_rounded(am):
+    """Rounding is for channel-blocked ops (Conv): an MLP's widths are as without it."""
+    scores = random_scores(am, 1)
+    for target in ("params", "units"):
+        assert ({g: k.tolist() for g, k in select(am.analysis, scores, 0.5, target=target, round_to=16).items()}
+                == {g: k.tolist() for g, k in select(am.analysis, scores, 0.5, target=target).items()})
 
 
 def test_a_large_step_that_overshoots_is_passed_over_for_smaller_ones(am):
@@ -183,8 +201,8 @@ def test_deploy_allocations_decides_on_the_paired_guard_samples(am):
 def test_prune_reports_allocation_and_removed_fractions(am):
     rng = np.random.default_rng(0)
     calib = {"x": rng.standard_normal((32, 4)).astype(np.float32)}
-    res = onnxprune.prune(am, calib, ratio=0.5, metric="l1", latency=False, round_to=1)
-    removed = res.report["removed"]  # (any width: the default's rounding leaves the groups whole)
+    res = onnxprune.prune(am, calib, ratio=0.5, metric="l1", latency=False)
+    removed = res.report["removed"]
     assert set(removed) == {"units", "params", "macs"}
     assert abs(removed[DEFAULT_TARGET] - 0.5) <= step_cost(am, res.scores, DEFAULT_TARGET) + 1e-6
     assert res.report["deploy"]["allocation"] in ("global", "uniform")
@@ -197,7 +215,7 @@ def test_prune_reports_allocation_and_removed_fractions(am):
     line = _allocation_line(res.report["deploy"])
     assert line.startswith(f"allocation: {rule['shipped']}") and "8 paired samples" in line
     uni = onnxprune.prune(am, calib, ratio=0.5, metric="l1", latency=False, uniform=True,
-                          target="units", round_to=1)
+                          target="units")
     assert uni.report["deploy"]["allocation"] == "uniform"
     assert uni.report["removed"]["units"] == pytest.approx(0.5)
 

@@ -272,14 +272,22 @@ def test_round_to_never_removes_more_than_asked():
     assert n_removed(64, 0.3, 1) == 19
 
 
-def test_groups_narrower_than_one_block_keep_any_width():
-    """A group that cannot fill one block is not rounded (its conv is not blocked in the
-    original either); one exactly a block wide stays whole; wider ones go in blocks."""
+def test_rounding_applies_to_conv_groups_at_least_one_block_wide():
+    """A conv group that cannot fill one block is not rounded (its conv is not blocked in the
+    original either); one exactly a block wide stays whole; wider ones go in blocks; Gemm
+    neurons keep any width (no blocked kernels there)."""
+    from graphs import G
     from onnxprune.deploy.select import width_multiple
-    assert width_multiple(6, 1, 16) == 1 and width_multiple(15, 1, 16) == 1
-    assert width_multiple(16, 1, 16) == 16 and width_multiple(24, 1, 16) == 16
-    assert width_multiple(12, 64, 16) == 1  # heads of 64 channels: every width is a multiple
-    assert width_multiple(6, 4, 16) == 4 and width_multiple(3, 4, 16) == 1
+    from onnxprune.model import analyze_model
+    g = G(shape=(3, 8, 8))
+    h = g.x
+    for w in (6, 16, 24):
+        h = g.op("Relu", g.conv(h, w))
+    h = g.op("Relu", g.gemm(g.gap_flatten(h), 40))
+    am = analyze_model(g.model(g.gemm(h, 3)))
+    multiple = {g.units: width_multiple(g, 16) for g in am.analysis.prunable}
+    assert multiple == {6: 1, 16: 16, 24: 16, 40: 1}, multiple
+    assert {g.units: width_multiple(g, 4) for g in am.analysis.prunable} == {6: 4, 16: 4, 24: 4, 40: 1}
 
 
 GPT2_PAST = ROOT / "models/zoo/hf_gpt2_past_dynamo.onnx"

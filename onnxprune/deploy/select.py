@@ -14,9 +14,9 @@ the sum of the scores at least as large), so that no layer's scale decides.
 `uniform` is the earlier rule: the same fraction of units from every group (with a cost
 target, one common fraction chosen by bisection to meet the budget). Every group keeps at
 least `min_keep` units (a fraction of its width below 1, a count from 1 up; at least one).
-`round_to`: kept widths are multiples of N channels (ONNX Runtime's CPU convs work in
-blocks of 8 or 16 channels, docs/benchmarks.md); a group narrower than N cannot fill one block
-and keeps whole-unit widths. Lowest scores go first; ties go to the later unit.
+`round_to`: kept widths of the groups a Conv produces or reads are multiples of N channels
+(ONNX Runtime's CPU convs work in blocks of 8 or 16 channels, docs/benchmarks.md); a group
+narrower than N cannot fill one block and keeps any width, as do Gemm/MatMul groups. Lowest scores go first; ties go to the later unit.
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from typing import Mapping
 
 import numpy as np
 
-from ..compiler.analysis import Analysis
+from ..compiler.analysis import Analysis, Group
+from ..compiler.ops.registry import handler_named
 from ..compiler.cost import CostModel
 from ..compiler.rewrite import channel_keep
 
@@ -36,12 +37,15 @@ DEFAULT_MIN_KEEP = 0.1
 FILL_TRIES = 256  # later steps _fill may try (one cost-model evaluation each)
 
 
-def width_multiple(units: int, unit_size: int, round_to: int) -> int:
-    """The multiple (in units of `unit_size` channels) a group's kept width is rounded to:
-    `round_to` channels, but 1 for a group narrower than that, which cannot fill one block
-    (ONNX Runtime's NCHWc kernels do not run it in the original either)."""
-    multiple = round_to // gcd(round_to, unit_size)
-    return 1 if units < multiple else multiple
+def width_multiple(group: Group, round_to: int) -> int:
+    """The multiple (in units) a group's kept width is rounded to: `round_to` channels for a
+    group that a channel-blocked op (Conv) produces or reads; 1 for any other (Gemm/MatMul
+    neurons, heads: no speed measured to gain, bench/rounding.py) and for a group narrower
+    than one block (its conv is not blocked in the original either)."""
+    if not any(handler_named(m.op).channel_blocked for m in group.members):
+        return 1
+    multiple = round_to // gcd(round_to, group.unit_size)
+    return 1 if group.units < multiple else multiple
 
 
 def n_removed(units: int, ratio: float, multiple: int = 1) -> int:
@@ -122,8 +126,7 @@ def select(analysis: Analysis, scores: Mapping[int, np.ndarray], ratio: float, *
     (not in the objective's units): LAMP-normalize each group before a global ranking."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}")
-    multiple = {gid: width_multiple(len(s), analysis.group(gid).unit_size, round_to)
-                for gid, s in scores.items()}
+    multiple = {gid: width_multiple(analysis.group(gid), round_to) for gid in scores}
     least = {gid: floor_keep(len(s), min_keep, multiple[gid]) for gid, s in scores.items()}
     if uniform and target == "units":
         keep = _uniform(scores, ratio, multiple, least)

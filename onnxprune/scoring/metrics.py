@@ -140,7 +140,7 @@ def taylor(engine, gid: int, eps: float = 0.05) -> GroupScores:
 
 def _shapley(ctx: ScoreContext, gid: int) -> GroupScores:
     group = ctx.analysis.group(gid)
-    multiple = width_multiple(group.units, group.unit_size, ctx.round_to)  # as select() rounds
+    multiple = width_multiple(group, ctx.round_to)  # as select() rounds
     k = None if ctx.ratio is None else n_removed(group.units, ctx.ratio, multiple)
     budget = ctx.budgets.get(gid, ctx.budget) if ctx.budgets else ctx.budget
     return shapley_group(ctx.engine, gid, estimator=ctx.estimator, budget=budget,

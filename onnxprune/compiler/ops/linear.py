@@ -107,6 +107,8 @@ def _couple_conv_groups(ctx, ids: np.ndarray, groups: int) -> None:
 
 @register("Conv")
 class Conv(Mixing):
+    channel_blocked = True  # NCHWc when its output channels are a multiple of the block
+
     def macs(self, node):
         return _static((shape_of(node.outputs[0]) or ())[2:]) * _weight_size(node, self)
 

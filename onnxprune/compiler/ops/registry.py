@@ -31,6 +31,8 @@ class Handler:
 
     reason = "is not supported by the analysis"
     samplewise = False  # never combines, reorders or resizes samples (the batch axis)
+    channel_blocked = False  # ONNX Runtime's CPU kernels run its channels in blocks (NCHWc):
+    # a width off the block costs speed, so `--round-to` rounds the groups it touches
 
     def analyze(self, node: gs.Node, ctx: "AnalysisContext") -> None:
         ctx.pin_inputs(node, f"{node.op} {self.reason}")
@@ -110,6 +112,11 @@ def unregister(*op_types: str, domain: str = "") -> None:
 
 def register_barrier(reason: str, *op_types: str, samplewise: bool = False) -> None:
     add(Barrier(reason, samplewise), *op_types)
+
+
+def handler_named(op: str, domain: str | None = "") -> Handler:
+    """The handler of an op type (the default barrier for an unknown one)."""
+    return HANDLERS.get((_domain(domain), op), _DEFAULT if _domain(domain) == "" else _CUSTOM)
 
 
 def handler_for(node: gs.Node) -> Handler:
