@@ -163,7 +163,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
     report["warnings"] = [*(data.warnings if data is not None else []),
                           *([am.batch_note] if am.batch_note and am.source is None else []),
                           *_fallback_warnings(am, opts, rounds.scores),
-                          *_short_warnings(opts, rounds.removed)]
+                          *_short_warnings(am, opts, rounds.removed)]
     report["removed"] = {k: round(v, 6) for k, v in rounds.removed.items()}
     return PruneResult(rounds.model, report, {g: s.values for g, s in rounds.scores.items()},
                        rounds.keep, am.analysis)
@@ -262,16 +262,17 @@ def _plan_report(plan: ScorePlan, actual: Mapping[str, float], evaluations: int)
     return doc
 
 
-def _short_warnings(opts: PruneOptions, removed: Mapping[str, float]) -> list[str]:
+def _short_warnings(am: AnalyzedModel, opts: PruneOptions, removed: Mapping[str, float]) -> list[str]:
     """Say so when far less than the budget was removed (under half of it), and why when
-    rounding is the likely cause (a group narrower than two blocks can lose little)."""
+    rounding is the likely cause (a conv group narrower than two blocks can lose little)."""
+    from .deploy.select import width_multiple
     got = removed.get(opts.target)
     if got is None or got >= opts.ratio / 2:
         return []
     line = f"removed {got:.2f} of the prunable {opts.target}, not the {opts.ratio:g} asked"
     multiple = opts.round_multiple()
-    if multiple > 1:
-        return [f"{line}: kept widths are multiples of {multiple} channels (--round-to "
+    if any(width_multiple(g, multiple) > 1 for g in am.analysis.prunable):
+        return [f"{line}: kept conv widths are multiples of {multiple} channels (--round-to "
                 f"{opts.round_to}), so a {multiple}-channel group keeps every channel and a "
                 f"{multiple + 1}-{2 * multiple - 1}-channel one can only go down to {multiple}; "
                 "--round-to 1 allows any width (CPU speed-ups then may not follow)"]

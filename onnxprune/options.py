@@ -106,8 +106,8 @@ class PruneOptions:
     uniform: bool = False  # the same fraction from every group instead of a global ranking
     min_keep: float = DEFAULT_MIN_KEEP  # per-group floor: a fraction (< 1) or a count of units
     steps: int = 1  # prune in rounds, re-scoring the shipped model in between
-    round_to: int | str = "auto"  # channels kept widths are multiples of; "auto": the CPU's
-    # channel block (round_multiple). Measured: whole-unit widths shipped slower CNNs
+    round_to: int | str = "auto"  # conv widths are kept at multiples of it; "auto": the CPU's
+    # channel block (round_multiple; select.width_multiple). Measured: whole-unit widths shipped slower CNNs
     # (docs/benchmarks.md, "Kept widths at the channel block by default")
     exclude: tuple[str, ...] = ()  # glob patterns of tensors/nodes whose groups stay whole
     compensate: bool = True  # also try mean compensation (guarded)

@@ -230,3 +230,15 @@ def test_min_keep_compounds_over_steps():
     opts = onnxprune.PruneOptions(min_keep=0.25, steps=2)
     assert opts.step_min_keep() == pytest.approx(0.5)
     assert onnxprune.PruneOptions(min_keep=3, steps=2).step_min_keep() == 3
+
+
+def test_a_run_far_short_of_the_budget_says_why(am):
+    """Under half the budget removed: the report says so; on an MLP (nothing rounded) it
+    names the floor, not the rounding."""
+    calib = {"x": np.random.default_rng(0).standard_normal((32, 4)).astype(np.float32)}
+    res = onnxprune.prune(am, calib, ratio=0.8, metric="l1", latency=False, min_keep=0.9)
+    short = [w for w in res.report["warnings"] if w.startswith("removed ")]
+    assert res.report["removed"][DEFAULT_TARGET] < 0.4 and len(short) == 1, res.report["warnings"]
+    assert "--min-keep" in short[0] and "--round-to" not in short[0]
+    res = onnxprune.prune(am, calib, ratio=0.5, metric="l1", latency=False)
+    assert not any(w.startswith("removed ") for w in res.report["warnings"])

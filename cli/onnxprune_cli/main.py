@@ -153,9 +153,9 @@ def scoring_options(fn):
 @click.option("--scores", "scores_path", type=click.Path(dir_okay=False), default=None,
               help="Reuse scores written by 'onnxprune score' instead of scoring again.")
 @click.option("--round-to", default="auto", show_default=True,
-              help="Keep widths at multiples of N channels (groups narrower than N keep whole-unit "
-              "widths); 'auto': the multiple this machine's ONNX Runtime is fastest at (16 with "
-              "AVX-512, 8 with AVX2 or CUDA); 1: any width.")
+              help="Keep conv widths at multiples of N channels (conv groups narrower than N, "
+              "Gemm/MatMul neurons and heads keep any width); 'auto': the multiple this machine's "
+              "ONNX Runtime is fastest at (16 with AVX-512, 8 with AVX2 or CUDA); 1: any width.")
 @click.option("--exclude", multiple=True, help="Leave groups whose tensors or nodes match this "
               "glob pattern alone (repeatable).")
 @click.option("--uniform", is_flag=True,

@@ -16,7 +16,8 @@ target, one common fraction chosen by bisection to meet the budget). Every group
 least `min_keep` units (a fraction of its width below 1, a count from 1 up; at least one).
 `round_to`: kept widths of the groups a Conv produces or reads are multiples of N channels
 (ONNX Runtime's CPU convs work in blocks of 8 or 16 channels, docs/benchmarks.md); a group
-narrower than N cannot fill one block and keeps any width, as do Gemm/MatMul groups. Lowest scores go first; ties go to the later unit.
+narrower than N cannot fill one block and keeps any width, as do Gemm/MatMul groups.
+Lowest scores go first; ties go to the later unit.
 """
 from __future__ import annotations
 
