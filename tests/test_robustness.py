@@ -910,6 +910,21 @@ def test_gemm_with_2d_bias(tmp_path, c_shape):
     check_masked_equals_pruned(model, trials=2, compensate=True, batch=4)
 
 
+def test_constant_holding_a_graph_is_a_user_error():
+    """Found by test_fuzz_analyze_long: a flipped byte of bert_tiny left a Constant whose
+    value reached onnx-graphsurgeon as a graph (past the checker, which rejects the simple
+    forms of it); folding made it a constant that could not be saved, a TypeError traceback.
+    Now normalization refuses it as unreadable (one line, exit 2 through the CLI). The case
+    is built past the checker here, as the fuzz file got past it."""
+    from onnxprune.compiler.normalize import normalize
+    from onnxprune.errors import OnnxPruneError
+    m = onnx.load(str(ROOT / "models/zoo/bert_tiny_opset17.onnx"))
+    node = next(n for n in m.graph.node if n.op_type == "Constant")
+    node.attribute[0].CopyFrom(helper.make_attribute("value", helper.make_graph([], "g", [], [])))
+    with pytest.raises(OnnxPruneError, match="cannot read the model's graph: Constant node .* holds a graph"):
+        normalize(m)
+
+
 def test_custom_domain_op_analyze(tmp_path):
     groups = groups_by_units(analyze_json(_write(tmp_path, H.custom_domain())))
     assert not groups[8]["prunable"]

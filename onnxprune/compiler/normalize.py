@@ -80,6 +80,7 @@ def _normalize(model: onnx.ModelProto) -> gs.Graph:
         _restore_weights(graph, weights)
         gs.export_onnx(graph, do_type_check=False)  # names and dims must survive the round trip
         graph.toposort()  # the loader lets unsorted graphs through, and with them cycles
+        _check_constants(graph)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, IndexError,
             OnnxGraphSurgeonException) as exc:
         # corrupt tensors (data size vs dims), unknown element types, undecodable strings,
@@ -156,6 +157,14 @@ def unique_node_names(model: onnx.ModelProto) -> int:
             renamed += 1
         seen.add(node.name)
     return renamed
+
+
+def _check_constants(graph: gs.Graph) -> None:
+    """A Constant whose value is not a tensor (the checker lets an attribute of type GRAPH
+    through; found by the long fuzz) would be folded into a constant that cannot be saved."""
+    for node in graph.nodes:
+        if node.op == "Constant" and any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+            raise ValueError(f"Constant node '{node.name}' holds a graph, not a tensor")
 
 
 def _reinfer(graph: gs.Graph) -> gs.Graph:
