@@ -275,7 +275,11 @@ def _raw_length(t: onnx.TensorProto) -> int:
     count = math.prod(t.dims)
     if t.data_type in _PACKED_4BIT:
         return (count + 1) // 2
-    return count * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except KeyError:  # an element type onnx does not know: the checker says so later
+        itemsize = 4
+    return count * itemsize
 
 
 _PACKED_4BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1")

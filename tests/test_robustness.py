@@ -910,6 +910,16 @@ def test_gemm_with_2d_bias(tmp_path, c_shape):
     check_masked_equals_pruned(model, trials=2, compensate=True, batch=4)
 
 
+def test_unknown_element_type_is_a_user_error(tmp_path):
+    """Found by test_fuzz_analyze_long (bert_tiny_fused after 'flip'): a tensor whose element
+    type is 0 (UNDEFINED) made the size estimate of session 7 raise KeyError before the checker
+    could say what is wrong."""
+    m = onnx.load(str(ROOT / "models/zoo/bert_tiny_opset17.onnx"))
+    m.graph.initializer[0].data_type = 0
+    result = cli("analyze", _write(tmp_path, m))
+    assert_clean(result, success=False, words=("not a valid ONNX model",))
+
+
 def test_constant_holding_a_graph_is_a_user_error():
     """Found by test_fuzz_analyze_long: a flipped byte of bert_tiny left a Constant whose
     value reached onnx-graphsurgeon as a graph (past the checker, which rejects the simple
