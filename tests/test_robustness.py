@@ -1347,3 +1347,30 @@ def test_model_larger_than_2gb(tmp_path):
     assert dims["fc1.weight"] == [15300, 16384] and dims["fc2.weight"] == [16384, 15300]
     after = sha_tree(tmp_path)
     assert {k: after[k] for k in before} == before
+
+
+def test_constant_whose_data_does_not_fill_its_dims_is_a_user_error():
+    """Found by test_fuzz_prune_long (se_net after 'flip': `ValueError: cannot reshape array
+    of size 0 into shape ()` from reading a constant): now one line, naming the tensor."""
+    from onnxprune.compiler.graph import const_value
+    from onnxprune.errors import OnnxPruneError
+    import onnx_graphsurgeon as gs
+    t = onnx.TensorProto(name="k", data_type=onnx.TensorProto.FLOAT, dims=[], raw_data=b"")
+    with pytest.raises(OnnxPruneError, match="cannot read the model's tensor 'k'"):
+        const_value(gs.Constant("k", gs.ir.tensor.LazyValues(t)))
+
+
+def test_unsqueeze_with_axes_of_rank_2_has_no_batch_rule():
+    """Found by test_fuzz_malformed_analyze_long (hf_distilbert after 'dims': `TypeError: only
+    0-dimensional arrays can be converted`): a malformed Unsqueeze gets no rule (None)."""
+    from types import SimpleNamespace
+    import onnx_graphsurgeon as gs
+    from onnxprune.compiler.batchaxis import _unsqueeze
+    from onnxprune.compiler.batchstate import Index
+    x = gs.Variable("x", np.float32, ("N", 4))
+    y = gs.Variable("y", np.float32, ("N", 1, 4))
+    node = gs.Node("Unsqueeze", inputs=[x, gs.Constant("axes", np.array([[1]], np.int64))], outputs=[y])
+    flow = SimpleNamespace(graph=SimpleNamespace(opset=13), state=lambda t: Index("batch", 0, None))
+    assert _unsqueeze(flow, node) is None
+    node.inputs[1] = gs.Constant("axes1", np.array([1], np.int64))  # the well-formed one still has a rule
+    assert _unsqueeze(flow, node) is not None

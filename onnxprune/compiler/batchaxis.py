@@ -383,7 +383,8 @@ def _passthrough(flow: _Flow, node: gs.Node) -> Index | None:
 def _unsqueeze(flow: _Flow, node: gs.Node) -> Index | None:
     st, rank = flow.state(node.inputs[0]), rank_of(node.outputs[0])
     axes = input_or_attr(node, 1, "axes", 13, flow.graph.opset)
-    if not isinstance(st, Index) or rank is None or axes is None or isinstance(axes, str):
+    if (not isinstance(st, Index) or rank is None or axes is None or isinstance(axes, str)
+            or np.ndim(axes) > 1):  # axes of rank 2: a malformed node (found by the long fuzz)
         return None
     if st.kind == "local":
         return st

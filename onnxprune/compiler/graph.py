@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..errors import OnnxPruneError
+
 
 @dataclass
 class ModelIdentity:
@@ -77,9 +79,13 @@ def to_proto(graph: gs.Graph, ident: ModelIdentity) -> onnx.ModelProto:
 def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
     """The value of a constant tensor (initializer or folded Constant node), else None."""
     if isinstance(tensor, gs.Constant):
-        values = tensor.values
-        if isinstance(values, gs.ir.tensor.LazyValues):
-            values = values.load()
+        try:
+            values = tensor.values
+            if isinstance(values, gs.ir.tensor.LazyValues):
+                values = values.load()
+        except ValueError as exc:  # the user's data does not fill its dims (found by the long fuzz)
+            raise OnnxPruneError(f"cannot read the model's tensor '{tensor.name}': "
+                                 f"{str(exc).splitlines()[0][:160]}") from None
         return np.asarray(values)
     return None
 
