@@ -1338,7 +1338,8 @@ def test_model_larger_than_2gb(tmp_path):
     out = tmp_path / "out" / "huge_pruned.onnx"
     out.parent.mkdir()
     result = cli(path, "--calib", tmp_path / "c.npz", "--ratio", 0.1, "--metric", "l1", "-q",
-                 "--no-refit", "-o", out, seconds=3600)
+                 "--no-refit", "-o", out, "--min-fidelity", 0, seconds=3600)  # random weights,
+    # 4 samples: the gate's verdict (75% top-1 at 747ccce too) is not what this test is about
     assert_clean(result, success=True)
     assert (out.parent / "huge_pruned.onnx.data").is_file(), os.listdir(out.parent)
     onnx.checker.check_model(str(out), full_check=True)
