@@ -96,9 +96,10 @@ def one(name: str, kind: str, target: str, ratio: float, args) -> dict:
 def retime(key: str, rec: dict, args) -> None:
     """The three latency ratios again from the saved models (on a quiet machine)."""
     kind, name, target, ratio = key.split("|")
-    model = study_task(name)[0] if kind == "study" else str(Path(args.data) / name / "model.onnx")
-    calib = dict(np.load(TRAINED / f"{__import__('low_data').MODELS[name]}_calib.npz")) if kind == "study" \
-        else dict(np.load(Path(args.data) / name / "calib.npz"))
+    if kind == "study":
+        model, calib = study_task(name)[:2]
+    else:
+        model, calib = str(Path(args.data) / name / "model.onnx"), dict(np.load(Path(args.data) / name / "calib.npz"))
     feeds = {k: v[:16] for k, v in calib.items()}
     orig = onnx.load(model)
     saved = {t: SAVED / f"{kind}_{name}_{target}_{float(ratio)}_{t}.onnx" for t in ("r1", "auto")}

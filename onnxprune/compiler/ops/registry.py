@@ -120,11 +120,7 @@ def handler_named(op: str, domain: str | None = "") -> Handler:
 
 
 def handler_for(node: gs.Node) -> Handler:
-    domain = _domain(node.domain)
-    found = HANDLERS.get((domain, node.op))
-    if found is not None:
-        return found
-    return _DEFAULT if domain == "" else _CUSTOM
+    return handler_named(node.op, node.domain)
 
 
 def evaluate(tensor: gs.Tensor, depth: int = 0) -> Dims | None:
