@@ -225,3 +225,122 @@ def test_cli_output_kind_shows_in_the_report(tmp_path):
     result = _cli(tmp_path, "--force")  # without it: features, read from the graph
     assert result.exit_code == 0, result.output
     assert "features" in result.stdout and "set by" not in result.stdout
+
+
+# ------------------------------------------------------------------ dense heads (PicoDet)
+
+HH, WW, CIN, MID = 6, 5, 8, 16
+
+
+def _dense_head(weak: float = 0.05) -> onnx.ModelProto:
+    """What Paddle's PicoDet head exports per level: Conv -> Split(class, box) -> Sigmoid on
+    the classes -> Reshape [N, C, H*W] -> Transpose [N, H*W, C]; half of the hidden channels
+    write almost nothing (`weak`)."""
+    r = np.random.default_rng(3)
+    w2 = r.standard_normal((42, MID, 1, 1)) / np.sqrt(MID)
+    w2[:, MID // 2:] *= weak
+    mk = helper.make_node
+    nodes = [mk("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]), mk("Relu", ["h"], ["a"]),
+             mk("Conv", ["a", "w2"], ["o"]), mk("Split", ["o", "split"], ["c", "b"], axis=1),
+             mk("Sigmoid", ["c"], ["cs"]),
+             mk("Reshape", ["cs", "s10"], ["cr"]), mk("Transpose", ["cr"], ["cls"], perm=[0, 2, 1]),
+             mk("Reshape", ["b", "s32"], ["br"]), mk("Transpose", ["br"], ["box"], perm=[0, 2, 1])]
+    inits = {"w1": r.standard_normal((MID, CIN, 3, 3)) / np.sqrt(9 * CIN), "w2": w2,
+             "split": np.array([10, 32]), "s10": np.array([0, 10, HH * WW]),
+             "s32": np.array([0, 32, HH * WW])}
+    graph = helper.make_graph(
+        nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", CIN, HH, WW])],
+        [helper.make_tensor_value_info("cls", TensorProto.FLOAT, ["N", HH * WW, 10]),
+         helper.make_tensor_value_info("box", TensorProto.FLOAT, ["N", HH * WW, 32])],
+        [numpy_helper.from_array(v if v.dtype == np.int64 else v.astype(np.float32), k)
+         for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_dense_head_outputs_are_maps_not_sequences():
+    model = _dense_head()
+    want = [np.zeros((N, HH * WW, 10), np.float32), np.zeros((N, HH * WW, 32), np.float32)]
+    kinds = decide_kinds(["cls", "box"], want, model)
+    assert kinds == {"cls": ("probability_map", "graph: Sigmoid over a flattened H x W map"),
+                     "box": ("regression", "graph: a flattened H x W map, not a sequence")}
+    assert [compare_one(n, w, w).kind for n, w in zip(["cls", "box"], want)] == \
+        ["sequence", "sequence"]  # what the shape rule alone says
+
+
+def _conv_reshape_model(in_shape, target, perm=None, sigmoid=False) -> onnx.ModelProto:
+    mk = helper.make_node
+    nodes = [mk("Sigmoid", ["x"], ["s"])] if sigmoid else [mk("Identity", ["x"], ["s"])]
+    nodes.append(mk("Reshape", ["s", "t"], ["r" if perm else "y"]))
+    nodes += [mk("Transpose", ["r"], ["y"], perm=perm)] if perm else []
+    out = [target[i] for i in perm] if perm else target
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)],
+        [numpy_helper.from_array(np.array([0 if d == "N" else d for d in target]), "t")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("in_shape,target,perm,sigmoid,want", [
+    (["N", 40, 1, 12], ["N", 40, 12], [0, 2, 1], False, ("sequence", "shape")),  # a text line
+    (["N", 40, 1, 12], ["N", 40, 12], [0, 2, 1], True, ("sequence", "shape")),
+    (["N", 6, 5, 10], ["N", 30, 10], None, True,  # NHWC (tf2onnx): [N, H, W, C] -> [N, H*W, C]
+     ("probability_map", "graph: Sigmoid over a flattened H x W map")),
+    (["N", 32, 6, 5], ["N", 32, 30], [0, 2, 1], False,
+     ("regression", "graph: a flattened H x W map, not a sequence")),
+])
+def test_grid_reshapes_are_told_from_text_lines(in_shape, target, perm, sigmoid, want):
+    model = _conv_reshape_model(in_shape, target, perm, sigmoid)
+    shape = [N if d == "N" else d for d in ([target[i] for i in perm] if perm else target)]
+    assert decide_kinds(["y"], [np.zeros(shape, np.float32)], model)["y"] == want
+
+
+def test_dense_head_prune_passes_where_the_shape_rule_failed_it():
+    """A faithful prune of the dense head (the weak channels removed, refit): judged as maps
+    it passes; the same outputs judged by shape alone (whole-sequence top-1 over the box
+    logits' 30 positions) fail it. A broken prune still fails as maps."""
+    model = _dense_head()
+    x = np.random.default_rng(4).standard_normal((4 * N, CIN, HH, WW)).astype(np.float32)
+    res = onnxprune.prune(model, {"x": x}, ratio=0.5, latency=False, round_to=1,
+                          target="units", min_keep=1)
+    ver = res.report["verification"]
+    assert [o["kind"] for o in ver["outputs"]] == ["probability_map", "regression"]
+    assert ver["verdict"] == "passed", ver
+    held = {"x": x[-N:]}
+    want, got = run_model(model, held), run_model(res.model, held)
+    assert min(compare_one(n, w, g).agreement
+               for n, w, g in zip(["cls", "box"], want, got)) < ver["min_fidelity"]
+    broken = onnxprune.prune(model, {"x": x}, ratio=0.9, metric="random", compensate=False,
+                             refit=False, latency=False, round_to=1, target="units", min_keep=1)
+    assert broken.report["verification"]["verdict"] == "failed", broken.report["verification"]
+
+
+def test_sigmoid_over_a_4d_map_is_probabilities():
+    """A DBNet text detector's [N, 1, H, W] probability map, a segmentation's [N, C, H, W]."""
+    model = _conv_reshape_model(["N", 1, 8, 8], ["N", 1, 8, 8], sigmoid=True)
+    for shape in [(N, 1, 8, 8), (N, 3, 8, 8)]:
+        assert decide_kinds(["y"], [np.zeros(shape, np.float32)], model)["y"] == \
+            ("probability_map", "graph: Sigmoid")
+    assert compare_one("y", np.zeros((N, 1, 8, 8)), np.zeros((N, 1, 8, 8))).kind == "score_map"
+
+
+def test_probability_map_agreement_is_dice_above_half():
+    """Pooled Dice of the entries above 0.5: near-ties among confident entries (a coarse
+    level's 30 entries at 0.97-0.99) do not count against it as they do against top-k, and
+    dropping half of the positives does; with no positive in the original, top-k decides."""
+    r = np.random.default_rng(5)
+    want = r.uniform(0.0, 0.2, (8, 1300))
+    want[:, :30] = r.uniform(0.97, 0.99, (8, 30))
+    got = want.copy()
+    got[:, :30] = r.uniform(0.97, 0.99, (8, 30))  # same positives, shuffled among themselves
+    same = compare_one("p", want, got, "probability_map")
+    assert same.agreement == 1.0 and same.measure == "agreement above 0.5"
+    assert compare_one("p", want, got, "score_map").agreement < 0.8  # top-13 of 30 near-ties
+    half = want.copy()
+    half[:, :15] = 0.3
+    assert compare_one("p", want, half, "probability_map").agreement == pytest.approx(2 * 15 / 45)
+    quiet = r.uniform(0.0, 0.2, (8, 1300))
+    assert compare_one("p", quiet, quiet, "probability_map").agreement == 1.0
+    assert compare_one("p", quiet, quiet[::-1], "probability_map").agreement == \
+        compare_one("p", quiet, quiet[::-1], "score_map").agreement < 0.5

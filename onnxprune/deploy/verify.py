@@ -10,16 +10,23 @@ and one agreement figure in [0, 1] measured the way that kind is used:
 | `class_scores` | float [N, C], C > 1 (probabilities, logits) | top-1 agreement |
 | `sequence` | float [N, T, C] or [T, N, C] | samples whose top-1 sequence is identical at every position |
 | `detection` | float [N, boxes, 5 + classes], boxes >= 8 x attributes (a long last axis is a sequence's classes) | overlap of the top-k boxes |
-| `score_map` | float [N, 1, H, W] | overlap of the top-k positions |
+| `score_map` | float [N, 1, H, W] | overlap of the top-k entries |
+| `probability_map` | a Sigmoid's [N, C, H, W], or its H x W map flattened to [N, H*W, C] | Dice of the entries above 0.5 |
 | `features` | float [N, C] or [N, T, C] computed by a normalization, a residual Add or Tanh/Gelu (hidden states, embeddings) | 1 - error / spread per sample |
-| `regression` | any other float output | mean cosine per sample (clipped at 0) |
+| `regression` | any other float output (a dense head's flattened box map among them) | mean cosine per sample (clipped at 0) |
 
-The op that computes an output (`feature_outputs`, walking back through shape-only ops) tells
+The op that computes an output (`graph_kinds`, walking back through shape-only ops) tells
 hidden states from class scores, which share a shape: LayerNormalization (one op, or the
 legacy exporter's ReduceMean ... Div/Sqrt -> Mul(gamma) -> Add(beta)), a residual Add of two
-computed tensors, Tanh or Gelu make `features`; anything else (Softmax, Sigmoid, MatMul with
-its bias Add, Gemm, Conv, an unknown op) keeps the shape rule. `--output-kind NAME=KIND`
-overrides both (`OutputFidelity.kind_from` says which decided).
+computed tensors, Tanh or Gelu make `features`. A Sigmoid over a 2-D map makes probabilities
+(`probability_map`): [N, C, H, W] (a DBNet text map), or the same flattened by a Reshape that
+merges H and W into [N, H*W, C] (PicoDet's class scores); any other rank-3 output so
+flattened is a dense head's per-position map, not a sequence (PicoDet's [N, H*W, 32]
+box-distribution logits): `regression`. Before these rules PicoDet's eight outputs were judged
+as YOLO boxes and as CTC sequences, and the gate failed every prune of it whatever its task F1.
+Anything else (Softmax, a Sigmoid over a sequence, MatMul with its bias Add, Gemm, Conv, an
+unknown op) keeps the shape rule. `--output-kind NAME=KIND` overrides both
+(`OutputFidelity.kind_from` says which decided).
 
 Features: per sample i, error_i = ||pruned_i - original_i|| / ||original_i - m||, m the
 original's mean feature vector over all samples and positions, and the figure is the mean of
@@ -35,6 +42,13 @@ whole-sequence top-1 gives it 0.67), a random prune at 0.9 without refit 0.59 (c
 and a sign-flipped first layer 0.37 (cosine 0.84): both fail, where a cosine gate at 0.8
 would pass them.
 
+Probability maps: an entry is positive above 0.5, and the figure is the Dice coefficient of the
+two models' positives pooled over the samples (2 |both| / (|original's| + |pruned's|)), where a
+top-k figure would rank near-ties: PicoDet's top 1% of a level's entries reach down to
+probability 0.05 (noise), and on a coarse level more than k entries sit near 1.0 (measured:
+docs/benchmarks.md, The quality gate on a dense detector). Where the original has no entry
+above 0.5 on the held-out samples, the top-k figure stands in.
+
 Top-k (detection, score maps): per sample, the original's k highest-scoring entries, k = 1%
 of them (at least 1, at most 100), i.e. the entries above the original's 99th percentile;
 the figure is |top-k(original) & top-k(pruned)| / k, averaged over samples. A detection
@@ -43,7 +57,7 @@ class scores). Non-finite values in either model's output make its agreement 0."
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterator, Literal, Mapping, Sequence, get_args
+from typing import Iterator, Literal, Mapping, NamedTuple, Sequence, get_args
 
 import numpy as np
 import onnx
@@ -51,14 +65,16 @@ import onnx
 from ..errors import OnnxPruneError
 from ..runtime import batch_axes, make_session, run_chunks, tensor_outputs
 
-OutputKind = Literal["integer", "class_scores", "sequence", "detection", "score_map", "features",
-                     "regression"]
+OutputKind = Literal["integer", "class_scores", "sequence", "detection", "score_map",
+                     "probability_map", "features", "regression"]
 OUTPUT_KINDS: tuple[str, ...] = get_args(OutputKind)
 MEASURES: dict[str, str] = {"integer": "exact agreement", "class_scores": "top-1 agreement",
                             "sequence": "whole-sequence top-1 agreement",
-                            "detection": "top-k box overlap", "score_map": "top-k position overlap",
+                            "detection": "top-k box overlap", "score_map": "top-k entry overlap",
+                            "probability_map": "agreement above 0.5",
                             "features": "1 - error / spread", "regression": "cosine"}
 TOPK_SHARE, TOPK_MAX = 0.01, 100
+PROBABLE = 0.5  # a probability map's positives: entries above it
 OVERRIDE = "--output-kind"  # OutputFidelity.kind_from of a kind the user set
 
 # Facts about the op that computes an output (module docstring). Ops that only move or retype
@@ -90,16 +106,13 @@ class OutputFidelity:
         return asdict(self)
 
 
-def output_kind(arr: np.ndarray, features: bool = False) -> OutputKind:
-    """What an output is, from its dtype and shape (the table above); `features`: its
-    producer says hidden states (`feature_outputs`), which a float [N, C] or [N, T, C] is."""
+def output_kind(arr: np.ndarray) -> OutputKind:
+    """What an output is, from its dtype and shape alone (the table above)."""
     if arr.dtype.kind in "iub":
         return "integer"
     if arr.dtype.kind != "f":
         return "regression"
     shape = arr.shape
-    if features and len(shape) in (2, 3):
-        return "features"
     if len(shape) == 2 and shape[1] > 1:
         return "class_scores"
     if len(shape) == 3:  # [N, boxes, 5 + classes] (YOLOX, v5); a long last axis is classes:
@@ -114,7 +127,7 @@ def kind_misfit(kind: str, shape: Sequence[int | None]) -> str | None:
     """Why an output of this shape (None: a dim not known) cannot be judged as `kind` (an
     override), else None."""
     rank = len(shape)
-    if kind in ("class_scores", "sequence", "score_map", "features") and rank < 2:
+    if kind in ("class_scores", "sequence", "score_map", "probability_map", "features") and rank < 2:
         return f"{kind} needs at least [N, C], the output has rank {rank}"
     if kind == "detection" and (rank != 3 or min((d for d in shape[1:] if d is not None),
                                                 default=6) < 6):
@@ -122,19 +135,70 @@ def kind_misfit(kind: str, shape: Sequence[int | None]) -> str | None:
     return None
 
 
-def feature_outputs(model: onnx.ModelProto) -> dict[str, str]:
-    """The graph outputs whose producer makes them features, with that producer's name."""
+class GraphKind(NamedTuple):
+    """What the ops computing an output say it is, for a float output of one of `ranks`."""
+    kind: OutputKind
+    why: str
+    ranks: tuple[int, ...]
+
+
+def graph_kinds(model: onnx.ModelProto) -> dict[str, GraphKind]:
+    """Per graph output that the ops computing it say something about (module docstring):
+    hidden states (`features`); a Sigmoid's probabilities over a 2-D map, [N, C, H, W] or
+    flattened by a Reshape to [N, H*W, C] (`probability_map`: PicoDet's class scores, a text
+    detector's DBNet map); any other flattened H x W map (`regression`: box logits)."""
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
-    consts = _constants(graph)
+    consts, grids = _constants(graph), _grid_reshapes(model)
     found = {}
     for out in graph.output:
-        node = producers.get(out.name)
+        node, grid, sigmoid = producers.get(out.name), False, False
         while node is not None and node.op_type in SHAPE_ONLY_OPS:
+            grid |= node.op_type == "Reshape" and node.output[0] in grids
             node = producers.get(node.input[0])
-        why = _feature_producer(node, producers, consts) if node is not None else None
-        if why:
-            found[out.name] = why
+        if node is not None and (why := _feature_producer(node, producers, consts)):
+            found[out.name] = GraphKind("features", f"graph: {why}", (2, 3))
+            continue
+        while node is not None and node.op_type in SHAPE_ONLY_OPS | {"Sigmoid"}:
+            grid |= node.op_type == "Reshape" and node.output[0] in grids
+            sigmoid |= node.op_type == "Sigmoid"
+            node = producers.get(node.input[0])
+        if sigmoid:
+            found[out.name] = (GraphKind("probability_map", "graph: Sigmoid over a flattened H x W "
+                                         "map", (3,)) if grid else
+                               GraphKind("probability_map", "graph: Sigmoid", (4,)))
+        elif grid:
+            found[out.name] = GraphKind("regression", "graph: a flattened H x W map, not a "
+                                        "sequence", (3,))
+    return found
+
+
+def _grid_reshapes(model: onnx.ModelProto) -> set[str]:
+    """Outputs of Reshapes that merge the two spatial axes of a 4-D map, [N, C, H, W] ->
+    [N, C, H*W] or [N, H, W, C] -> [N, H*W, C], with neither H nor W known to be 1 (a text
+    line's [N, C, 1, W] -> [N, C, W] stays a sequence). Shapes from ONNX's shape inference;
+    none where it cannot run (a model over protobuf's 2 GB), so the shape rule decides."""
+    if model.ByteSize() >= 2**31 - 2**20:
+        return set()
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except (ValueError, onnx.shape_inference.InferenceError):
+        return set()
+    g = inferred.graph
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                       for d in v.type.tensor_type.shape.dim]
+              for v in [*g.value_info, *g.input, *g.output] if v.type.HasField("tensor_type")}
+    spatial = lambda d: d is not None and d != 1  # noqa: E731  (a value > 1 or a named dim)
+    found = set()
+    for node in g.node:
+        src, dst = shapes.get(node.input[0]) if node.op_type == "Reshape" else None, \
+            shapes.get(node.output[0])
+        if not src or not dst or len(src) != 4 or len(dst) != 3:
+            continue
+        pair = (2, 3) if dst[1] == src[1] is not None else (1, 2) if dst[2] == src[3] is not None \
+            else None
+        if pair and spatial(src[pair[0]]) and spatial(src[pair[1]]):
+            found.add(node.output[0])
     return found
 
 
@@ -213,14 +277,18 @@ def decide_kinds(names: Sequence[str], want: Sequence[np.ndarray], model: onnx.M
                  overrides: Mapping[str, str] | None = None) -> dict[str, tuple[str, str]]:
     """Per output (kind, what decided it): the user's override, else the producer and the
     shape (`output_kind`)."""
-    overrides, features = overrides or {}, feature_outputs(model)
+    overrides, graph = overrides or {}, graph_kinds(model)
     out = {}
     for name, arr in zip(names, want):
         if name in overrides:
             out[name] = (overrides[name], OVERRIDE)
             continue
-        kind = output_kind(np.asarray(arr), features=name in features)
-        out[name] = (kind, f"graph: {features[name]}" if kind == "features" else "shape")
+        arr = np.asarray(arr)
+        said = graph.get(name)
+        if said is not None and arr.dtype.kind == "f" and arr.ndim in said.ranks:
+            out[name] = (said.kind, said.why)
+        else:
+            out[name] = (output_kind(arr), "shape")
     return out
 
 
@@ -260,6 +328,8 @@ def _agreement(kind: str, w64: np.ndarray, g64: np.ndarray, cos: float, top1: fl
         return max(0.0, cos)
     if kind == "features":
         return _feature_agreement(w64, g64)
+    if kind == "probability_map" and (w64 > PROBABLE).any():
+        return _positives_agreement(w64, g64)
     if not w64.size:
         return 1.0
     return _topk_overlap(*((_box_scores(w64), _box_scores(g64)) if kind == "detection"
@@ -277,6 +347,14 @@ def _feature_agreement(w: np.ndarray, g: np.ndarray) -> float:
     err = np.linalg.norm((g - w).reshape(len(w), -1), axis=1)
     score = np.where(spread > 0, 1 - err / np.maximum(spread, 1e-300), (err == 0) * 1.0)
     return float(np.clip(score, 0.0, 1.0).mean())
+
+
+def _positives_agreement(w: np.ndarray, g: np.ndarray) -> float:
+    """Dice of the entries above 0.5 in either model, pooled over the samples: of what either
+    calls positive, the share both do (the caller falls back to top-k where the original has
+    no entry above 0.5)."""
+    a, b = w > PROBABLE, g > PROBABLE
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
 
 def _cosine(w: np.ndarray, g: np.ndarray) -> float:
