@@ -25,7 +25,8 @@ from .errors import OnnxPruneError
 from .load import save_model
 from .model import AnalyzedModel, analyze_model
 from .options import PruneOptions, ScoreOptions
-from .pipeline import Run, check_runs, make_guard, prune_rounds, round_plan, scored_groups, split_samples
+from .pipeline import (Run, check_runs, make_guard, measure_sizes, prune_rounds, round_plan,
+                       scored_groups, split_samples)
 from .progress import ProgressFn, emit
 from .report import build_report, verify_pruned
 from .scoring.plan import ScorePlan
@@ -163,7 +164,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
     report["warnings"] = [*(data.warnings if data is not None else []),
                           *([am.batch_note] if am.batch_note and am.source is None else []),
                           *_fallback_warnings(am, opts, rounds.scores),
-                          *_short_warnings(am, opts, rounds.removed)]
+                          *_budget_warnings(am, opts, rounds.removed)]
     report["removed"] = {k: round(v, 6) for k, v in rounds.removed.items()}
     return PruneResult(rounds.model, report, {g: s.values for g, s in rounds.scores.items()},
                        rounds.keep, am.analysis)
@@ -234,6 +235,7 @@ def _prepare(model: Any, calib: Any, options: PruneOptions | None,
                              (why.replace("no channel groups", "") if why else
                               " (see 'onnxprune analyze')"))
     forward = check_runs(am, opts.score.device, data)
+    measure_sizes(am, data)
     scoring, held_out, held_note = split_samples(data, opts.holdout, opts.score.seed)
     return opts, am, data, Run(scoring, held_out, held_note, forward, t0, dict(am.seconds))
 
@@ -262,16 +264,29 @@ def _plan_report(plan: ScorePlan, actual: Mapping[str, float], evaluations: int)
     return doc
 
 
-def _short_warnings(am: AnalyzedModel, opts: PruneOptions, removed: Mapping[str, float]) -> list[str]:
-    """Say so when far less than the budget was removed (under half of it), and why when
-    rounding is the likely cause (a conv group narrower than two blocks can lose little)."""
+OVER_BUDGET = 0.05  # removed more than R by this much (of the prunable cost): say so
+
+
+def _budget_warnings(am: AnalyzedModel, opts: PruneOptions, removed: Mapping[str, float]
+                     ) -> list[str]:
+    """Say so when far less than the budget was removed (under half of it) or clearly more
+    (over R + 0.05: one removal step is coarse, a channel block on a narrow conv), and why
+    when rounding is the likely cause."""
     from .deploy.select import width_multiple
     got = removed.get(opts.target)
-    if got is None or got >= opts.ratio / 2:
+    if got is None or opts.ratio / 2 <= got <= opts.ratio + OVER_BUDGET:
         return []
-    line = f"removed {got:.2f} of the prunable {opts.target}, not the {opts.ratio:g} asked"
     multiple = opts.round_multiple()
-    if any(width_multiple(g, multiple) > 1 for g in am.analysis.prunable):
+    rounded = any(width_multiple(g, multiple) > 1 for g in am.analysis.prunable)
+    if got > opts.ratio:
+        line = f"removed {got:.2f} of the prunable {opts.target}, more than the {opts.ratio:g} asked"
+        return [f"{line}: " + (f"kept conv widths are multiples of {multiple} channels (--round-to "
+                               f"{opts.round_to}), coarse steps on this model's narrow convs; "
+                               "--round-to 1 meets the budget within one channel (CPU speed-ups "
+                               "then may not follow)" if rounded else
+                               "one removal step is a large share of this model's cost")]
+    line = f"removed {got:.2f} of the prunable {opts.target}, not the {opts.ratio:g} asked"
+    if rounded:
         return [f"{line}: kept conv widths are multiples of {multiple} channels (--round-to "
                 f"{opts.round_to}), so a {multiple}-channel group keeps every channel and a "
                 f"{multiple + 1}-{2 * multiple - 1}-channel one can only go down to {multiple}; "

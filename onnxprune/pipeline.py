@@ -79,6 +79,29 @@ def check_runs(am: AnalyzedModel, device: str, data: Calibration | None) -> Forw
         return measure_forward(am.proto, data.inputs) if data is not None else None
 
 
+def measure_sizes(am: AnalyzedModel, data: Calibration | None) -> None:
+    """Where the export left the dims that set a mixing node's MACs dynamic (a conv's H and W,
+    a sequence), their shape on the first calibration sample, into `am.analysis.measured`
+    (compiler/cost.py counts MACs with it): one unoptimized CPU pass with those tensors as
+    extra outputs."""
+    from .compiler.cost import dynamic_sizes
+    from .compiler.graph import node_key
+    from .compiler.ops import handler_for
+    from .runtime import make_session
+    nodes = dynamic_sizes(am.analysis.graph)
+    if data is None or not nodes:
+        return
+    names = {node_key(n): handler_for(n).size_tensor(n).name for n in nodes}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(am.proto)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in sorted(set(names.values()) - known))
+    sess = make_session(probe, "cpu", optimize=False)
+    wanted = sorted(set(names.values()))
+    arrays = dict(zip(wanted, sess.run(wanted, {k: v[:1] for k, v in data.inputs.items()})))
+    am.analysis.measured = {key: tuple(int(d) for d in arrays[t].shape) for key, t in names.items()}
+
+
 @contextlib.contextmanager
 def _ort_errors() -> Iterator[None]:
     """ONNX Runtime's refusal of the user's model as one line (an OnnxPruneError)."""
@@ -145,7 +168,9 @@ def prune_rounds(am: AnalyzedModel, opts: PruneOptions, run: Run, guard: Guard |
         if opts.steps == 1:
             out.keep, out.scores = keep, scores
             return out
+        measured = am.analysis.measured  # pruning channels leaves the other dims as they were
         am = analyze_model(choice.model, prune_cache=opts.prune_cache)
+        am.analysis.measured = measured
         run = _narrowed(first_run, choice.model)
     return out
 

@@ -112,10 +112,10 @@ def build_report(am: AnalyzedModel, pruned: onnx.ModelProto, keep: Mapping[int, 
         "seed": options.score.seed, "options": options.to_json(),
         "calibration_samples": n_samples,
         "versions": _versions(__version__),
-        "before": _sizes(am.graph, am.proto),
+        "before": _sizes(am.graph, am.proto, am.analysis.measured),
         # the original shipped unchanged (nothing removed) is measured as it was analyzed
-        "after": _sizes(am.graph, am.proto) if pruned is am.proto else
-                 _sizes(gs.import_onnx(pruned), pruned),
+        "after": _sizes(am.graph, am.proto, am.analysis.measured) if pruned is am.proto else
+                 _sizes(gs.import_onnx(pruned), pruned, am.analysis.measured),
         "groups": _group_rows(am, keep, scores),
         "verification": verification,
         "seconds": {k: round(v, 4) for k, v in seconds.items()},
@@ -147,8 +147,10 @@ def cache_interface(am: AnalyzedModel, pruned: onnx.ModelProto) -> CacheInterfac
     return {"changed": True, "layers": layers}
 
 
-def _sizes(graph, proto: onnx.ModelProto) -> Sizes:
-    return {"params": count_params(graph), "macs": count_macs(graph), "bytes": model_bytes(proto)}
+def _sizes(graph, proto: onnx.ModelProto, measured: Mapping[str, tuple[int, ...]]) -> Sizes:
+    """`measured`: the original's measured dynamic dims (pruning channels leaves them as they were)."""
+    return {"params": count_params(graph), "macs": count_macs(graph, measured),
+            "bytes": model_bytes(proto)}
 
 
 def _group_rows(am: AnalyzedModel, keep: Mapping[int, np.ndarray],

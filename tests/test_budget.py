@@ -242,3 +242,37 @@ def test_a_run_far_short_of_the_budget_says_why(am):
     assert "--min-keep" in short[0] and "--round-to" not in short[0]
     res = onnxprune.prune(am, calib, ratio=0.5, metric="l1", latency=False)
     assert not any(w.startswith("removed ") for w in res.report["warnings"])
+
+
+def _dynamic_hw(model):
+    """The same model as exported with dynamic H and W (PP-OCR's detector, torch's
+    dynamic_axes): input dims named, every shape below it unknown."""
+    import onnx
+    dyn = onnx.ModelProto()
+    dyn.CopyFrom(model)
+    dims = dyn.graph.input[0].type.tensor_type.shape.dim
+    for i, name in ((2, "H"), (3, "W")):
+        dims[i].Clear()
+        dims[i].dim_param = name
+    del dyn.graph.value_info[:]
+    return dyn
+
+
+def test_dynamic_spatial_dims_are_measured_for_the_mac_budget():
+    """MACs of convolutions whose H and W the export left dynamic come from a calibration
+    sample: the same network with static and with dynamic H, W costs the same, and a MAC
+    budget removes the same units (counted as 1, stride-1 and stride-4 convs would cost
+    alike per weight and the budget would be spent as a parameter budget)."""
+    g = G(shape=(3, 16, 16), seed=2)
+    h = g.op("Relu", g.conv(g.x, 16))
+    h = g.op("Relu", g.conv(h, 32, strides=[2, 2]))
+    h = g.op("Relu", g.conv(h, 32, strides=[2, 2]))
+    static = g.model(g.gemm(g.gap_flatten(h), 3))
+    calib = {"x": np.random.default_rng(3).standard_normal((32, 3, 16, 16)).astype(np.float32)}
+    opts = dict(ratio=0.5, target="macs", metric="l1", round_to=1, latency=False,
+                compensate=False, refit=False, min_fidelity=0)
+    a, b = onnxprune.prune(static, calib, **opts), onnxprune.prune(_dynamic_hw(static), calib, **opts)
+    assert b.report["before"]["macs"] == a.report["before"]["macs"] > 100_000
+    assert b.report["after"]["macs"] == a.report["after"]["macs"]
+    assert {k: v.tolist() for k, v in b.keep.items()} == {k: v.tolist() for k, v in a.keep.items()}
+    assert b.report["removed"] == a.report["removed"]

@@ -258,6 +258,24 @@ def test_default_rounding_that_leaves_too_little_says_so(work):
     assert report["removed"]["macs"] > 0.25 and not any(w.startswith("removed ") for w in report["warnings"])
 
 
+def test_rounding_that_removes_clearly_more_says_so(work):
+    """A coarse block on a narrow conv can remove more than asked (the shipped example: its
+    32-channel conv goes to 16, 0.57 of the MACs at --ratio 0.5): the run warns exactly when
+    it removed over R + 0.05, and --round-to 1 meets the budget without the warning."""
+    args = [work / "m.onnx", "--calib", work / "c.npz", "--ratio", 0.5, "--metric", "l1",
+            "--no-latency", "--report", work / "r.json"]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((work / "r.json").read_text())
+    over = [w for w in report["warnings"] if "more than the 0.5 asked" in w]
+    assert bool(over) == (report["removed"]["macs"] > 0.55), report
+    assert all("--round-to 1 meets the budget" in w and w in result.stderr for w in over)
+    result = run(*args[:-1], work / "r1.json", "--round-to", 1, "--force")
+    report = json.loads((work / "r1.json").read_text())
+    assert abs(report["removed"]["macs"] - 0.5) < 0.05, report["removed"]
+    assert not any("asked" in w for w in report["warnings"])
+
+
 def test_round_to_garbage_is_a_user_error(work):
     assert_user_error(run(work / "m.onnx", "--calib", work / "c.npz", "--ratio", 0.5,
                           "--round-to", "sixteen"), "--round-to")

@@ -71,6 +71,8 @@ class Analysis:
     notes: dict[str, Any]       # node_key -> what its handler needs at rewrite time
     batch_mixing: list[str] = field(default_factory=list)  # ops that combine samples after a mask
     prune_cache: bool = False  # analysed with --prune-cache: heads may shrink the key-value cache I/O
+    measured: dict[str, tuple[int, ...]] = field(default_factory=dict)  # node_key -> its size
+    # tensor's shape on a calibration sample, where the export left it dynamic (cost.py)
     _nodes: dict[str, gs.Node] | None = field(default=None, init=False, repr=False)
 
     @property

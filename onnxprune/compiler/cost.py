@@ -1,18 +1,22 @@
 """Parameter and MAC counts, per node and per group, from the analysed graph.
 
 MACs count the channel-mixing ops (Conv, ConvTranspose, Gemm, MatMul) per sample:
-dims that are not static numbers (batch, sequence length) count as 1. What a node's weight
+the batch counts as 1, and dims the export left dynamic (a conv's H and W, a sequence) are
+measured on a calibration sample (`Analysis.measured`; without data they count as 1):
+counted as 1, a stride-4 conv would cost as little as a stride-32 one per unit of weight,
+and a MAC budget would be spent as a parameter budget. What a node's weight
 is and how many MACs it costs are facts of its op handler (ops/).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .analysis import Analysis
-from .graph import const_value, node_key
+from .graph import const_value, node_key, shape_of
 from .ops import HANDLERS, Handler, handler_for
 
 # the op types whose handler declares a weight (for callers that filter nodes or protos)
@@ -30,9 +34,10 @@ def weight_of(node: gs.Node) -> np.ndarray | None:
     return None if t is None else const_value(t)
 
 
-def node_macs(node: gs.Node) -> int:
-    """Multiply-accumulates of one node for one sample (0 for ops that mix no channels)."""
-    return handler_for(node).macs(node)
+def node_macs(node: gs.Node, measured: Mapping[str, tuple[int, ...]] | None = None) -> int:
+    """Multiply-accumulates of one node for one sample (0 for ops that mix no channels);
+    `measured`: size-tensor shapes by node key (`Analysis.measured`)."""
+    return handler_for(node).macs(node, (measured or {}).get(node_key(node)))
 
 
 def count_params(graph: gs.Graph) -> int:
@@ -44,8 +49,20 @@ def count_params(graph: gs.Graph) -> int:
     return total
 
 
-def count_macs(graph: gs.Graph) -> int:
-    return sum(node_macs(n) for n in graph.nodes)
+def count_macs(graph: gs.Graph, measured: Mapping[str, tuple[int, ...]] | None = None) -> int:
+    return sum(node_macs(n, measured) for n in graph.nodes)
+
+
+def dynamic_sizes(graph: gs.Graph) -> list[gs.Node]:
+    """The mixing nodes whose size tensor (that sets their MACs) has dims that are not numbers."""
+    out = []
+    for node in graph.nodes:
+        handler = handler_for(node)
+        t = handler.size_tensor(node) if handler.weight_input(node) is not None else None
+        shape = shape_of(t) if t is not None else ()
+        if shape is None or any(not isinstance(d, (int, np.integer)) for d in shape[1:]):
+            out.append(node)
+    return out
 
 
 @dataclass
@@ -71,7 +88,7 @@ def group_costs(analysis: Analysis) -> dict[int, GroupCost]:
         for key, left in kept.items():
             node = analysis.node(key)
             costs[g.id].params += (1 - left) * weight_of(node).size
-            costs[g.id].macs += (1 - left) * node_macs(node)
+            costs[g.id].macs += (1 - left) * node_macs(node, analysis.measured)
     return costs
 
 
@@ -118,7 +135,7 @@ class CostModel:
                 continue
             ids = [ids for (tensor, _), ids in members.get(node_key(node), {}).items()
                    if tensor == w.name]
-            self.rows.append((int(np.prod(w.shape)), node_macs(node), ids))
+            self.rows.append((int(np.prod(w.shape)), node_macs(node, analysis.measured), ids))
         self.params = sum(r[0] for r in self.rows)
         self.macs = sum(r[1] for r in self.rows)
 

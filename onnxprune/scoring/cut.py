@@ -87,8 +87,9 @@ def cut_model(analysis: Analysis, ident: ModelIdentity, gids: Sequence[int],
     full = to_proto(graph, ident) if cuttable and preoptimize else None  # before the split
     aligned = aligned or shape_aligned(analysis.graph)
     plain = _split(graph, ident, analysis.graph, masks, cuttable, tile_in_graph, aligned)
-    total = count_macs(analysis.graph)
-    own = sum(node_macs(n) for n in graph.nodes if not n.name.startswith("onnxprune_"))
+    total = count_macs(analysis.graph, analysis.measured)
+    own = sum(node_macs(n, analysis.measured) for n in graph.nodes
+              if not n.name.startswith("onnxprune_"))
     plain.mac_share = own / total if total else 0.0  # the model's own MACs left in the suffix
     optimized = optimized_cpu_model(full) if full is not None and plain.prefix is not None else None
     if optimized is None:

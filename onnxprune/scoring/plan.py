@@ -204,7 +204,7 @@ def suffix_macs(analysis: Analysis, gid: int) -> int:
                 seen.add(id(node))
                 tainted.update(o.name for o in node.outputs)
                 changed = True
-    return sum(node_macs(n) for n in analysis.graph.nodes if id(n) in seen)
+    return sum(node_macs(n, analysis.measured) for n in analysis.graph.nodes if id(n) in seen)
 
 
 def min_evaluations(estimator: str, n: int, removal: float | None = None) -> int:

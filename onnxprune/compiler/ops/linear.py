@@ -82,6 +82,13 @@ def _static(dims) -> int:
     return int(np.prod([d if isinstance(d, (int, np.integer)) and d > 0 else 1 for d in dims]))
 
 
+def _dims(handler: Handler, node: gs.Node, measured: tuple[int, ...] | None) -> tuple:
+    """The size tensor's dims: as measured where given, else as the graph declares them."""
+    if measured is not None:
+        return tuple(measured)
+    return tuple(shape_of(handler.size_tensor(node)) or ())
+
+
 def _weight_size(node: gs.Node, handler: Handler) -> int:
     w = const_value(handler.weight_input(node))
     return 0 if w is None else int(w.size)
@@ -109,8 +116,11 @@ def _couple_conv_groups(ctx, ids: np.ndarray, groups: int) -> None:
 class Conv(Mixing):
     channel_blocked = True  # NCHWc when its output channels are a multiple of the block
 
-    def macs(self, node):
-        return _static((shape_of(node.outputs[0]) or ())[2:]) * _weight_size(node, self)
+    def size_tensor(self, node):
+        return node.outputs[0]
+
+    def macs(self, node, shape=None):
+        return _static(_dims(self, node, shape)[2:]) * _weight_size(node, self)
 
     def refit_layout(self, site, node, keep_in):
         return _conv_layout(site, node, keep_in)
@@ -197,8 +207,11 @@ class Conv(Mixing):
 class ConvTranspose(Mixing):
     """Weight is [C_in, C_out / group, k...]: input channels on axis 0, outputs on axis 1."""
 
-    def macs(self, node):
-        return _static((shape_of(node.inputs[0]) or ())[2:]) * _weight_size(node, self)
+    def size_tensor(self, node):
+        return node.inputs[0]
+
+    def macs(self, node, shape=None):
+        return _static(_dims(self, node, shape)[2:]) * _weight_size(node, self)
 
     def analyze(self, node, ctx):
         x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
@@ -242,7 +255,7 @@ class ConvTranspose(Mixing):
 class Gemm(Mixing):
     """Y = alpha * A' B' + beta * C with B constant; A's features are consumed, Y's produced."""
 
-    def macs(self, node):
+    def macs(self, node, shape=None):
         return _weight_size(node, self)
 
     def refit_layout(self, site, node, keep_in):
@@ -305,9 +318,12 @@ class MatMul(Handler):
         """Whichever side is constant (B first)."""
         return next((t for t in node.inputs[1::-1] if const_value(t) is not None), None)
 
-    def macs(self, node):
+    def size_tensor(self, node):
+        return node.outputs[0]
+
+    def macs(self, node, shape=None):
         size = _weight_size(node, self)
-        out = shape_of(node.outputs[0]) or ()
+        out = _dims(self, node, shape)
         if const_value(node.inputs[1]) is not None:           # X [.., K] @ W [K, N]
             return _static(out[1:-1]) * size
         return _static(out[1:-2]) * size * _static(out[-1:])  # W [M, K] @ X [.., K, N]
@@ -523,9 +539,12 @@ class Einsum(Handler):
         pattern = einsum_as_matmul(node)
         return None if pattern is None else node.inputs[pattern[1]]
 
-    def macs(self, node):
+    def size_tensor(self, node):
+        return node.outputs[0]
+
+    def macs(self, node, shape=None):
         w = const_value(self.weight_input(node))
-        out = shape_of(node.outputs[0]) or ()
+        out = _dims(self, node, shape)
         return 0 if w is None else _static(out[1:-1]) * int(w.size)
 
     def mixes_batch(self, node, opset):

@@ -49,9 +49,17 @@ class Handler:
         """The constant weight of a channel-mixing node (counted in params and MACs)."""
         return None
 
-    def macs(self, node: gs.Node) -> int:
-        """Multiply-accumulates for one sample (dims that are not numbers count as 1)."""
+    def macs(self, node: gs.Node, shape: tuple[int, ...] | None = None) -> int:
+        """Multiply-accumulates for one sample (dims that are not numbers count as 1);
+        `shape`: `size_tensor`'s shape as measured on a calibration sample, for its own."""
         return 0
+
+    def size_tensor(self, node: gs.Node) -> gs.Tensor | None:
+        """The tensor whose dims besides batch and channels (a conv's H and W, a MatMul's
+        sequence) scale the MACs beyond the weight (None: none do); where they are not
+        numbers (exported as dynamic) the pipeline measures them on a calibration sample
+        (`Analysis.measured`)."""
+        return None
 
     def refit_layout(self, site: "MaskSite", node: gs.Node, keep_in: np.ndarray) -> "RefitLayout | None":
         """How refit.py re-solves this consumer's weights at its site (None: it does not)."""
