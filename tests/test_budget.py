@@ -276,3 +276,15 @@ def test_dynamic_spatial_dims_are_measured_for_the_mac_budget():
     assert b.report["after"]["macs"] == a.report["after"]["macs"]
     assert {k: v.tolist() for k, v in b.keep.items()} == {k: v.tolist() for k, v in a.keep.items()}
     assert b.report["removed"] == a.report["removed"]
+
+
+def test_analyze_says_dynamic_dims_count_as_one(tmp_path):
+    from click.testing import CliRunner
+    from onnxprune_cli.main import main
+    import onnx
+    g = G(shape=(3, 8, 8), seed=2)
+    static = g.model(g.gemm(g.gap_flatten(g.op("Relu", g.conv(g.x, 8))), 3))
+    for model, says in ((static, False), (_dynamic_hw(static), True)):
+        onnx.save(model, str(tmp_path / "m.onnx"))
+        out = CliRunner().invoke(main, ["analyze", str(tmp_path / "m.onnx")]).output
+        assert ("their MACs count those as 1 here" in out) == says, out

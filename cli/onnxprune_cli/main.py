@@ -319,6 +319,7 @@ def _data_size(out: Path) -> int:
 def analyze_cmd(model, as_json, prune_cache):
     """List MODEL's channel groups: units, unit size, cost share, prunable or why not."""
     from onnxprune.api import analyze_model, group_table, no_groups_reason
+    from onnxprune.compiler.cost import dynamic_sizes
     am = analyze_model(model, prune_cache=prune_cache)
     rows, reason = group_table(am), no_groups_reason(am)
     if as_json:
@@ -326,6 +327,10 @@ def analyze_cmd(model, as_json, prune_cache):
         click.echo(json.dumps(doc, indent=1))
     else:
         click.echo(analysis_table(model, rows) if rows else f"{model}: {reason}")
+    if rows and (dynamic := len(dynamic_sizes(am.analysis.graph))):
+        note = (f"{dynamic} layer(s) have dims the export left dynamic (H, W or a sequence): "
+                "their MACs count those as 1 here; prune measures them on the calibration data")
+        click.echo(note if not as_json else f"note: {note}", err=as_json)
 
 
 def default_output(model: Path) -> Path:
