@@ -37,7 +37,7 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real.specs import SPECS, Spec, load_layout_post, load_ocr_charset  # noqa: E402
+from real.specs import SPECS, Spec, load_layout_post, load_ocr_charset, load_rec_chars  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
@@ -98,6 +98,8 @@ def load_eval(spec: Spec) -> dict:
         load_ocr_charset(PKGS)
     if spec.name == "layout_picodet":
         load_layout_post(PKGS)
+    if spec.name == "ppocr_rec":
+        load_rec_chars(DATA / spec.name / "model.onnx")
     with np.load(DATA / spec.name / "eval.npz") as z:
         return {k: z[k] for k in z.files}
 

@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from . import render
 
@@ -370,4 +370,142 @@ LAYOUT = Spec(
     notes=["595x842 rendered pages -> 1x3x800x608; 32 calibration pages (each input is 5.8 MB)"],
 )
 
-SPECS: dict[str, Spec] = {s.name: s for s in (MLP, ORIENTATION, OCR, DET, LAYOUT)}
+# ---------------------------------------------------------------- PP-OCRv4 (rapidocr-onnxruntime)
+
+RAPIDOCR = "rapidocr-onnxruntime==1.3.24"
+DB_SIZE, DB_THRESH = 320, 0.3  # input side (a multiple of 32); the package's post_process.thresh
+
+
+def text_page(rng: np.random.Generator, size: int = DB_SIZE) -> tuple[Image.Image, list[render.Box]]:
+    """Lines of random words at random sizes on a light page; the lines' bounding boxes."""
+    img = Image.new("RGB", (size, size), render._light(rng))
+    d, boxes, y = ImageDraw.Draw(img), [], int(rng.integers(4, 30))
+    while y < size - 30:
+        f = render.font(rng, int(rng.integers(12, 28)))
+        line = " ".join(render.random_word(rng) for _ in range(int(rng.integers(1, 5))))
+        x = int(rng.integers(4, 60))
+        d.text((x, y), line, fill=render._dark(rng), font=f)
+        box = d.textbbox((x, y), line, font=f)
+        boxes.append(tuple(int(v) for v in box))
+        y = box[3] + int(rng.integers(4, 30))
+    return img, boxes
+
+
+def build_db(rng: np.random.Generator, pkgs: Path, out: Path, spec: Spec) -> tuple[dict, dict]:
+    copy_member(pkgs, spec, out)
+    sets = []
+    for n in (spec.n_calib, spec.n_eval):
+        pages = [text_page(rng) for _ in range(n)]
+        boxes = np.full((n, 16, 4), -1, np.int32)
+        for i, (_, bs) in enumerate(pages):
+            boxes[i, :len(bs[:16])] = bs[:16]
+        sets.append((np.stack([imagenet_chw(np.asarray(im)) for im, _ in pages]), boxes))
+    (cx, _), (ex, eb) = sets
+    return {"x": cx}, {"x": ex, "boxes": eb}
+
+
+def db_decode(outs: list[np.ndarray], ev: dict, i: int) -> np.ndarray:
+    """The text map binarized at the package's threshold (its contour and unclip steps need
+    cv2, pyclipper and shapely: not reimplemented; the score below reads the map itself)."""
+    return outs[0][0, 0] > DB_THRESH
+
+
+def _line_f1(maps: list[np.ndarray], boxes: np.ndarray) -> float:
+    """A drawn line is found when a quarter of its box is text in the map (DB shrinks its
+    regions); precision is the share of text pixels inside some line's box."""
+    found = lines = inside = text = 0
+    for m, bs in zip(maps, boxes):
+        mask = np.zeros_like(m)
+        for x0, y0, x1, y1 in (b for b in bs if b[0] >= 0):
+            lines += 1
+            found += m[y0:y1, x0:x1].mean() >= 0.25 if y1 > y0 and x1 > x0 else 0
+            mask[y0:y1, x0:x1] = True
+        inside, text = inside + (m & mask).sum(), text + m.sum()
+    recall, precision = found / max(lines, 1), inside / max(text, 1)
+    return float(2 * precision * recall / max(precision + recall, 1e-12))
+
+
+def db_score(preds: list, ref: list, ev: dict) -> dict:
+    both = sum(int((p & r).sum()) for p, r in zip(preds, ref))
+    total = sum(int(p.sum() + r.sum()) for p, r in zip(preds, ref))
+    return {"task": _line_f1(preds, ev["boxes"]), "agree": 2 * both / max(total, 1)}
+
+
+PPOCR_DET = Spec(
+    name="ppocr_det", wheel=RAPIDOCR, member="rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+    what="PP-OCRv4 text detector (DBNet, Paddle export with dynamic H and W)",
+    n_calib=48, n_eval=100, build=build_db,
+    to_feed=lambda ev, i: {"x": ev["x"][i:i + 1]}, decode=db_decode, score=db_score,
+    task_metric="text-line F1 (map > 0.3 vs drawn lines)",
+    notes=["320x320 rendered text pages, ImageNet normalization as the package's config",
+           "agree: Dice of the binarized maps, pruned vs original"],
+)
+
+REC_H, REC_W = 48, 320  # the package's rec_img_shape [3, 48, 320]
+_REC_CHARS: list[str] = []
+
+
+def rec_input(img: Image.Image) -> np.ndarray:
+    """ch_ppocr_v3_rec resize_norm_img: height 48, width by aspect (at most 320), (x/255-0.5)/0.5,
+    padded with zeros to 320 on the right."""
+    w = min(REC_W, max(1, int(np.ceil(REC_H * img.size[0] / img.size[1]))))
+    a = np.asarray(img.convert("RGB").resize((w, REC_H), Image.BILINEAR), np.float32)
+    out = np.zeros((3, REC_H, REC_W), np.float32)
+    out[:, :, :w] = ((a[:, :, ::-1] / 255 - 0.5) / 0.5).transpose(2, 0, 1)  # cv2 reads BGR
+    return out
+
+
+def text_line(rng: np.random.Generator) -> tuple[Image.Image, str]:
+    text = " ".join(render.random_word(rng, 2, 7) for _ in range(int(rng.integers(1, 3))))
+    f = render.font(rng, 32)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    x0, y0, x1, y1 = probe.textbbox((0, 0), text, font=f)
+    img = Image.new("RGB", (x1 - x0 + 16, y1 - y0 + 12), render._light(rng))
+    ImageDraw.Draw(img).text((8 - x0, 6 - y0), text, fill=render._dark(rng), font=f)
+    return img, text
+
+
+def build_rec(rng: np.random.Generator, pkgs: Path, out: Path, spec: Spec) -> tuple[dict, dict]:
+    copy_member(pkgs, spec, out)
+    sets = []
+    for n in (spec.n_calib, spec.n_eval):
+        lines = [text_line(rng) for _ in range(n)]
+        sets.append((np.stack([rec_input(im) for im, _ in lines]), np.array([t for _, t in lines])))
+    return {"x": sets[0][0]}, {"x": sets[1][0], "text": sets[1][1]}
+
+
+def load_rec_chars(model: Path) -> None:
+    """The model's own dictionary (metadata 'character'); CTCLabelDecode adds the blank at 0
+    and a space at the end."""
+    if not _REC_CHARS:
+        import onnx
+        meta = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+        _REC_CHARS.extend(["blank", *meta["character"].splitlines(), " "])
+
+
+def rec_decode(outs: list[np.ndarray], ev: dict, i: int) -> str:
+    idx = np.argmax(outs[0][0], axis=1)
+    chars, prev = [], None
+    for j in map(int, idx):
+        if j != prev and j != 0 and j < len(_REC_CHARS):
+            chars.append(_REC_CHARS[j])
+        prev = j
+    return "".join(chars).strip()
+
+
+def rec_score(preds: list, ref: list, ev: dict) -> dict:
+    truth = [str(t) for t in ev["text"]]
+    return {"task": float(np.mean([p == t for p, t in zip(preds, truth)])),
+            "agree": float(np.mean([p == r for p, r in zip(preds, ref)]))}
+
+
+PPOCR_REC = Spec(
+    name="ppocr_rec", wheel=RAPIDOCR, member="rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+    what="PP-OCRv4 text recognizer (SVTR-LCNet, CTC over 6,625 characters)",
+    n_calib=96, n_eval=200, build=build_rec,
+    to_feed=lambda ev, i: {"x": ev["x"][i:i + 1]}, decode=rec_decode, score=rec_score,
+    task_metric="exact match",
+    notes=["rendered lowercase word lines -> 1x3x48x320, the package's resize and normalization"],
+)
+
+SPECS: dict[str, Spec] = {s.name: s for s in (MLP, ORIENTATION, OCR, DET, LAYOUT, PPOCR_DET, PPOCR_REC)}

@@ -178,8 +178,8 @@ def _grid_reshapes(model: onnx.ModelProto) -> set[str]:
     [N, C, H*W] or [N, H, W, C] -> [N, H*W, C], with neither H nor W known to be 1 (a text
     line's [N, C, 1, W] -> [N, C, W] stays a sequence). Shapes from ONNX's shape inference;
     none where it cannot run (a model over protobuf's 2 GB), so the shape rule decides."""
-    if model.ByteSize() >= 2**31 - 2**20:
-        return set()
+    if sum(t.ByteSize() for t in model.graph.initializer) >= 2**31 - 2**24:
+        return set()  # (per tensor: ByteSize of the whole proto is what overflows)
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except (ValueError, onnx.shape_inference.InferenceError):
