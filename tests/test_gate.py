@@ -190,3 +190,23 @@ def test_slower_warning_needs_quartiles_apart_and_hints_rounding_only_with_convs
     assert slower_warning(overlap, model("Conv")) is None
     assert slower_warning(apart, model("Relu")) == "the pruned model measured slower than the original (quartiles apart)"
     assert slower_warning(apart, model("Conv")).endswith(CONV_HINT)
+
+
+def _ctc_scores(paths, classes=6):
+    """One-hot-ish scores [N, T, C] whose argmax follows each path (class 0 the blank)."""
+    out = np.full((len(paths), len(paths[0]), classes), -1.0, np.float32)
+    for i, path in enumerate(paths):
+        out[i, np.arange(len(path)), path] = 1.0
+    return out
+
+
+def test_sequence_agreement_reads_the_decoded_text():
+    """Two alignments of the same text (a character held one step longer, a blank moved)
+    read the same; a changed, dropped or doubled-across-a-blank character does not."""
+    want = _ctc_scores([[0, 1, 1, 0, 2, 0, 0, 0], [0, 3, 0, 3, 0, 4, 0, 0]])  # "12", "334"
+    same = _ctc_scores([[0, 1, 0, 0, 2, 2, 0, 0], [3, 3, 0, 0, 3, 4, 4, 0]])
+    f = compare_one("seq", want, same)
+    assert f.agreement == 1.0 and f.top1_agreement < 0.7 and f.measure == "decoded-sequence agreement"
+    for path in ([0, 1, 1, 0, 5, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0, 0], [0, 1, 0, 1, 0, 2, 0, 0]):
+        other = _ctc_scores([path, [0, 3, 0, 3, 0, 4, 0, 0]])
+        assert compare_one("seq", want, other).agreement == 0.5

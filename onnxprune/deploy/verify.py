@@ -8,7 +8,7 @@ and one agreement figure in [0, 1] measured the way that kind is used:
 |---|---|---|
 | `integer` | an integer or bool output (a label, an index) | share of elements exactly equal |
 | `class_scores` | float [N, C], C > 1 (probabilities, logits) | top-1 agreement |
-| `sequence` | float [N, T, C] or [T, N, C] | samples whose top-1 sequence is identical at every position |
+| `sequence` | float [N, T, C] or [T, N, C] | samples whose top-1 sequence decodes the same (CTC: repeats merged, the blank dropped) |
 | `detection` | float [N, boxes, 5 + classes], boxes >= 8 x attributes (a long last axis is a sequence's classes) | overlap of the top-k boxes |
 | `score_map` | float [N, 1, H, W] | overlap of the top-k entries |
 | `probability_map` | a Sigmoid's [N, C, H, W], or its H x W map flattened to [N, H*W, C] | Dice of the entries above 0.5 |
@@ -69,7 +69,7 @@ OutputKind = Literal["integer", "class_scores", "sequence", "detection", "score_
                      "probability_map", "features", "regression"]
 OUTPUT_KINDS: tuple[str, ...] = get_args(OutputKind)
 MEASURES: dict[str, str] = {"integer": "exact agreement", "class_scores": "top-1 agreement",
-                            "sequence": "whole-sequence top-1 agreement",
+                            "sequence": "decoded-sequence agreement",
                             "detection": "top-k box overlap", "score_map": "top-k entry overlap",
                             "probability_map": "agreement above 0.5",
                             "features": "1 - error / spread", "regression": "cosine"}
@@ -381,11 +381,22 @@ def _top1(w: np.ndarray, g: np.ndarray) -> float:
 
 
 def _same_sequence(w: np.ndarray, g: np.ndarray) -> float:
-    """Samples whose argmax along the last axis agrees at every position."""
+    """Samples whose argmax sequence reads the same after CTC decoding: repeats merged, then
+    the blank dropped, the blank being the class the original predicts most often (it fills
+    most of a CTC head's positions). Position by position, two alignments of the same text
+    (a character held one step longer) disagree: on PP-OCRv4's recognizer a prune that
+    read 0.92 of 200 lines as the original did agreed at every position on 12 of 24."""
     if not w.size:
         return 1.0
-    same = w.argmax(-1) == g.argmax(-1)
-    return float(same.reshape(len(same), -1).all(axis=1).mean())
+    a, b = w.argmax(-1).reshape(len(w), -1), g.argmax(-1).reshape(len(g), -1)
+    blank = int(np.bincount(a.ravel()).argmax())
+    return float(np.mean([np.array_equal(_ctc(x, blank), _ctc(y, blank)) for x, y in zip(a, b)]))
+
+
+def _ctc(row: np.ndarray, blank: int) -> np.ndarray:
+    """Greedy CTC decoding of one argmax row."""
+    keep = np.r_[True, row[1:] != row[:-1]] & (row != blank)
+    return row[keep]
 
 
 def _box_scores(out: np.ndarray) -> np.ndarray:
