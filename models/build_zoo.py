@@ -421,6 +421,48 @@ class C2fNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+class V8Detect(nn.Module):
+    """A YOLOv8 detector in miniature: C2f backbone at two strides, ultralytics' Detect head
+    (per level cv2 -> 4 x 16 DFL bins and cv3 -> class logits, concatenated over the anchors),
+    decoded as the exporter sees it: DFL (softmax over the bins, a fixed 1x1 conv), anchor
+    points and strides, then ``cat((boxes, cls.sigmoid()), 1)`` = [batch, 4 + classes, anchors]."""
+
+    nc, reg = 5, 16
+
+    def __init__(self):
+        super().__init__()
+        self.stem = YConv(3, 16, 3, 2)          # 16x16
+        self.c2f1 = C2f(16, 32, n=1)
+        self.down = YConv(32, 32, 3, 2)         # 8x8
+        self.c2f2 = C2f(32, 32, n=1, use_split=True)
+        self.cv2 = nn.ModuleList(nn.Sequential(YConv(32, 32, 3), nn.Conv2d(32, 4 * self.reg, 1))
+                                 for _ in range(2))
+        self.cv3 = nn.ModuleList(nn.Sequential(YConv(32, 32, 3), nn.Conv2d(32, self.nc, 1))
+                                 for _ in range(2))
+        self.dfl = nn.Conv2d(self.reg, 1, 1, bias=False).requires_grad_(False)
+        self.dfl.weight.data[:] = torch.arange(self.reg, dtype=torch.float).view(1, self.reg, 1, 1)
+        points, strides = [], []
+        for size, stride in ((16, 2), (8, 4)):
+            yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+            points.append(torch.stack((xx, yy), -1).view(-1, 2))
+            strides.append(torch.full((size * size, 1), float(stride)))
+        self.register_buffer("anchors", torch.cat(points).T.unsqueeze(0))    # [1, 2, A]
+        self.register_buffer("strides", torch.cat(strides).T.unsqueeze(0))   # [1, 1, A]
+
+    def forward(self, x):
+        p1 = self.c2f1(self.stem(x))
+        p2 = self.c2f2(self.down(p1))
+        n = x.shape[0]
+        feats = [torch.cat((self.cv2[i](p), self.cv3[i](p)), 1).view(n, 4 * self.reg + self.nc, -1)
+                 for i, p in enumerate((p1, p2))]
+        box, cls = torch.cat(feats, 2).split((4 * self.reg, self.nc), 1)
+        dist = self.dfl(box.view(n, 4, self.reg, -1).transpose(2, 1).softmax(1)).view(n, 4, -1)
+        lt, rb = dist.chunk(2, 1)
+        xy = (self.anchors + (rb - lt) / 2) * self.strides
+        wh = (lt + rb) * self.strides
+        return torch.cat((torch.cat((xy, wh), 1), cls.sigmoid()), 1)
+
+
 class PReLUNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -773,6 +815,10 @@ ZOO = [
     Entry("c2f", C2fNet, IMG,
           "YOLOv8-style C2f blocks (conv-BN-SiLU): cv1 then chunk(2) (first C2f) / split((c,c)) (second C2f), "
           "residual bottlenecks on the last piece, concat of all pieces, cv2", dynamo=True),
+    Entry("yolov8_det", V8Detect, IMG,
+          "YOLOv8-style detector: C2f backbone at strides 2 and 4, ultralytics' Detect head (cv2 box bins, "
+          "cv3 class logits per level, DFL softmax + fixed conv, anchors and strides), output "
+          "cat((xywh, cls.sigmoid()), 1) = [batch, 9, 320]", dynamo=True),
     Entry("resnext", ResNeXt, IMG,
           "ResNeXt bottlenecks with grouped 3x3 conv (groups=4), identity and downsample residuals"),
     Entry("prelu_net", PReLUNet, IMG,

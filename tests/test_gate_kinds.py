@@ -344,3 +344,52 @@ def test_probability_map_agreement_is_dice_above_half():
     assert compare_one("p", quiet, quiet, "probability_map").agreement == 1.0
     assert compare_one("p", quiet, quiet[::-1], "probability_map").agreement == \
         compare_one("p", quiet, quiet[::-1], "score_map").agreement < 0.5
+
+
+# ------------------------------------------------------------------ YOLOv8's decoded output
+
+NC, ANCHORS = 6, 400
+
+
+def _v8_tail() -> onnx.ModelProto:
+    """The end of ultralytics' Detect head as exported: Concat((boxes * strides,
+    Sigmoid(class logits)), axis 1) = [N, 4 + classes, anchors]."""
+    mk = helper.make_node
+    nodes = [mk("Split", ["x", "split"], ["b", "c"], axis=1), mk("Mul", ["b", "stride"], ["box"]),
+             mk("Sigmoid", ["c"], ["cls"]), mk("Concat", ["box", "cls"], ["y"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "v8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4 + NC, ANCHORS])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4 + NC, ANCHORS])],
+        [numpy_helper.from_array(np.array([4, NC]), "split"),
+         numpy_helper.from_array(np.full((1, 1, ANCHORS), 8.0, np.float32), "stride")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_yolov8_output_is_boxes_scored_by_best_class():
+    """Read from the graph (the shape rule calls [N, 10, 400] a sequence); scored by the best
+    class per anchor: moved box coordinates leave the top boxes, a shuffled class map not."""
+    model = _v8_tail()
+    x = rng.standard_normal((8, 4 + NC, ANCHORS)).astype(np.float32)
+    x[:, 4:, :12] += 6  # a dozen confident anchors
+    want = run_model(model, {"x": x})
+    kinds = decide_kinds(["y"], want, model)
+    assert kinds["y"] == ("class_boxes", "graph: Concat of 4 box coordinates and a Sigmoid's classes")
+    assert compare_one("y", want[0], want[0]).kind == "sequence"  # shape alone
+    moved = x.copy()
+    moved[:, :4] += rng.standard_normal((8, 4, ANCHORS)) * 3
+    fid = compare(["y"], want, run_model(model, {"x": moved}), kinds)[0]
+    assert fid.agreement == 1.0 and fid.cosine < 0.99
+    shuffled = x.copy()
+    shuffled[:, 4:] = x[:, 4:, rng.permutation(ANCHORS)]
+    assert compare(["y"], want, run_model(model, {"x": shuffled}), kinds)[0].agreement < 0.3
+
+
+@pytest.mark.parametrize("file", ["yolov8_det.onnx", "yolov8_det_dynamo.onnx"])
+def test_yolov8_exports_are_read_as_class_boxes(file):
+    """The zoo's YOLOv8-style detector as both PyTorch exporters wrote it (the legacy one
+    leaves the box part's width unnamed)."""
+    from conftest import ROOT
+    model = onnx.load(str(ROOT / "models/zoo" / file))
+    want = run_model(model, {"input": rng.standard_normal((4, 3, 32, 32)).astype(np.float32)})
+    name = model.graph.output[0].name
+    assert decide_kinds([name], want, model)[name][0] == "class_boxes"

@@ -18,12 +18,18 @@ LIGHT_DIR = __import__("pathlib").Path(onnx.__file__).parent / "backend/test/dat
 LIGHT_MODELS = ["squeezenet", "resnet50", "densenet121", "inception_v1", "inception_v2", "shufflenet"]
 
 
+# whole by necessity besides the head: YOLOv8's 4 x 16 box bins, viewed [n, 4, 16, A] and
+# transposed for the DFL softmax over the bins (a fixed decode: no bin can go)
+ALSO_WHOLE = {"yolov8_det.onnx": "channel shuffle", "yolov8_det_dynamo.onnx": "channel shuffle"}
+
+
 @pytest.mark.parametrize("file", ZOO)
 def test_masked_equals_pruned_on_zoo(file):
     analysis = check_masked_equals_pruned(load_model(ROOT / "models/zoo" / file), trials=3)
     # only the classifier head (it reaches the graph output) may stay whole
-    stuck = [g for g in analysis.groups if not g.prunable]
-    assert all("graph output" in g.reason for g in stuck), [g.reason for g in stuck]
+    stuck = [g.reason for g in analysis.groups if not g.prunable and "graph output" not in g.reason]
+    assert all(ALSO_WHOLE.get(file, "(none)") in r for r in stuck), stuck
+    assert len(stuck) <= (file in ALSO_WHOLE), stuck
 
 
 @pytest.mark.parametrize("file", ZOO)

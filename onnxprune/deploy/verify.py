@@ -10,6 +10,7 @@ and one agreement figure in [0, 1] measured the way that kind is used:
 | `class_scores` | float [N, C], C > 1 (probabilities, logits) | top-1 agreement |
 | `sequence` | float [N, T, C] or [T, N, C] | samples whose top-1 sequence decodes the same (CTC: repeats merged, the blank dropped) |
 | `detection` | float [N, boxes, 5 + classes], boxes >= 8 x attributes (a long last axis is a sequence's classes) | overlap of the top-k boxes |
+| `class_boxes` | YOLOv8's Concat of 4 box coordinates and a Sigmoid's classes, [N, 4 + classes, boxes] | overlap of the top-k boxes (by best class) |
 | `score_map` | float [N, 1, H, W] | overlap of the top-k entries |
 | `probability_map` | a Sigmoid's [N, C, H, W], or its H x W map flattened to [N, H*W, C] | Dice of the entries above 0.5 |
 | `features` | float [N, C] or [N, T, C] computed by a normalization, a residual Add or Tanh/Gelu (hidden states, embeddings) | 1 - error / spread per sample |
@@ -65,12 +66,13 @@ import onnx
 from ..errors import OnnxPruneError
 from ..runtime import batch_axes, make_session, run_chunks, tensor_outputs
 
-OutputKind = Literal["integer", "class_scores", "sequence", "detection", "score_map",
-                     "probability_map", "features", "regression"]
+OutputKind = Literal["integer", "class_scores", "sequence", "detection", "class_boxes",
+                     "score_map", "probability_map", "features", "regression"]
 OUTPUT_KINDS: tuple[str, ...] = get_args(OutputKind)
 MEASURES: dict[str, str] = {"integer": "exact agreement", "class_scores": "top-1 agreement",
                             "sequence": "decoded-sequence agreement",
-                            "detection": "top-k box overlap", "score_map": "top-k entry overlap",
+                            "detection": "top-k box overlap", "class_boxes": "top-k box overlap",
+                            "score_map": "top-k entry overlap",
                             "probability_map": "agreement above 0.5",
                             "features": "1 - error / spread", "regression": "cosine"}
 TOPK_SHARE, TOPK_MAX = 0.01, 100
@@ -132,6 +134,9 @@ def kind_misfit(kind: str, shape: Sequence[int | None]) -> str | None:
     if kind == "detection" and (rank != 3 or min((d for d in shape[1:] if d is not None),
                                                 default=6) < 6):
         return f"detection needs [N, boxes, x y w h objectness classes], the output is {list(shape)}"
+    if kind == "class_boxes" and (rank != 3 or min((d for d in shape[1:] if d is not None),
+                                                  default=5) < 5):
+        return f"class_boxes needs [N, x y w h classes, boxes], the output is {list(shape)}"
     return None
 
 
@@ -149,9 +154,13 @@ def graph_kinds(model: onnx.ModelProto) -> dict[str, GraphKind]:
     detector's DBNet map); any other flattened H x W map (`regression`: box logits)."""
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
-    consts, grids = _constants(graph), _grid_reshapes(model)
+    shapes = _inferred_shapes(model)
+    consts, grids = _constants(graph), _grid_reshapes(graph, shapes)
     found = {}
     for out in graph.output:
+        if why := _class_boxes(producers.get(out.name), producers, shapes):
+            found[out.name] = GraphKind("class_boxes", why, (3,))
+            continue
         node, grid, sigmoid = producers.get(out.name), False, False
         while node is not None and node.op_type in SHAPE_ONLY_OPS:
             grid |= node.op_type == "Reshape" and node.output[0] in grids
@@ -173,24 +182,27 @@ def graph_kinds(model: onnx.ModelProto) -> dict[str, GraphKind]:
     return found
 
 
-def _grid_reshapes(model: onnx.ModelProto) -> set[str]:
+def _inferred_shapes(model: onnx.ModelProto) -> dict[str, list]:
+    """Tensor shapes from ONNX's shape inference (a dim: a number, a name or None); none where
+    it cannot run (a model over protobuf's 2 GB), so the shape rule decides."""
+    if sum(t.ByteSize() for t in model.graph.initializer) >= 2**31 - 2**24:
+        return {}  # (per tensor: ByteSize of the whole proto is what overflows)
+    try:
+        g = onnx.shape_inference.infer_shapes(model).graph
+    except (ValueError, onnx.shape_inference.InferenceError):
+        return {}
+    return {v.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                     for d in v.type.tensor_type.shape.dim]
+            for v in [*g.value_info, *g.input, *g.output] if v.type.HasField("tensor_type")}
+
+
+def _grid_reshapes(graph: onnx.GraphProto, shapes: Mapping[str, list]) -> set[str]:
     """Outputs of Reshapes that merge the two spatial axes of a 4-D map, [N, C, H, W] ->
     [N, C, H*W] or [N, H, W, C] -> [N, H*W, C], with neither H nor W known to be 1 (a text
-    line's [N, C, 1, W] -> [N, C, W] stays a sequence). Shapes from ONNX's shape inference;
-    none where it cannot run (a model over protobuf's 2 GB), so the shape rule decides."""
-    if sum(t.ByteSize() for t in model.graph.initializer) >= 2**31 - 2**24:
-        return set()  # (per tensor: ByteSize of the whole proto is what overflows)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except (ValueError, onnx.shape_inference.InferenceError):
-        return set()
-    g = inferred.graph
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                       for d in v.type.tensor_type.shape.dim]
-              for v in [*g.value_info, *g.input, *g.output] if v.type.HasField("tensor_type")}
+    line's [N, C, 1, W] -> [N, C, W] stays a sequence)."""
     spatial = lambda d: d is not None and d != 1  # noqa: E731  (a value > 1 or a named dim)
     found = set()
-    for node in g.node:
+    for node in graph.node:
         src, dst = shapes.get(node.input[0]) if node.op_type == "Reshape" else None, \
             shapes.get(node.output[0])
         if not src or not dst or len(src) != 4 or len(dst) != 3:
@@ -200,6 +212,28 @@ def _grid_reshapes(model: onnx.ModelProto) -> set[str]:
         if pair and spatial(src[pair[0]]) and spatial(src[pair[1]]):
             found.add(node.output[0])
     return found
+
+
+def _class_boxes(node: onnx.NodeProto | None, producers: Mapping[str, onnx.NodeProto],
+                 shapes: Mapping[str, list]) -> str | None:
+    """YOLOv8's (and v11's) decoded output, Concat((boxes x y w h, Sigmoid(class scores)),
+    axis 1) = [N, 4 + classes, anchors] (the legacy exporter flattens the boxes' own Concat
+    into it: xy, wh, classes): a Concat whose last input a Sigmoid computes and whose others
+    are 4 wide on the joined axis (or of unknown width: its dims are often unnamed)."""
+    if node is None or node.op_type != "Concat" or len(node.input) < 2:
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+    if axis not in (1, 2, -1, -2):
+        return None
+    widths = [(shapes.get(t) or [None] * 3)[axis] if len(shapes.get(t) or []) in (0, 3) else None
+              for t in node.input[:-1]]
+    if all(isinstance(w, int) and w > 0 for w in widths) and sum(widths) != 4:
+        return None
+    src = producers.get(node.input[-1])
+    while src is not None and src.op_type in SHAPE_ONLY_OPS:
+        src = producers.get(src.input[0])
+    return "graph: Concat of 4 box coordinates and a Sigmoid's classes" if src is not None and \
+        src.op_type == "Sigmoid" else None
 
 
 def _feature_producer(node: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto],
@@ -332,8 +366,9 @@ def _agreement(kind: str, w64: np.ndarray, g64: np.ndarray, cos: float, top1: fl
         return _positives_agreement(w64, g64)
     if not w64.size:
         return 1.0
-    return _topk_overlap(*((_box_scores(w64), _box_scores(g64)) if kind == "detection"
-                           else (w64, g64)))
+    if kind in ("detection", "class_boxes"):
+        return _topk_overlap(_box_scores(w64, kind), _box_scores(g64, kind))
+    return _topk_overlap(w64, g64)
 
 
 def _feature_agreement(w: np.ndarray, g: np.ndarray) -> float:
@@ -399,9 +434,12 @@ def _ctc(row: np.ndarray, blank: int) -> np.ndarray:
     return row[keep]
 
 
-def _box_scores(out: np.ndarray) -> np.ndarray:
-    """[N, boxes]: objectness x best class score, boxes on the longer non-batch axis."""
+def _box_scores(out: np.ndarray, kind: str = "detection") -> np.ndarray:
+    """[N, boxes]: objectness x best class score (`detection`), or the best class score
+    (`class_boxes`: no objectness), boxes on the longer non-batch axis."""
     boxes = out if out.shape[1] >= out.shape[2] else out.transpose(0, 2, 1)
+    if kind == "class_boxes":
+        return boxes[..., 4:].max(-1)
     return boxes[..., 4] * boxes[..., 5:].max(-1)
 
 
