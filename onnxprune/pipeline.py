@@ -79,6 +79,9 @@ def check_runs(am: AnalyzedModel, device: str, data: Calibration | None) -> Forw
         return measure_forward(am.proto, data.inputs) if data is not None else None
 
 
+PROBE_MAX = 2**30  # bytes of weights above which the probe's copy is not made (dims count as 1)
+
+
 def measure_sizes(am: AnalyzedModel, data: Calibration | None) -> None:
     """Where the export left the dims that set a mixing node's MACs dynamic (a conv's H and W,
     a sequence), their shape on the first calibration sample, into `am.analysis.measured`
@@ -89,7 +92,7 @@ def measure_sizes(am: AnalyzedModel, data: Calibration | None) -> None:
     from .compiler.ops import handler_for
     from .runtime import make_session
     nodes = dynamic_sizes(am.analysis.graph)
-    if data is None or not nodes:
+    if data is None or not nodes or sum(t.ByteSize() for t in am.proto.graph.initializer) > PROBE_MAX:
         return
     names = {node_key(n): handler_for(n).size_tensor(n).name for n in nodes}
     probe = onnx.ModelProto()

@@ -288,3 +288,40 @@ def test_analyze_says_dynamic_dims_count_as_one(tmp_path):
         onnx.save(model, str(tmp_path / "m.onnx"))
         out = CliRunner().invoke(main, ["analyze", str(tmp_path / "m.onnx")]).output
         assert ("their MACs count those as 1 here" in out) == says, out
+
+
+def _tokens_model(flatten: bool):
+    """x [N, S, 8] -> Linear(8, 16) -> Relu -> Linear(16, 4), as MatMuls on [N, S, C] or as
+    Gemms on x.view(-1, C) (batch x sequence rows; the legacy exporter's idiom)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    r = np.random.default_rng(4)
+    w1, w2 = r.standard_normal((8, 16)).astype(np.float32), r.standard_normal((16, 4)).astype(np.float32)
+    mk = helper.make_node
+    if flatten:
+        nodes = [mk("Reshape", ["x", "rows"], ["xr"]), mk("Gemm", ["xr", "w1"], ["h"]),
+                 mk("Relu", ["h"], ["a"]), mk("Gemm", ["a", "w2"], ["o"]),
+                 mk("Shape", ["x"], ["xs"]), mk("Slice", ["xs", "z", "two"], ["ns"]),
+                 mk("Concat", ["ns", "four"], ["ys"], axis=0), mk("Reshape", ["o", "ys"], ["y"])]
+    else:
+        nodes = [mk("MatMul", ["x", "w1"], ["h"]), mk("Relu", ["h"], ["a"]), mk("MatMul", ["a", "w2"], ["y"])]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+             numpy_helper.from_array(np.array([-1, 8]), "rows"), numpy_helper.from_array(np.array([0]), "z"),
+             numpy_helper.from_array(np.array([2]), "two"), numpy_helper.from_array(np.array([4]), "four")]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_sequence_rows_count_alike_as_matmul_or_flattened_gemm():
+    """MACs per sample are the sequence's tokens times the weights, whether the layers see
+    [N, S, C] or x.view(-1, C) rows (measured on one sample: 12 tokens)."""
+    from onnxprune.compiler.cost import count_macs
+    from onnxprune.pipeline import measure_sizes
+    data = as_calibration({"x": np.zeros((4, 12, 8), np.float32)}, _tokens_model(False))
+    macs = []
+    for flatten in (False, True):
+        m = analyze_model(_tokens_model(flatten))
+        measure_sizes(m, data)
+        macs.append(count_macs(m.graph, m.analysis.measured))
+    assert macs == [12 * (8 * 16 + 16 * 4)] * 2

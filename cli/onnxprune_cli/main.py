@@ -322,15 +322,17 @@ def analyze_cmd(model, as_json, prune_cache):
     from onnxprune.compiler.cost import dynamic_sizes
     am = analyze_model(model, prune_cache=prune_cache)
     rows, reason = group_table(am), no_groups_reason(am)
+    dynamic = len(dynamic_sizes(am.analysis.graph)) if rows else 0
+    note = (f"{dynamic} layer(s) have dims the export left dynamic (H, W, a sequence): their "
+            "MACs count those as 1 here; prune measures them on the calibration data")
     if as_json:
-        doc = {"model": model, "groups": rows, **({"reason": reason} if reason else {})}
+        doc = {"model": model, "groups": rows, **({"reason": reason} if reason else {}),
+               **({"note": note} if dynamic else {})}
         click.echo(json.dumps(doc, indent=1))
     else:
         click.echo(analysis_table(model, rows) if rows else f"{model}: {reason}")
-    if rows and (dynamic := len(dynamic_sizes(am.analysis.graph))):
-        note = (f"{dynamic} layer(s) have dims the export left dynamic (H, W or a sequence): "
-                "their MACs count those as 1 here; prune measures them on the calibration data")
-        click.echo(note if not as_json else f"note: {note}", err=as_json)
+        if dynamic:
+            click.echo(note)
 
 
 def default_output(model: Path) -> Path:

@@ -54,13 +54,16 @@ def count_macs(graph: gs.Graph, measured: Mapping[str, tuple[int, ...]] | None =
 
 
 def dynamic_sizes(graph: gs.Graph) -> list[gs.Node]:
-    """The mixing nodes whose size tensor (that sets their MACs) has dims that are not numbers."""
+    """The mixing nodes whose size tensor (that sets their MACs) has dims that are not numbers:
+    past axis 0, or on axis 0 a name that is not a graph input's batch (rows of x.view(-1, C))."""
+    batch = {(shape_of(t) or (None,))[0] for t in graph.inputs}
     out = []
     for node in graph.nodes:
         handler = handler_for(node)
         t = handler.size_tensor(node) if handler.weight_input(node) is not None else None
         shape = shape_of(t) if t is not None else ()
-        if shape is None or any(not isinstance(d, (int, np.integer)) for d in shape[1:]):
+        if shape is None or any(not isinstance(d, (int, np.integer)) for d in shape[1:]) or \
+                (shape and not isinstance(shape[0], (int, np.integer)) and shape[0] not in batch):
             out.append(node)
     return out
 

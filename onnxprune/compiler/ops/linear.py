@@ -82,11 +82,13 @@ def _static(dims) -> int:
     return int(np.prod([d if isinstance(d, (int, np.integer)) and d > 0 else 1 for d in dims]))
 
 
-def _dims(handler: Handler, node: gs.Node, measured: tuple[int, ...] | None) -> tuple:
-    """The size tensor's dims: as measured where given, else as the graph declares them."""
+def _dims(handler: Handler, node: gs.Node, measured: tuple[int, ...] | None) -> tuple[tuple, int]:
+    """The size tensor's dims, and its rows per sample on axis 0: as measured on one sample
+    where given (a layer fed x.view(-1, C) has batch x sequence rows there), else as the
+    graph declares them (axis 0 is the batch: one row)."""
     if measured is not None:
-        return tuple(measured)
-    return tuple(shape_of(handler.size_tensor(node)) or ())
+        return tuple(measured), int(measured[0]) if measured else 1
+    return tuple(shape_of(handler.size_tensor(node)) or ()), 1
 
 
 def _weight_size(node: gs.Node, handler: Handler) -> int:
@@ -120,7 +122,8 @@ class Conv(Mixing):
         return node.outputs[0]
 
     def macs(self, node, shape=None):
-        return _static(_dims(self, node, shape)[2:]) * _weight_size(node, self)
+        dims, rows = _dims(self, node, shape)
+        return rows * _static(dims[2:]) * _weight_size(node, self)
 
     def refit_layout(self, site, node, keep_in):
         return _conv_layout(site, node, keep_in)
@@ -211,7 +214,8 @@ class ConvTranspose(Mixing):
         return node.inputs[0]
 
     def macs(self, node, shape=None):
-        return _static(_dims(self, node, shape)[2:]) * _weight_size(node, self)
+        dims, rows = _dims(self, node, shape)
+        return rows * _static(dims[2:]) * _weight_size(node, self)
 
     def analyze(self, node, ctx):
         x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
@@ -255,8 +259,11 @@ class ConvTranspose(Mixing):
 class Gemm(Mixing):
     """Y = alpha * A' B' + beta * C with B constant; A's features are consumed, Y's produced."""
 
+    def size_tensor(self, node):
+        return node.outputs[0]
+
     def macs(self, node, shape=None):
-        return _weight_size(node, self)
+        return _dims(self, node, shape)[1] * _weight_size(node, self)
 
     def refit_layout(self, site, node, keep_in):
         return _gemm_layout(site, node, keep_in)
@@ -323,10 +330,11 @@ class MatMul(Handler):
 
     def macs(self, node, shape=None):
         size = _weight_size(node, self)
-        out = _dims(self, node, shape)
+        out, rows = _dims(self, node, shape)
         if const_value(node.inputs[1]) is not None:           # X [.., K] @ W [K, N]
-            return _static(out[1:-1]) * size
-        return _static(out[1:-2]) * size * _static(out[-1:])  # W [M, K] @ X [.., K, N]
+            return rows * _static(out[1:-1]) * size
+        rows = rows if len(out) >= 3 else 1                    # [M, N]: axis 0 is not rows
+        return rows * _static(out[1:-2]) * size * _static(out[-1:])  # W [M, K] @ X [.., K, N]
 
     def refit_layout(self, site, node, keep_in):
         return _matmul_layout(site, node, keep_in)
@@ -544,8 +552,8 @@ class Einsum(Handler):
 
     def macs(self, node, shape=None):
         w = const_value(self.weight_input(node))
-        out = _dims(self, node, shape)
-        return 0 if w is None else _static(out[1:-1]) * int(w.size)
+        out, rows = _dims(self, node, shape)
+        return 0 if w is None else rows * _static(out[1:-1]) * int(w.size)
 
     def mixes_batch(self, node, opset):
         return einsum_as_matmul(node) is None
