@@ -170,15 +170,19 @@ def build_ocr(rng: np.random.Generator, pkgs: Path, out: Path, spec: Spec) -> tu
 _CHARSET: list[str] = []
 
 
-def ocr_decode(outs: list[np.ndarray], ev: dict, i: int) -> str:
-    """ocr_engine._process_text_output for the (seq, 1, classes) output: argmax, CTC collapse, blank 0."""
-    idx = np.argmax(outs[0][:, 0, :], axis=1)
+def ctc_greedy(idx: np.ndarray, charset: list[str]) -> str:
+    """Argmax indices -> text: repeats merged, blank 0 dropped (both packages' decoders)."""
     chars, prev = [], None
     for j in map(int, idx):
-        if j != prev and j != 0 and j < len(_CHARSET):
-            chars.append(_CHARSET[j])
+        if j != prev and j != 0 and j < len(charset):
+            chars.append(charset[j])
         prev = j
     return "".join(chars)
+
+
+def ocr_decode(outs: list[np.ndarray], ev: dict, i: int) -> str:
+    """ocr_engine._process_text_output for the (seq, 1, classes) output: argmax, CTC collapse, blank 0."""
+    return ctc_greedy(np.argmax(outs[0][:, 0, :], axis=1), _CHARSET)
 
 
 def ocr_score(preds: list, ref: list, ev: dict) -> dict:
@@ -484,13 +488,8 @@ def load_rec_chars(model: Path) -> None:
 
 
 def rec_decode(outs: list[np.ndarray], ev: dict, i: int) -> str:
-    idx = np.argmax(outs[0][0], axis=1)
-    chars, prev = [], None
-    for j in map(int, idx):
-        if j != prev and j != 0 and j < len(_REC_CHARS):
-            chars.append(_REC_CHARS[j])
-        prev = j
-    return "".join(chars).strip()
+    """CTCLabelDecode: greedy, and the package strips the result."""
+    return ctc_greedy(np.argmax(outs[0][0], axis=1), _REC_CHARS).strip()
 
 
 def rec_score(preds: list, ref: list, ev: dict) -> dict:
