@@ -325,3 +325,20 @@ def test_sequence_rows_count_alike_as_matmul_or_flattened_gemm():
         measure_sizes(m, data)
         macs.append(count_macs(m.graph, m.analysis.measured))
     assert macs == [12 * (8 * 16 + 16 * 4)] * 2
+
+
+def test_a_graph_input_as_size_tensor_is_measured_from_the_data():
+    """A ConvTranspose reading the graph input directly (its MACs scale with its input's
+    H and W): measured from the calibration array itself, as in the static model."""
+    from onnxprune.compiler.cost import count_macs
+    from onnxprune.pipeline import measure_sizes
+    g = G(shape=(4, 8, 8), seed=3)
+    h = g.op("Relu", g.conv_t(g.x, 8))
+    static = g.model(g.gemm(g.gap_flatten(g.op("Relu", g.conv(h, 8))), 3))
+    data = as_calibration({"x": np.zeros((2, 4, 8, 8), np.float32)}, static)
+    macs = []
+    for model in (static, _dynamic_hw(static)):
+        m = analyze_model(model)
+        measure_sizes(m, data)
+        macs.append(count_macs(m.graph, m.analysis.measured))
+    assert macs[0] == macs[1] > 8 * 8 * 4 * 8 * 4
