@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAINED = ROOT / "models" / "trained"
 OUTS = {"study": ROOT / "docs" / "quality.json", "real": ROOT / "docs" / "quality_real.json"}
 STUDY = ("lenet5_mnist", "vgg_mnist", "resnet_mnist", "mlp_digits", "cnn_digits")
-REAL = ("mlp_digits", "orientation", "layout_picodet", "ocr_crnn", "det_yolox")
+REAL = ("mlp_digits", "orientation", "layout_picodet", "ocr_crnn", "det_yolox", "ppocr_det", "ppocr_rec")
 
 
 def child(args) -> None:
