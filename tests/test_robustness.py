@@ -935,6 +935,17 @@ def test_constant_holding_a_graph_is_a_user_error():
         normalize(m)
 
 
+def test_custom_domain_node_without_inputs_is_a_user_error(tmp_path):
+    """Found by test_fuzz_malformed_analyze_long ('drop-input' on svtr_neck_fused): a
+    com.microsoft QuickGelu left with no input passes the checker (it knows no schema of
+    that domain), and its handler indexed the missing input: IndexError. Now one line, exit 2."""
+    m = onnx.load(str(ROOT / "models/zoo/svtr_neck_fused.onnx"))
+    node = next(n for n in m.graph.node if n.op_type == "QuickGelu")
+    del node.input[:]
+    result = cli("analyze", _write(tmp_path, m))
+    assert_clean(result, success=False, words=("(QuickGelu) has no inputs",))
+
+
 def test_custom_domain_op_analyze(tmp_path):
     groups = groups_by_units(analyze_json(_write(tmp_path, H.custom_domain())))
     assert not groups[8]["prunable"]

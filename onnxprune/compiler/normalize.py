@@ -161,10 +161,19 @@ def unique_node_names(model: onnx.ModelProto) -> int:
 
 def _check_constants(graph: gs.Graph) -> None:
     """A Constant whose value is not a tensor (the checker lets an attribute of type GRAPH
-    through; found by the long fuzz) would be folded into a constant that cannot be saved."""
+    through; found by the long fuzz) would be folded into a constant that cannot be saved;
+    a node without inputs whose op needs some (the checker knows no custom-domain schema: a
+    com.microsoft QuickGelu with its input dropped, found by the long fuzz) has nothing to
+    compute from."""
     for node in graph.nodes:
         if node.op == "Constant" and any(isinstance(v, gs.Graph) for v in node.attrs.values()):
             raise ValueError(f"Constant node '{node.name}' holds a graph, not a tensor")
+        if node.inputs or node.op == "Constant":
+            continue
+        domain = node.domain or ""
+        if not (onnx.defs.has(node.op, domain)
+                and onnx.defs.get_schema(node.op, domain=domain).min_input == 0):
+            raise ValueError(f"node '{node.name}' ({node.op}) has no inputs")
 
 
 def _reinfer(graph: gs.Graph) -> gs.Graph:
