@@ -89,10 +89,11 @@ def measure_sizes(am: AnalyzedModel, data: Calibration | None) -> None:
     extra outputs."""
     from .compiler.cost import dynamic_sizes
     from .compiler.graph import node_key
+    from .load import approx_bytes
     from .compiler.ops import handler_for
     from .runtime import make_session
     nodes = dynamic_sizes(am.analysis.graph)
-    if data is None or not nodes or sum(t.ByteSize() for t in am.proto.graph.initializer) > PROBE_MAX:
+    if data is None or not nodes or approx_bytes(am.proto) > PROBE_MAX:
         return
     names = {node_key(n): handler_for(n).size_tensor(n).name for n in nodes}
     arrays = {k: v[:1] for k, v in data.inputs.items()}  # a graph input is its own measure

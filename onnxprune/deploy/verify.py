@@ -183,12 +183,13 @@ def graph_kinds(model: onnx.ModelProto) -> dict[str, GraphKind]:
 
 
 def _inferred_shapes(model: onnx.ModelProto) -> dict[str, list]:
-    """Tensor shapes from ONNX's shape inference (a dim: a number, a name or None); none where
-    it cannot run (a model over protobuf's 2 GB), so the shape rule decides."""
-    if sum(t.ByteSize() for t in model.graph.initializer) >= 2**31 - 2**24:
-        return {}  # (per tensor: ByteSize of the whole proto is what overflows)
+    """Tensor shapes from ONNX's shape inference (a dim: a number, a name or None), a heavy
+    model inferred without its large weights as normalize does; none where inference fails,
+    so the shape rule decides."""
+    from ..load import is_heavy, split_weights
     try:
-        g = onnx.shape_inference.infer_shapes(model).graph
+        g = onnx.shape_inference.infer_shapes(split_weights(model)[0] if is_heavy(model)
+                                              else model).graph
     except (ValueError, onnx.shape_inference.InferenceError):
         return {}
     return {v.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
