@@ -297,3 +297,60 @@ def test_blocks_of_coalitions_equal_one_at_a_time(name, monkeypatch):
     assert whole.shape == (9, 6)
     np.testing.assert_array_equal(whole, single)
     np.testing.assert_array_equal(whole, blocked)
+
+
+# ---------------------------------------------------------------- YOLOv8's boxes and classes
+
+
+def _v8_reference(n=3, classes=5, anchors=40):
+    """[N, 4 + classes, anchors]: boxes in pixels, class probabilities, anchor 0 confident."""
+    ref = np.empty((n, 4 + classes, anchors))
+    ref[:, :4] = RNG.uniform(0, 640, (n, 4, anchors))
+    ref[:, 4:] = RNG.uniform(0, 0.02, (n, classes, anchors))
+    ref[:, 4, 0] = 0.9
+    return ref
+
+
+def test_class_boxes_weigh_boxes_by_confidence_and_classes_apart():
+    """One NMSE over pixels and probabilities ranks by the boxes alone (a 10-pixel move of a
+    box nothing detects outweighs the detection vanishing); the split one ranks the other way,
+    and a confident box's move costs more than a background box's."""
+    ref = _v8_reference()
+    background, vanished, moved = ref.copy(), ref.copy(), ref.copy()
+    background[:, :4, 5] += 10
+    vanished[:, 4, 0] = 0.01
+    moved[:, :4, 0] += 10
+    plain = prepared(NegNMSE(), [ref], None)([np.stack([background, vanished])])
+    assert plain[0].mean() < plain[1].mean()
+    split = prepared(NegNMSE(class_boxes=[0]), [ref], None)([np.stack([background, vanished, moved])])
+    assert split[1].mean() < split[0].mean() and split[2].mean() < 10 * split[0].mean()
+    np.testing.assert_array_equal(prepared(NegNMSE(class_boxes=[0]), [ref], None)([ref[None]]), 0.0)
+
+
+def test_class_boxes_either_layout_and_blocks_alike():
+    """Boxes on the longer axis: [N, anchors, 4 + classes] gives the same values, and blocks of
+    coalitions the same numbers as one at a time."""
+    ref = _v8_reference()
+    coalitions = np.stack([ref + RNG.standard_normal(ref.shape) for _ in range(4)])
+    values = prepared(NegNMSE(class_boxes=[0]), [ref], None)([coalitions])
+    flipped = prepared(NegNMSE(class_boxes=[0]), [ref.transpose(0, 2, 1)], None)(
+        [coalitions.transpose(0, 1, 3, 2)])
+    np.testing.assert_allclose(values, flipped, rtol=1e-12)
+    one = [prepared(NegNMSE(class_boxes=[0]), [ref], None)([c[None]])[0] for c in coalitions]
+    np.testing.assert_allclose(values, np.stack(one), rtol=1e-12)
+
+
+def test_default_value_reads_class_boxes_from_the_graph():
+    """The zoo's YOLOv8-style detector gets the split NMSE from both exporters; a model
+    without such an output the plain one."""
+    import onnxprune
+    from conftest import ROOT
+    from onnxprune.calib import Calibration
+    from onnxprune.scoring.run import _class_box_outputs, value_function
+    x = RNG.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    for file in ("yolov8_det.onnx", "yolov8_det_dynamo.onnx"):
+        am = onnxprune.analyze_model(str(ROOT / "models/zoo" / file))
+        vf = value_function(am, Calibration({"input": x}))
+        assert vf.name == "neg_nmse" and vf.class_boxes == {0}, file
+    am = onnxprune.analyze_model(str(ROOT / "models/zoo/bert_tiny.onnx"))  # [N, T, D] states
+    assert _class_box_outputs(am, [t.name for t in am.graph.outputs]) == []

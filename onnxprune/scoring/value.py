@@ -205,17 +205,28 @@ class NegNMSE:
     samples, so outputs of different magnitude weigh equally. A constant
     reference has no variance: the scale is then floored at 1e-6 · E[ref²], and
     is 1 (plain MSE) for an identically zero reference.
+
+    `class_boxes`: indices of outputs the graph reads as YOLOv8's decoded
+    [N, 4 + classes, boxes] (verify.graph_kinds). One scale over pixel coordinates and
+    probabilities would rank units by the boxes alone, and mostly by boxes nothing
+    detects. Such an output is two halves: its class probabilities (NMSE), and its box
+    coordinates with each box's squared error weighted by the reference's best class
+    probability for it (what survives the application's confidence threshold), scaled
+    by the so-weighted variance.
     """
 
     name = "neg_nmse"
     needs_labels = False
 
-    def __init__(self) -> None:
+    def __init__(self, class_boxes: Sequence[int] = ()) -> None:
         self._ref: list[np.ndarray] | None = None
+        self.class_boxes = frozenset(class_boxes)
 
     def prepare(self, reference_outputs: list[np.ndarray], labels: np.ndarray | None) -> None:
         self._ref = [_f64(r) for r in reference_outputs]
         self._scale = [self._scale_of(r) for r in self._ref]
+        self._boxes = {i: _BoxHalves(self._ref[i]) for i in self.class_boxes
+                       if i < len(self._ref) and _BoxHalves.fits(self._ref[i])}
 
     @staticmethod
     def _scale_of(ref: np.ndarray) -> float:
@@ -231,10 +242,42 @@ class NegNMSE:
 
     def _nmse(self, outputs: Outputs, b: slice) -> np.ndarray:
         total: np.ndarray | float = 0.0
-        for out, ref, scale in zip(outputs, self._ref, self._scale):
+        for i, (out, ref, scale) in enumerate(zip(outputs, self._ref, self._scale)):
+            if i in self._boxes:
+                total += self._boxes[i].nmse(_f64(out[b]))
+                continue
             diff = _f64(out[b]) - ref
             total += _mean_over_sample(diff * diff) / scale
         return total / len(self._ref)
+
+
+class _BoxHalves:
+    """NegNMSE of one YOLOv8-style output: boxes on the longer non-batch axis (as the gate
+    reads them), 4 coordinates then class probabilities on the other."""
+
+    @staticmethod
+    def fits(ref: np.ndarray) -> bool:
+        return ref.ndim == 3 and min(ref.shape[1:]) > 4
+
+    def __init__(self, ref: np.ndarray) -> None:
+        self.flip = ref.shape[1] < ref.shape[2]
+        rows = ref.transpose(0, 2, 1) if self.flip else ref            # [N, boxes, 4 + C]
+        self.box, self.cls = rows[..., :4], rows[..., 4:]
+        self.weight = np.maximum(self.cls.max(-1), 0.0) + 1e-12        # [N, boxes]
+        self.norm = self.weight.sum(-1)                                # [N]
+        self.cls_scale = NegNMSE._scale_of(self.cls)
+        w = np.broadcast_to(self.weight[..., None], self.box.shape)
+        mean = np.average(self.box, weights=w)
+        spread = float(np.average((self.box - mean) ** 2, weights=w))
+        self.box_scale = max(spread, 1e-6 * float(np.mean(self.box ** 2))) or 1.0
+
+    def nmse(self, out: np.ndarray) -> np.ndarray:
+        """[B, N, ...] -> [B, N]: the mean of the two halves' normalized errors."""
+        rows = out.transpose(0, 1, 3, 2) if self.flip else out
+        cls = _mean_over_sample((rows[..., 4:] - self.cls) ** 2) / self.cls_scale
+        err = ((rows[..., :4] - self.box) ** 2).mean(-1)                # [B, N, boxes]
+        box = (err * self.weight).sum(-1) / self.norm / self.box_scale
+        return (cls + box) / 2
 
 
 class Cosine:
@@ -404,14 +447,16 @@ def make_value_function(name: str) -> ValueFunction:
     return VALUE_FUNCTIONS[key]()
 
 
-def default_value_function(has_labels: bool, first_output_shape: Sequence[int | str | None]) -> ValueFunction:
+def default_value_function(has_labels: bool, first_output_shape: Sequence[int | str | None],
+                           class_boxes: Sequence[int] = ()) -> ValueFunction:
     """The value function used when the user names none. A provisional choice.
 
     ``first_output_shape`` is the model's first output shape *including* the batch
     axis. Class scores are recognised as rank 2 with a static last dim > 1. Then:
     with labels, negative cross-entropy (the task loss, as in Ancona et al.);
     without, negative KL to the original model. Anything else gets negative
-    normalized MSE over all outputs (labels cannot be used there). Which default
+    normalized MSE over all outputs (labels cannot be used there), YOLOv8-style outputs
+    (`class_boxes`, indices) read as boxes and classes. Which default
     ranks units best in the low-data regime has not been measured yet; this rule is
     the current best guess and may change when it is.
     """
@@ -420,4 +465,4 @@ def default_value_function(has_labels: bool, first_output_shape: Sequence[int | 
     class_scores = len(shape) == 2 and isinstance(last, int) and last > 1
     if class_scores:
         return NegCrossEntropy() if has_labels else NegKL()
-    return NegNMSE()
+    return NegNMSE(class_boxes)
