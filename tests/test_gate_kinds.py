@@ -365,20 +365,51 @@ def _v8_tail() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_yolov8_output_is_boxes_scored_by_best_class():
-    """Read from the graph (the shape rule calls [N, 10, 400] a sequence); scored by the best
-    class per anchor: moved box coordinates leave the top boxes, a shuffled class map not."""
-    model = _v8_tail()
-    x = rng.standard_normal((8, 4 + NC, ANCHORS)).astype(np.float32)
-    x[:, 4:, :12] += 6  # a dozen confident anchors
+def _v8_input(confident: int = 12) -> np.ndarray:
+    """Boxes of 8-32 pixels anywhere in 640 (x 8 by the tail), background class logits, a few
+    anchors confident in class 0."""
+    x = np.empty((8, 4 + NC, ANCHORS), np.float32)
+    x[:, :2] = rng.uniform(0, 80, (8, 2, ANCHORS))
+    x[:, 2:4] = rng.uniform(1, 4, (8, 2, ANCHORS))
+    x[:, 4:] = rng.standard_normal((8, NC, ANCHORS)) - 7  # none above 0.25 (logit -1.1)
+    x[:, 4, :confident] += 10
+    return x
+
+
+def test_yolov8_output_is_judged_by_its_detections():
+    """Read from the graph (the shape rule calls [N, 10, 400] a sequence) and judged by the
+    decoded detections against the original's: a jitter passes; boxes moved by their own size
+    or detections relabelled fail, where the top-k overlap of confident anchors (the figure
+    before) stays at 1."""
+    from onnxprune.deploy.verify import _box_scores, _topk_overlap
+    model, x = _v8_tail(), _v8_input()
     want = run_model(model, {"x": x})
     kinds = decide_kinds(["y"], want, model)
     assert kinds["y"] == ("class_boxes", "graph: Concat of 4 box coordinates and a Sigmoid's classes")
     assert compare_one("y", want[0], want[0]).kind == "sequence"  # shape alone
-    moved = x.copy()
-    moved[:, :4] += rng.standard_normal((8, 4, ANCHORS)) * 3
-    fid = compare(["y"], want, run_model(model, {"x": moved}), kinds)[0]
-    assert fid.agreement == 1.0 and fid.cosine < 0.99
+
+    def judged(changed: np.ndarray) -> tuple[float, float]:
+        got = run_model(model, {"x": changed})[0]
+        topk = _topk_overlap(_box_scores(want[0], "class_boxes"), _box_scores(got, "class_boxes"))
+        return compare(["y"], want, [got], kinds)[0].agreement, topk
+
+    jitter = x.copy()
+    jitter[:, :4] += rng.standard_normal((8, 4, ANCHORS)).astype(np.float32) * 0.02
+    assert judged(jitter)[0] == 1.0
+    moved, relabelled = x.copy(), x.copy()
+    moved[:, :2, :12] += 4
+    relabelled[:, 4:6, :12] = x[:, 5:3:-1, :12]  # classes 0 and 1 swapped, same scores
+    for changed in (moved, relabelled):
+        agreement, topk = judged(changed)
+        assert agreement < 0.2 and topk == 1.0
+
+
+def test_yolov8_with_nothing_detected_falls_back_to_top_k():
+    """No box above 0.25 in the original: the top-k figure of the confident anchors stands in."""
+    model, x = _v8_tail(), _v8_input(confident=0)
+    want = run_model(model, {"x": x})
+    kinds = decide_kinds(["y"], want, model)
+    assert compare(["y"], want, want, kinds)[0].agreement == 1.0
     shuffled = x.copy()
     shuffled[:, 4:] = x[:, 4:, rng.permutation(ANCHORS)]
     assert compare(["y"], want, run_model(model, {"x": shuffled}), kinds)[0].agreement < 0.3
