@@ -57,12 +57,24 @@ def plain_cnn() -> onnx.ModelProto:
     return _model(nodes, [_init("w1", 8, 3, 1, 1), _init("w2", C, 8, 1, 1)], [1, C * W])
 
 
-def flattens_the_batch() -> onnx.ModelProto:
-    """... -> Reshape [1, -1]: the output really depends on the batch being 1."""
-    shape = numpy_helper.from_array(np.array([1, -1], np.int64), "flat")
+def flattens_the_batch(target: tuple[int, ...] = (1, -1)) -> onnx.ModelProto:
+    """... -> Reshape to a literal target with the traced batch in it ([1, -1]; Ultralytics'
+    static YOLOv8 export: [1, 64, -1], [1, 4, 16, anchors])."""
+    shape = numpy_helper.from_array(np.array(target, np.int64), "flat")
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
              helper.make_node("Conv", ["r1", "w2"], ["c2"]), helper.make_node("Reshape", ["c2", "flat"], ["y"])]
-    return _model(nodes, [_init("w1", 8, 3, 1, 1), _init("w2", C, 8, 1, 1), shape], [1, C * W])
+    out = [1, C * W] if len(target) == 2 else [1, *target[1:]]
+    return _model(nodes, [_init("w1", 8, 3, 1, 1), _init("w2", C, 8, 1, 1), shape], out)
+
+
+def mixes_the_batch() -> onnx.ModelProto:
+    """... -> ReduceMean over axis 0 (keepdims) -> Flatten: the output really depends on the
+    batch being 1."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+             helper.make_node("ReduceMean", ["c2"], ["m"], axes=[0], keepdims=1),
+             helper.make_node("Flatten", ["m"], ["y"])]
+    return _model(nodes, [_init("w1", 8, 3, 1, 1), _init("w2", C, 8, 1, 1)], [1, C * W])
 
 
 def _samples(n: int = 12) -> dict[str, np.ndarray]:
@@ -99,8 +111,21 @@ def test_crnn_batch_is_folded_without_the_twin():
 
 
 def test_twin_is_refused_when_the_model_depends_on_batch_one():
-    twin, why = batch_twin(flattens_the_batch(), _samples(5))
+    twin, why = batch_twin(mixes_the_batch(), _samples(5))
     assert twin is None and "batch" in why
+
+
+@pytest.mark.parametrize("target", [(1, -1), (1, C, 1, W)])
+def test_twin_makes_literal_reshape_batches_follow_the_input(target):
+    """A literal target's leading 1 is made 0 when the plain twin is refused (at batch 3 a
+    [1, -1] target runs but mixes the samples, a [1, C, 1, W] one fails) and the batch-3 check
+    then holds; each sample's output is the model's own."""
+    model, x = flattens_the_batch(target), _samples(5)["x"]
+    twin, why = batch_twin(model, {"x": x})
+    assert twin is not None and "leading 1 made 0" in why, why
+    got = session(twin).run(None, {"x": x})[0]
+    assert np.max(np.abs(got - _single_runs(model, x)[:, 0])) <= 1e-4 * np.max(np.abs(got))
+    check_masked_equals_pruned(twin, batch=3)
 
 
 @pytest.mark.parametrize("build", [crnn, plain_cnn])
@@ -132,7 +157,7 @@ def test_prune_engine_is_per_sample_on_the_twin():
 
 
 def test_prune_falls_back_with_the_reason():
-    res = prune(flattens_the_batch(), _samples(16), ratio=0.5, seed=0)
+    res = prune(mixes_the_batch(), _samples(16), ratio=0.5, seed=0)
     assert not res.report["batch_twin"]["used"]
     assert any("refused" in w for w in res.report["warnings"])
     assert res.model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
@@ -141,7 +166,7 @@ def test_prune_falls_back_with_the_reason():
 def test_cli_says_why_the_twin_was_refused_in_one_line(tmp_path):
     from click.testing import CliRunner
     from onnxprune_cli.main import main
-    onnx.save(flattens_the_batch(), tmp_path / "m.onnx")
+    onnx.save(mixes_the_batch(), tmp_path / "m.onnx")
     np.savez(tmp_path / "c.npz", **_samples(16))
     res = CliRunner().invoke(main, [str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npz"),
                                     "--ratio", "0.5", "--metric", "l1", "-q"])
@@ -167,7 +192,7 @@ def test_cli_scores_reused_on_the_twin(tmp_path):
 def test_twin_from_one_sample_compares_distinct_copies():
     x = _samples(1)
     assert batch_twin(crnn(), x)[0] is not None
-    assert batch_twin(flattens_the_batch(), x)[0] is None
+    assert batch_twin(mixes_the_batch(), x)[0] is None
     same_three = {"x": np.repeat(x["x"][:1], 3, axis=0)}  # identical samples would hide mixing
     twin, why = batch_twin(plain_cnn(), same_three)
     assert twin is None and "distinct" in why
@@ -178,7 +203,7 @@ def test_dry_run_says_why_the_twin_was_refused(tmp_path):
     is in the plan's warnings, not only in the prune report."""
     from click.testing import CliRunner
     from onnxprune_cli.main import main
-    onnx.save(flattens_the_batch(), tmp_path / "m.onnx")
+    onnx.save(mixes_the_batch(), tmp_path / "m.onnx")
     np.savez(tmp_path / "c.npz", **_samples(16))
     res = CliRunner().invoke(main, [str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npz"),
                                     "--ratio", "0.5", "--dry-run", "--json"])

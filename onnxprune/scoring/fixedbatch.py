@@ -150,8 +150,25 @@ def batch_twin(model: onnx.ModelProto, samples: Mapping[str, np.ndarray]
     names = [i.name for i in model.graph.input if i.name not in inits]
     if any(n not in samples for n in names):
         return None, "calibration data lacks a model input"
+    feeds = {n: samples[n] for n in names}
+    twin, why = _twin(model, feeds, reshapes=False)
+    if twin is None and _literal_batch_reshapes(model):
+        again, _ = _twin(model, feeds, reshapes=True)
+        if again is not None:
+            return again, "batch-3 run equals three batch-1 runs, Reshape targets' leading 1 made 0"
+    return twin, why
+
+
+def _twin(model: onnx.ModelProto, samples: Mapping[str, np.ndarray], reshapes: bool
+          ) -> tuple[onnx.ModelProto | None, str]:
+    """batch_twin's candidate, with literal Reshape targets' leading 1 made 0 (copy the
+    input's batch) where `reshapes`: a static export writes the batch it was traced with
+    into them (Ultralytics' YOLOv8: [1, 64, -1], [1, 4, 16, anchors])."""
+    inits = {t.name for t in model.graph.initializer}
     twin = onnx.ModelProto()
     twin.CopyFrom(model)
+    if reshapes:
+        _literal_batch_reshapes(twin, rewrite=True)
     for i in twin.graph.input:
         if i.name not in inits:
             i.type.tensor_type.shape.dim[0].dim_param = BATCH_SYMBOL  # clears dim_value
@@ -164,8 +181,34 @@ def batch_twin(model: onnx.ModelProto, samples: Mapping[str, np.ndarray]
         twin = infer_shapes(twin)
     except OnnxPruneError as exc:
         return None, f"shape inference fails on it ({str(exc)[:120]})"
-    why = _twin_differs(model, twin, {n: samples[n] for n in names})
+    why = _twin_differs(model, twin, samples)
     return (None, why) if why else (twin, "batch-3 run equals three batch-1 runs")
+
+
+def _literal_batch_reshapes(model: onnx.ModelProto, rewrite: bool = False) -> int:
+    """Reshapes whose target is a constant (an initializer or a Constant node's tensor)
+    starting with 1, allowzero unset; with `rewrite`, each gets its own copy of the target
+    with that 1 made 0. Whether the 1 was the batch is not known here: the twin's batch-3
+    check decides."""
+    targets = {t.name: t for t in model.graph.initializer}
+    targets.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant"
+                    for a in n.attribute if a.name == "value"})
+    count = 0
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in targets or \
+                any(a.name == "allowzero" and a.i for a in node.attribute):
+            continue
+        value = onnx.numpy_helper.to_array(targets[node.input[1]]).reshape(-1)
+        if not value.size or int(value[0]) != 1:
+            continue
+        count += 1
+        if rewrite:
+            fixed = value.astype(np.int64).copy()
+            fixed[0] = 0
+            name = f"{node.output[0]}__twinbatch"
+            model.graph.initializer.append(onnx.numpy_helper.from_array(fixed, name))
+            node.input[1] = name
+    return count
 
 
 def _twin_differs(model: onnx.ModelProto, twin: onnx.ModelProto,
