@@ -149,7 +149,12 @@ def _uniform(scores, ratio, multiple, least) -> dict[int, np.ndarray]:
 
 
 def _uniform_to_cost(budget: Budget, scores, ratio, target, multiple, least) -> dict[int, np.ndarray]:
-    """The same per-group ratio everywhere, chosen by bisection to remove `ratio` of the cost."""
+    """The same per-group ratio everywhere, chosen by bisection to remove `ratio` of the cost.
+    With rounded widths no common ratio may come near it (a 32-channel conv at a block of 16
+    keeps 32 or 16): the ratio just short of the budget is then filled group by group with
+    each group's next allowed width, smallest step first, while that brings it nearer (`_fill`),
+    unless the ratio just past it is nearer still. On a small YOLOv8 at MACs 0.3 the bisection
+    alone removed 0.54."""
     lo, hi = 0.0, 0.999
     for _ in range(30):
         mid = (lo + hi) / 2
@@ -157,7 +162,18 @@ def _uniform_to_cost(budget: Budget, scores, ratio, target, multiple, least) -> 
             lo = mid
         else:
             hi = mid
-    return _uniform(scores, hi, multiple, least)
+    short, past = _uniform(scores, lo, multiple, least), _uniform(scores, hi, multiple, least)
+    orders = {g: _order(np.asarray(s, dtype=np.float64)) for g, s in scores.items()}
+    width = {g: len(k) for g, k in short.items()}
+
+    def to_keep(w: Mapping[int, int]) -> dict[int, np.ndarray]:
+        return {g: np.sort(orders[g][len(scores[g]) - w[g]:]) for g in scores}
+
+    nxt = [(budget.unit_cost(g, target) * (width[g] - steps[0]), g, 0, steps[0]) for g in scores
+           if (steps := _steps(width[g], multiple[g], least[g]))]
+    filled = to_keep(_fill(budget, sorted(nxt, key=lambda t: t[0]), width, to_keep, ratio, target))
+    gap = lambda k: abs(budget.removed(k, target) - ratio)  # noqa: E731
+    return filled if gap(filled) <= gap(past) else past
 
 
 def _steps(units: int, multiple: int, least: int) -> list[int]:
