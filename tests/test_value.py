@@ -352,5 +352,6 @@ def test_default_value_reads_class_boxes_from_the_graph():
         am = onnxprune.analyze_model(str(ROOT / "models/zoo" / file))
         vf = value_function(am, Calibration({"input": x}))
         assert vf.name == "neg_nmse" and vf.class_boxes == {0}, file
+        assert "boxes apart" in vf.label  # what the report's deploy entry calls it
     am = onnxprune.analyze_model(str(ROOT / "models/zoo/bert_tiny.onnx"))  # [N, T, D] states
     assert _class_box_outputs(am, [t.name for t in am.graph.outputs]) == []

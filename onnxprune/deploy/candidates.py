@@ -125,7 +125,8 @@ class Choice:
         if self.decision is not None:
             out["allocation_rule"] = self.decision.to_json()
         if guard is not None:
-            out.update({"value_function": guard.value_fn.name, "guard_samples": guard.note,
+            out.update({"value_function": getattr(guard.value_fn, "label", guard.value_fn.name),
+                        "guard_samples": guard.note,
                         "values": {k: _round(v) for k, v in self.values.items()}})
         if self.refit_layers:
             out["refit_layers"] = self.refit_layers

@@ -221,6 +221,8 @@ class NegNMSE:
     def __init__(self, class_boxes: Sequence[int] = ()) -> None:
         self._ref: list[np.ndarray] | None = None
         self.class_boxes = frozenset(class_boxes)
+        # what the report calls it (`name` stays the registry's key)
+        self.label = "neg_nmse (YOLOv8 classes and boxes apart)" if class_boxes else self.name
 
     def prepare(self, reference_outputs: list[np.ndarray], labels: np.ndarray | None) -> None:
         self._ref = [_f64(r) for r in reference_outputs]
