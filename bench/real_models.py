@@ -124,7 +124,8 @@ EXIT_FAILED_GATE = 3  # the pruned model was written but failed the quality gate
 
 
 def run_onnxprune(spec: Spec, ratio: float, metric: str, args: argparse.Namespace) -> dict:
-    tag = f"{spec.name}_{metric}_r{ratio}"
+    flags = re.sub(r"[^A-Za-z0-9]+", "_", args.extra_args).strip("_")[:40]
+    tag = f"{spec.name}_{metric}_r{ratio}" + (f"_{flags}" if flags else "")  # a run per flag set
     RUNS.mkdir(parents=True, exist_ok=True)
     out, rep = RUNS / f"{tag}.onnx", RUNS / f"{tag}.json"
     for p in (out, rep):
