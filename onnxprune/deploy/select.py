@@ -21,6 +21,7 @@ Lowest scores go first; ties go to the later unit.
 """
 from __future__ import annotations
 
+from functools import partial
 from math import ceil, gcd
 from typing import Mapping
 
@@ -163,17 +164,25 @@ def _uniform_to_cost(budget: Budget, scores, ratio, target, multiple, least) -> 
         else:
             hi = mid
     short, past = _uniform(scores, lo, multiple, least), _uniform(scores, hi, multiple, least)
-    orders = {g: _order(np.asarray(s, dtype=np.float64)) for g, s in scores.items()}
+    orders = _orders(scores)
     width = {g: len(k) for g, k in short.items()}
-
-    def to_keep(w: Mapping[int, int]) -> dict[int, np.ndarray]:
-        return {g: np.sort(orders[g][len(scores[g]) - w[g]:]) for g in scores}
+    to_keep = partial(_kept, orders)
 
     nxt = [(budget.unit_cost(g, target) * (width[g] - steps[0]), g, 0, steps[0]) for g in scores
            if (steps := _steps(width[g], multiple[g], least[g]))]
     filled = to_keep(_fill(budget, sorted(nxt, key=lambda t: t[0]), width, to_keep, ratio, target))
     gap = lambda k: abs(budget.removed(k, target) - ratio)  # noqa: E731
     return filled if gap(filled) <= gap(past) else past
+
+
+def _orders(scores) -> dict[int, np.ndarray]:
+    """Per group its units, lowest score first (the order removals take)."""
+    return {g: _order(np.asarray(s, dtype=np.float64)) for g, s in scores.items()}
+
+
+def _kept(orders: Mapping[int, np.ndarray], width: Mapping[int, int]) -> dict[int, np.ndarray]:
+    """The `width[g]` best-scored units of each group, sorted."""
+    return {g: np.sort(order[len(order) - width[g]:]) for g, order in orders.items()}
 
 
 def _steps(units: int, multiple: int, least: int) -> list[int]:
@@ -191,7 +200,7 @@ def _select_global(budget: Budget, scores, ratio, target, multiple, least) -> di
     order, lowest-scored units first) and take the prefix whose removed cost is nearest the
     budget: within one step of it, then filled with later steps while that brings it
     nearer (`_fill`)."""
-    orders = {g: _order(np.asarray(s, dtype=np.float64)) for g, s in scores.items()}
+    orders = _orders(scores)
     steps = []  # (score per cost, gid, step index, kept width after the step)
     for gid, s in scores.items():
         s, per_unit = np.asarray(s, dtype=np.float64), budget.unit_cost(gid, target)
@@ -208,8 +217,7 @@ def _select_global(budget: Budget, scores, ratio, target, multiple, least) -> di
             width[gid] = min(width[gid], w)
         return width
 
-    def to_keep(width: Mapping[int, int]) -> dict[int, np.ndarray]:
-        return {gid: np.sort(orders[gid][len(scores[gid]) - width[gid]:]) for gid in scores}
+    to_keep = partial(_kept, orders)
 
     def keep_after(n: int) -> dict[int, np.ndarray]:
         return to_keep(widths_after(n))

@@ -446,10 +446,15 @@ def _ctc(row: np.ndarray, blank: int) -> np.ndarray:
     return row[keep]
 
 
+def _boxes_last(out: np.ndarray) -> np.ndarray:
+    """[N, boxes, attributes]: the boxes are on the longer non-batch axis."""
+    return out if out.shape[1] >= out.shape[2] else out.transpose(0, 2, 1)
+
+
 def _box_scores(out: np.ndarray, kind: str = "detection") -> np.ndarray:
     """[N, boxes]: objectness x best class score (`detection`), or the best class score
     (`class_boxes`: no objectness), boxes on the longer non-batch axis."""
-    boxes = out if out.shape[1] >= out.shape[2] else out.transpose(0, 2, 1)
+    boxes = _boxes_last(out)
     if kind == "class_boxes":
         return boxes[..., 4:].max(-1)
     return boxes[..., 4] * boxes[..., 5:].max(-1)
@@ -469,8 +474,7 @@ def _detection_f1(w: np.ndarray, g: np.ndarray) -> float:
 
 def _detections(out: np.ndarray) -> Iterator[np.ndarray]:
     """Per sample [D, 6] = x1, y1, x2, y2, score, class, most confident first."""
-    rows = out if out.shape[1] >= out.shape[2] else out.transpose(0, 2, 1)
-    for r in rows:
+    for r in _boxes_last(out):
         score, cls = r[:, 4:].max(-1), r[:, 4:].argmax(-1)
         keep = score > DETECTED
         xy, wh = r[keep, :2], r[keep, 2:4] / 2
