@@ -19,7 +19,7 @@ the same file for both trees, and `seed=seed` to prune(); held out = the whole t
 shipped ONNX by one counter for both trees (peers.py's weight_params and onnx_macs).
 
 Real models (bench/real_models.py's specs, `--real`): the CLI of each tree through
-real_models.run_onnxprune (`--metric shapley --target T --seed 0`), the
+real_models.run_onnxprune (`--metric shapley --target T --seed S` per `--seeds`), the
 task metric on the spec's evaluation set (timeout `--max-minutes`, 20: the command
 caps its own scoring at 10 minutes, the rest comes on top); data read from `--data` (a prepared
 bench/.cache/data of another checkout: nothing is written there). Needs pillow (the
@@ -152,15 +152,15 @@ def real(args) -> None:
             ev = rm.load_eval(spec)
             ref = rm.predict(spec, rm.DATA / name / "model.onnx", ev)
             base = spec.score(ref, ref, ev)["task"]
-            for target in args.targets:
-                for ratio in args.ratios:
+            for target, ratio, seed in ((t, r, s) for t in args.targets for r in args.ratios
+                                        for s in args.seeds):
                     for which, tree in trees.items():
                         ns = argparse.Namespace(repo=str(tree), max_minutes=args.max_minutes,
-                                                extra_args=f"--target {target} --seed 0")
+                                                extra_args=f"--target {target} --seed {seed}")
                         row = rm.run_onnxprune(spec, ratio, "shapley", ns)
                         rm.evaluate(spec, row, ev, ref)
                         rep = row.get("report") or {}
-                        rec = {"set": "real", "name": name, "which": which, "seed": 0,
+                        rec = {"set": "real", "name": name, "which": which, "seed": seed,
                                "target": target, "ratio": ratio, "rc": row["rc"],
                                "error": row["error"], "wall": row["wall_s"], "base": base,
                                "task": (row.get("task") or {}).get("task"),
@@ -241,23 +241,40 @@ def table_real(records: dict) -> str:
     cells: dict[tuple, dict[str, dict]] = {}
     for r in records.values():
         if r["set"] == "real":
-            cells.setdefault((r["name"], r["target"], r["ratio"]), {})[r["which"]] = r
+            cells.setdefault((r["name"], r["target"], r["ratio"]), {}).setdefault(
+                r["which"], {})[r["seed"]] = r
     lines = ["| model | target | ratio | params removed old / new | MACs removed old / new "
              "| task metric orig | old | new | shipped old / new | wall s old / new |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     order = {m: i for i, m in enumerate(REAL)}
     for (name, target, ratio), by in sorted(cells.items(), key=lambda c: (order.get(c[0][0], 9),
                                                                            c[0][1], -c[0][2])):
-        o, w = by.get("old", {}), by.get("new", {})
+        # seeds both trees ran (one tree alone: its own seeds); several: mean, per-seed in brackets
+        seeds = sorted(set(by.get("old", {})) & set(by.get("new", {}))) or \
+            sorted(set(by.get("old", {})) | set(by.get("new", {})))
+        o, w = ([by.get(t, {}).get(s, {}) for s in seeds] for t in ("old", "new"))
 
-        def task(r: dict) -> str:
-            gate = " (failed gate)" if r.get("rc") == 3 else ""  # written, below --min-fidelity
-            return fmt(r.get("task")) + gate if r.get("rc") in (0, 3) else f"exit {r.get('rc')}"
-        lines.append(f"| {name} | {target} | {ratio} | {fmt(o.get('params_removed'))} / "
-                     f"{fmt(w.get('params_removed'))} | {fmt(o.get('macs_removed'))} / "
-                     f"{fmt(w.get('macs_removed'))} | {fmt((o or w).get('base'))} | {task(o)} | "
-                     f"{task(w)} | {o.get('shipped')} / {w.get('shipped')} | "
-                     f"{o.get('wall', '-')} / {w.get('wall', '-')} |")
+        def mean(rs: list[dict], k: str):
+            xs = [r.get(k) for r in rs if r.get(k) is not None]
+            return statistics.mean(xs) if xs else None
+
+        def task(rs: list[dict]) -> str:
+            if not any(rs):
+                return "-"
+            ok = [r for r in rs if r.get("rc") in (0, 3)]
+            if len(ok) < len(rs):
+                return "exit " + ", ".join(str(r.get("rc")) for r in rs)
+            failed = sum(r.get("rc") == 3 for r in rs)  # written, below --min-fidelity
+            per = " (" + ", ".join(fmt(r["task"]) for r in rs) + ")" if len(rs) > 1 else ""
+            return fmt(mean(rs, "task")) + per + (f", gate failed {failed}/{len(rs)}" if failed else "")
+
+        def shipped(rs: list[dict]) -> str:
+            return ",".join(sorted({str(r.get("shipped")) for r in rs if r}))
+        lines.append(f"| {name} | {target} | {ratio} | {fmt(mean(o, 'params_removed'))} / "
+                     f"{fmt(mean(w, 'params_removed'))} | {fmt(mean(o, 'macs_removed'))} / "
+                     f"{fmt(mean(w, 'macs_removed'))} | {fmt(mean(o + w, 'base'))} | {task(o)} | "
+                     f"{task(w)} | {shipped(o)} / {shipped(w)} | "
+                     f"{fmt(mean(o, 'wall'), 0)} / {fmt(mean(w, 'wall'), 0)} |")
     return "\n".join(lines)
 
 
