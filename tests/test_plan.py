@@ -137,6 +137,26 @@ def test_fit_time_scales_samples_only_when_the_minimum_does_not_fit():
     assert hopeless.scoring_samples == 4 and "over the budget even so" in hopeless.warnings[0]
 
 
+@pytest.mark.parametrize("metric", ["loo", "taylor"])
+def test_fixed_count_metrics_keep_to_the_time_budget_on_fewer_samples(metric):
+    from onnxprune.scoring.plan import GroupPlan, Sampling, ScorePlan, fit_time
+
+    def plan():
+        groups = [GroupPlan(g, 100, metric, 101, 101, 0.01, 0.5, 1, True) for g in (0, 1)]
+        return ScorePlan(metric, groups, sampling=Sampling(samples=64), samples=64)
+    roomy = plan()
+    fit_time(roomy, 10.0)  # 2 x 0.5 s setup + 2 x 101 x 0.01 s = 3.02 s: fits
+    assert roomy.scoring_samples is None and not roomy.warnings
+    tight = plan()
+    fit_time(tight, 2.02)  # half the samples (32.3, floored): 1 + 1.01 s
+    assert [g.evaluations for g in tight.groups] == [101, 101]  # the count is the metric's
+    assert tight.scoring_samples == 32 and tight.scoring_s == pytest.approx(2.01)
+    assert f"n + 1 evaluations per group {metric} needs" in tight.warnings[0]
+    # through the whole run: the engine scores on the plan's samples
+    scores, short = _score(metric=metric, time_budget_s=1e-3)
+    assert short.scoring_samples == 4 < short.samples and set(scores) == set(_score(metric=metric)[0])
+
+
 def test_engine_on_fewer_samples_equals_an_engine_built_on_them():
     import numpy as np
     from onnxprune.calib import Calibration

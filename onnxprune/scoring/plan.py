@@ -320,9 +320,14 @@ def fit_time(plan: ScorePlan, seconds: float) -> None:
     evaluations stay at that minimum and the calibration samples each one runs are scaled
     down instead (`plan.scoring_samples`; an evaluation's suffix run is about linear in
     them), to no fewer than _MIN_SAMPLES; `plan.warnings` says so, and says when even that
-    does not fit. loo and taylor have a fixed count: nothing to scale."""
+    does not fit. loo and taylor have a fixed count (n + 1 per group): only their samples
+    scale, so that they keep to the same time cap as Shapley."""
     plan.scoring_budget_s = seconds
-    if plan.metric in _ENGINE_METRICS_FIXED or not plan.groups:
+    if not plan.groups:
+        return
+    if plan.metric in _ENGINE_METRICS_FIXED:
+        if plan.scoring_s > seconds * 1.001:
+            _fewer_samples(plan, seconds)
         return
     cap = plan.sampling.budget
     fixed = [g for g in plan.groups if g.estimator == "exact" and g.units <= 8]
@@ -359,12 +364,14 @@ def _fewer_samples(plan: ScorePlan, seconds: float) -> None:
         others = [g.setup_s for g in plan.groups[1:]]
         if others:  # the first group's setup, paid while planning, is paid again on fewer samples
             plan.groups[0].setup_s = float(np.median(others))
+    need = (f"the n + 1 evaluations per group {plan.metric} needs"
+            if plan.metric in _ENGINE_METRICS_FIXED else "the minimum the estimators need")
     what = (f"scoring on {fewer} of the {n} calibration samples" if fewer < n else
             f"scoring on all {n} calibration samples")
     fits = plan.scoring_s <= seconds * 1.001
     plan.warnings.append(
-        f"the time budget ({seconds:.1f} s for scoring) cannot cover the minimum the estimators "
-        f"need ({plan.evaluations} evaluations, ~{minimum_s:.1f} s on all samples): {what}, "
+        f"the time budget ({seconds:.1f} s for scoring) cannot cover {need} ("
+        f"{plan.evaluations} evaluations, ~{minimum_s:.1f} s on all samples): {what}, "
         + (f"~{plan.scoring_s:.1f} s" if fits else
            f"~{plan.scoring_s:.1f} s: over the budget even so"))
 
