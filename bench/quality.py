@@ -142,7 +142,7 @@ def real(args) -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     import real_models as rm
     rm.DATA, rm.PKGS = Path(args.data), Path(args.data).parent / "pkgs"
-    rm.RUNS = Path(tempfile.mkdtemp(prefix="quality-real-"))
+    runs = Path(tempfile.mkdtemp(prefix="quality-real-"))
     records = load()
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         trees = {"old": tree_of(args.before, tmp), "new": ROOT}
@@ -157,6 +157,7 @@ def real(args) -> None:
                     for which, tree in trees.items():
                         ns = argparse.Namespace(repo=str(tree), max_minutes=args.max_minutes,
                                                 extra_args=f"--target {target} --seed {seed}")
+                        rm.RUNS = runs / which  # each tree's pruned model kept apart
                         row = rm.run_onnxprune(spec, ratio, "shapley", ns)
                         rm.evaluate(spec, row, ev, ref)
                         rep = row.get("report") or {}
@@ -164,6 +165,7 @@ def real(args) -> None:
                                "target": target, "ratio": ratio, "rc": row["rc"],
                                "error": row["error"], "wall": row["wall_s"], "base": base,
                                "task": (row.get("task") or {}).get("task"),
+                               "agree": (row.get("task") or {}).get("agree"),  # with the original's output
                                "params_removed": None if rep.get("params") is None else 1 - rep["params"],
                                "macs_removed": None if rep.get("macs") is None else 1 - rep["macs"],
                                "shipped": rep.get("shipped")}
@@ -244,8 +246,9 @@ def table_real(records: dict) -> str:
             cells.setdefault((r["name"], r["target"], r["ratio"]), {}).setdefault(
                 r["which"], {})[r["seed"]] = r
     lines = ["| model | target | ratio | params removed old / new | MACs removed old / new "
-             "| task metric orig | old | new | shipped old / new | wall s old / new |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| task metric orig | old | new | agree with the original old / new "
+             "| shipped old / new | wall s old / new |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {m: i for i, m in enumerate(REAL)}
     for (name, target, ratio), by in sorted(cells.items(), key=lambda c: (order.get(c[0][0], 9),
                                                                            c[0][1], -c[0][2])):
@@ -273,7 +276,8 @@ def table_real(records: dict) -> str:
         lines.append(f"| {name} | {target} | {ratio} | {fmt(mean(o, 'params_removed'))} / "
                      f"{fmt(mean(w, 'params_removed'))} | {fmt(mean(o, 'macs_removed'))} / "
                      f"{fmt(mean(w, 'macs_removed'))} | {fmt(mean(o + w, 'base'))} | {task(o)} | "
-                     f"{task(w)} | {shipped(o)} / {shipped(w)} | "
+                     f"{task(w)} | {fmt(mean(o, 'agree'))} / {fmt(mean(w, 'agree'))} | "
+                     f"{shipped(o)} / {shipped(w)} | "
                      f"{fmt(mean(o, 'wall'), 0)} / {fmt(mean(w, 'wall'), 0)} |")
     return "\n".join(lines)
 
