@@ -76,11 +76,26 @@ def test_score_map_overlap():
 
 
 def test_regression_cosine_and_relative_error():
-    want = rng.standard_normal((3, 1)).astype(np.float32)
-    f = compare_one("r", want, want * 1.1)
-    assert f.kind == "regression" and f.agreement == pytest.approx(1.0)
+    want = rng.standard_normal((3, 2)).astype(np.float32)
+    f = compare_one("r", want, want * 1.1, "regression")
+    assert f.kind == "regression" and f.agreement == pytest.approx(1.0) and f.measure == "cosine"
     assert f.relative_error == pytest.approx(0.1, rel=1e-5)
-    assert compare_one("r", want, -want).agreement == 0.0  # clipped at 0
+    assert compare_one("r", want, -want, "regression").agreement == 0.0  # clipped at 0
+
+
+@pytest.mark.parametrize("shape", [(64,), (64, 1)])
+def test_one_value_per_sample_is_judged_by_error_over_spread_not_its_sign(shape):
+    """Silero VAD's [N, 1] speech probability: a per-sample cosine of one number is its sign
+    and passed a prune whose decisions agreed on 0.785 of the windows."""
+    want = rng.uniform(0.05, 0.95, shape).astype(np.float32)
+    shuffled = rng.permutation(want.reshape(-1)).reshape(shape)  # same values, unrelated to the inputs
+    bad = compare_one("p", want, shuffled)
+    assert bad.cosine == pytest.approx(1.0)  # what the gate read before
+    assert bad.kind == "regression" and bad.measure == "1 - error / spread over samples"
+    assert bad.agreement < 0.3 and verdict([bad], 0.8)["verdict"] == "failed"
+    close = want + rng.normal(0, 0.01, shape).astype(np.float32)
+    assert compare_one("p", want, close).agreement > 0.9
+    assert compare_one("p", want[:1], want[:1] * 1.05).agreement == pytest.approx(0.95, abs=1e-6)
 
 
 def test_integer_exact_agreement_and_no_cosine():

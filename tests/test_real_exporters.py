@@ -404,3 +404,55 @@ def test_idiom_prune(tmp_path, name):
         assert_pruned(result, out)
     else:
         assert not out.exists()
+
+
+def test_constant_if_with_two_outputs_is_inlined_whole():
+    """Silero VAD (the `silero-vad` wheel's silero_vad_half.onnx / _16k_op15.onnx): the
+    decoder's LSTM sits in an If whose condition folds to a constant and which returns two
+    tensors. graphsurgeon's flattening of it kept only the first output, so normalize gave a
+    graph that ONNX Runtime refused ("Node input '/decoder/If_1_output_1' is not a graph
+    input, initializer, or output of a previous node"): a traceback from the engine. Here:
+    conv0 -> If(constant) whose branch Splits conv0's 8 channels into two outputs, each read
+    by a conv; the outputs must all survive normalize, and the analysis must see the Split."""
+    from exactness import check_masked_equals_pruned
+    from onnx import TensorProto, helper
+    from onnxprune.compiler.graph import to_proto
+    from onnxprune.compiler.normalize import normalize
+    from onnxprune.compiler.graph import ModelIdentity
+
+    rng = np.random.default_rng(0)
+
+    def init(name, shape):
+        return helper.make_tensor(name, TensorProto.FLOAT, shape,
+                                  (rng.standard_normal(shape) * 0.3).astype(np.float32).ravel())
+
+    def branch(name, sizes):
+        split = helper.make_tensor(f"{name}_sizes", TensorProto.INT64, [2], sizes)
+        return helper.make_graph(
+            [helper.make_node("Split", ["c0", f"{name}_sizes"], [f"{name}_a", f"{name}_b"],
+                              name=f"{name}_split", axis=1)], name, [],
+            [helper.make_tensor_value_info(f"{name}_{k}", TensorProto.FLOAT, None) for k in "ab"],
+            [split])
+
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", kernel_shape=[1, 1]),
+             helper.make_node("Equal", ["k", "k"], ["cond"], name="cond"),  # folds to True
+             helper.make_node("If", ["cond"], ["a", "b"], name="the_if",
+                              then_branch=branch("then", [3, 5]), else_branch=branch("else", [4, 4])),
+             helper.make_node("Conv", ["a", "w1"], ["y1"], name="conv1", kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["b", "w2"], ["y2"], name="conv2", kernel_shape=[1, 1])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["N", 2, 4, 4]) for y in ("y1", "y2")],
+        [init("w0", [8, 3, 1, 1]), init("w1", [2, 3, 1, 1]), init("w2", [2, 5, 1, 1]),
+         helper.make_tensor("k", TensorProto.INT64, [], [16000])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    flat = to_proto(normalize(model), ModelIdentity.of(model))
+    assert not any(n.op_type == "If" for n in flat.graph.node)
+    got = ort.InferenceSession(flat.SerializeToString()).run(None, {"x": x})
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    analysis = check_masked_equals_pruned(model)
+    assert [g.units for g in analysis.prunable] == [8]

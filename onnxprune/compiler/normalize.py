@@ -11,6 +11,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
@@ -86,7 +87,11 @@ def _normalize(model: onnx.ModelProto) -> gs.Graph:
         # corrupt tensors (data size vs dims), unknown element types, undecodable strings,
         # a cycle
         raise OnnxPruneError(f"cannot read the model's graph: {str(exc).splitlines()[0][:200]}") from None
-    graph.fold_constants(error_ok=True)
+    graph.fold_constants(error_ok=True, flatten_subgraphs=False)
+    for _ in range(8):  # an inlined branch can make a nested If's condition constant
+        if not flatten_constant_ifs(graph):
+            break
+        graph.fold_constants(error_ok=True, flatten_subgraphs=False)
     fold_reshape_targets(graph)
     fold_slice_bounds(graph)
     fold_shape_expands(graph)
@@ -105,6 +110,52 @@ def _normalize(model: onnx.ModelProto) -> gs.Graph:
     # shapes came from it is kept on the graph (`probed_shapes`).
     graph.probed_shapes = probe_unknown_shapes(graph)
     return graph
+
+
+def flatten_constant_ifs(graph: gs.Graph) -> bool:
+    """Inline the branch that an If with a constant condition takes, in `graph` and in its
+    subgraphs; return whether any was. graphsurgeon's own flattening (`fold_constants`'
+    `flatten_subgraphs`, 0.5-0.6) keeps only about half of an If's outputs when it has several
+    (it clears them while zipping over them), and leaves a graph ONNX Runtime refuses (Silero
+    VAD's LSTM branch: "Node input '/decoder/If_1_output_1' is not a graph input ..."). Each
+    If output here takes over the branch output's producer, or gets an Identity where the
+    branch output is no node's own (an outer tensor, a constant, a tensor returned twice or
+    also read inside the branch). Tensors the branch makes get graphsurgeon's suffix."""
+    changed = False
+    index = 0
+    while index < len(graph.nodes):  # the inlined nodes are looked at in turn
+        node = graph.nodes[index]
+        cond = node.inputs[0] if node.op == "If" and node.inputs else None
+        if not isinstance(cond, gs.Constant) or np.asarray(cond.values).size != 1:
+            index += 1
+            continue
+        branch = node.attrs["then_branch" if bool(np.asarray(cond.values).reshape(-1)[0])
+                            else "else_branch"]
+        inner = {id(n) for sub in [branch, *branch.subgraphs(recursive=True)] for n in sub.nodes}
+        made = [t for n in branch.nodes for t in n.outputs]
+        made += [t for t in branch.tensors().values() if isinstance(t, gs.Constant)
+                 and t.outputs and all(id(c) in inner for c in t.outputs)]
+        for t in {id(t): t for t in made}.values():
+            t.name += f"_subg_{index}_{branch.name}"
+        outs, inlined = list(node.outputs), list(branch.nodes)
+        node.outputs.clear()
+        node.inputs.clear()
+        for i, (out, sub_out) in enumerate(zip(outs, branch.outputs)):
+            producer = sub_out.inputs[0] if len(sub_out.inputs) == 1 else None
+            if (producer is not None and id(producer) in inner and not sub_out.outputs
+                    and sum(o is sub_out for o in branch.outputs) == 1):
+                producer.outputs[[o is sub_out for o in producer.outputs].index(True)] = out
+            else:
+                inlined.append(gs.Node("Identity", name=f"{node.name}/output_{i}",
+                                       inputs=[sub_out], outputs=[out]))
+        graph.nodes[index:index + 1] = inlined
+        changed = True
+    for node in graph.nodes:  # the branches that stay (and Loop/Scan bodies)
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, gs.Graph):
+                    changed |= flatten_constant_ifs(sub)
+    return changed
 
 
 def _working_copy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list]:

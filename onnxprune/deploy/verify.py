@@ -14,7 +14,7 @@ and one agreement figure in [0, 1] measured the way that kind is used:
 | `score_map` | float [N, 1, H, W] | overlap of the top-k entries |
 | `probability_map` | a Sigmoid's [N, C, H, W], or its H x W map flattened to [N, H*W, C] | Dice of the entries above 0.5 |
 | `features` | float [N, C] or [N, T, C] computed by a normalization, a residual Add or Tanh/Gelu (hidden states, embeddings) | 1 - error / spread per sample |
-| `regression` | any other float output (a dense head's flattened box map among them) | mean cosine per sample (clipped at 0) |
+| `regression` | any other float output (a dense head's flattened box map among them) | mean cosine per sample (clipped at 0); one value per sample: 1 - error / spread over the samples |
 
 The op that computes an output (`graph_kinds`, walking back through shape-only ops) tells
 hidden states from class scores, which share a shape: LayerNormalization (one op, or the
@@ -42,6 +42,13 @@ the refit prune at ratio 0.4 scores 0.988 (relative error 0.011; the shape rule'
 whole-sequence top-1 gives it 0.67), a random prune at 0.9 without refit 0.59 (cosine 0.93)
 and a sign-flipped first layer 0.37 (cosine 0.84): both fail, where a cosine gate at 0.8
 would pass them.
+
+One value per sample ([N], [N, 1]: a voice-activity probability, a score, a regressor's
+estimate): a cosine of one number is its sign, which passes any prune that keeps the sign
+(Silero VAD's speech probability: cosine 1.000 for a prune whose speech decisions agreed with
+the original's on 0.785 of the windows). There the figure is max(0, 1 - ||pruned - original||
+/ ||original - its mean||) over the held-out samples (uncentred with one sample or no spread):
+the features' rule with the samples as the rows.
 
 Probability maps: an entry is positive above 0.5, and the figure is the Dice coefficient of the
 two models' positives pooled over the samples (2 |both| / (|original's| + |pruned's|)), where a
@@ -83,6 +90,7 @@ MEASURES: dict[str, str] = {"integer": "exact agreement", "class_scores": "top-1
                             "score_map": "top-k entry overlap",
                             "probability_map": "agreement above 0.5",
                             "features": "1 - error / spread", "regression": "cosine"}
+SCALAR_MEASURE = "1 - error / spread over samples"  # a regression output of one value per sample
 TOPK_SHARE, TOPK_MAX = 0.01, 100
 PROBABLE = 0.5  # a probability map's positives: entries above it
 DETECTED, NMS_IOU, MATCH_IOU = 0.25, 0.7, 0.5  # YOLOv8 decoding (Ultralytics' defaults), matching
@@ -341,7 +349,7 @@ def compare_one(name: str, want: np.ndarray, got: np.ndarray, kind: str | None =
     kind = output_kind(want) if kind is None else kind
     if (why := kind_misfit(kind, want.shape)) is not None:
         raise OnnxPruneError(f"{OVERRIDE} {name}={kind}: {why}")
-    measure = MEASURES[kind]
+    measure = SCALAR_MEASURE if _one_value(kind, want) else MEASURES[kind]
     if want.shape != got.shape:
         return OutputFidelity(name, False, None, None, None, kind, 0.0, measure, kind_from=kind_from,
                               note=f"shape {list(got.shape)} != original {list(want.shape)}")
@@ -369,7 +377,7 @@ def _agreement(kind: str, w64: np.ndarray, g64: np.ndarray, cos: float, top1: fl
     if top1 is not None:
         return top1
     if kind == "regression":
-        return max(0.0, cos)
+        return _scalar_agreement(w64, g64) if _one_value(kind, w64) else max(0.0, cos)
     if kind == "features":
         return _feature_agreement(w64, g64)
     if kind == "probability_map" and (w64 > PROBABLE).any():
@@ -381,6 +389,23 @@ def _agreement(kind: str, w64: np.ndarray, g64: np.ndarray, cos: float, top1: fl
     if kind in ("detection", "class_boxes"):
         return _topk_overlap(_box_scores(w64, kind), _box_scores(g64, kind))
     return _topk_overlap(w64, g64)
+
+
+def _one_value(kind: str, w: np.ndarray) -> bool:
+    """A regression output with one value per sample, where a per-sample cosine is a sign."""
+    return kind == "regression" and w.ndim >= 1 and len(w) > 0 and w.size == len(w)
+
+
+def _scalar_agreement(w: np.ndarray, g: np.ndarray) -> float:
+    """max(0, 1 - ||g - w|| / ||w - mean(w)||) over the samples; uncentred where the original
+    does not vary (one sample, a constant output)."""
+    w, g = w.reshape(-1), g.reshape(-1)
+    err, spread = np.linalg.norm(g - w), np.linalg.norm(w - w.mean())
+    if len(w) < 2 or spread == 0:
+        spread = np.linalg.norm(w)
+    if spread == 0:
+        return 1.0 if err == 0 else 0.0
+    return float(max(0.0, 1 - err / spread))
 
 
 def _feature_agreement(w: np.ndarray, g: np.ndarray) -> float:
