@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     rm.DATA = Path(args.data)
     spec = rm.SPECS[args.model]
-    model, calib = rm.DATA / args.model / "model.onnx", rm.DATA / args.model / "calib.npz"
+    model = rm.DATA / args.model / "model.onnx"
     ev = rm.load_eval(spec)
     ref = rm.predict(spec, model, ev)
     rep = json.loads((rm.RUNS / f"{args.model}_{args.metric}_r{args.ratio}_target_{args.target}.json").read_text())
@@ -42,21 +40,16 @@ def main() -> None:
     scores = out / "scores.json"
     scores.write_text(json.dumps({"metric": args.metric, "groups": [
         {"group": g["id"], "scores": g["scores"]} for g in rep["groups"] if g.get("scores")]}))
-    env = dict(os.environ, PYTHONPATH=f"{HERE.parent}{os.pathsep}{HERE.parent / 'cli'}")
+    rm.RUNS = out  # real_models' run and task metric, its own pruned models kept apart
     for variant in args.variants.split(","):
-        pruned = out / f"{variant}.onnx"
-        cmd = [sys.executable, "-m", "onnxprune_cli", str(model), "--calib", str(calib), "--ratio",
-               str(args.ratio), "--target", args.target, "--scores", str(scores), "-o", str(pruned),
-               "--report", str(pruned.with_suffix(".json")), "-q"] + (["--uniform"] if variant == "uniform" else [])
-        rc = subprocess.run(cmd, cwd=HERE.parent, env=env, capture_output=True, text=True).returncode
-        if not pruned.exists():
-            print(f"{variant}: exit {rc}, nothing written")
-            continue
-        r = json.loads(pruned.with_suffix(".json").read_text())
-        task = spec.score(rm.predict(spec, pruned, ev), ref, ev)
-        print(f"{variant}: exit {rc}, task {task.get('task'):.3f}, agree {task.get('agree'):.3f}, "
-              f"removed {r.get('removed')}, shipped {(r.get('deploy') or {}).get('chosen')}", flush=True)
-
+        flags = f"--target {args.target} --scores {scores}" + (" --uniform" if variant == "uniform" else "")
+        ns = argparse.Namespace(repo=str(HERE.parent), max_minutes=20.0, extra_args=flags)
+        row = rm.run_onnxprune(spec, args.ratio, args.metric, ns)
+        rm.evaluate(spec, row, ev, ref)
+        task, r = row.get("task") or {}, row.get("report") or {}
+        print(f"{variant}: exit {row['rc']} {row['error']}, task {task.get('task')}, agree "
+              f"{task.get('agree')}, params / MACs kept {r.get('params')} / {r.get('macs')}, "
+              f"shipped {r.get('shipped')}", flush=True)
 
 if __name__ == "__main__":
     main()
