@@ -1,7 +1,8 @@
 """Same scores, other allocation: is a real model's loss the ranking or the allocation?
 
     python bench/same_scores.py MODEL METRIC [--ratio 0.3] [--target params] [--variants global,uniform]
-        [--data DIR]
+        [--data DIR] [--report RUN.json]
+        [--extra-args='--round-to 1']
 
 Reads the report bench/real_models.py saved for the run (bench/.cache/runs/
 MODEL_METRIC_rR_target_T.json), turns its per-group scores into a `--scores` file, and runs
@@ -29,13 +30,16 @@ def main() -> None:
     ap.add_argument("--target", default="params")
     ap.add_argument("--variants", default="global,uniform")
     ap.add_argument("--data", default=str(rm.DATA))
+    ap.add_argument("--extra-args", default="", help="appended to each command (write --extra-args='--flag ...')")
+    ap.add_argument("--report", default=None, help="the run's report (default: the run's name above)")
     args = ap.parse_args()
     rm.DATA = Path(args.data)
     spec = rm.SPECS[args.model]
     model = rm.DATA / args.model / "model.onnx"
     ev = rm.load_eval(spec)
     ref = rm.predict(spec, model, ev)
-    rep = json.loads((rm.RUNS / f"{args.model}_{args.metric}_r{args.ratio}_target_{args.target}.json").read_text())
+    report = args.report or rm.RUNS / f"{args.model}_{args.metric}_r{args.ratio}_target_{args.target}.json"
+    rep = json.loads(Path(report).read_text())
     out = Path(tempfile.mkdtemp(prefix="same-scores-"))
     scores = out / "scores.json"
     scores.write_text(json.dumps({"metric": args.metric, "groups": [
@@ -43,6 +47,7 @@ def main() -> None:
     rm.RUNS = out  # real_models' run and task metric, its own pruned models kept apart
     for variant in args.variants.split(","):
         flags = f"--target {args.target} --scores {scores}" + (" --uniform" if variant == "uniform" else "")
+        flags += f" {args.extra_args}" if args.extra_args else ""
         ns = argparse.Namespace(repo=str(HERE.parent), max_minutes=20.0, extra_args=flags)
         row = rm.run_onnxprune(spec, args.ratio, args.metric, ns)
         rm.evaluate(spec, row, ev, ref)
