@@ -153,7 +153,8 @@ def _uniform_to_cost(budget: Budget, scores, ratio, target, multiple, least) -> 
     """The same per-group ratio everywhere, chosen by bisection to remove `ratio` of the cost.
     With rounded widths no common ratio may come near it (a 32-channel conv at a block of 16
     keeps 32 or 16): the ratio just short of the budget is then filled group by group with
-    each group's next allowed width, smallest step first, while that brings it nearer (`_fill`),
+    each group's next allowed width, the step leaving the group's removed fraction lowest
+    first, while that brings it nearer (`_fill`),
     unless the ratio just past it is nearer still. On a small YOLOv8 at MACs 0.3 the bisection
     alone removed 0.54."""
     lo, hi = 0.0, 0.999
@@ -168,9 +169,13 @@ def _uniform_to_cost(budget: Budget, scores, ratio, target, multiple, least) -> 
     width = {g: len(k) for g, k in short.items()}
     to_keep = partial(_kept, orders)
 
-    nxt = [(budget.unit_cost(g, target) * (width[g] - steps[0]), g, 0, steps[0]) for g in scores
-           if (steps := _steps(width[g], multiple[g], least[g]))]
-    filled = to_keep(_fill(budget, sorted(nxt, key=lambda t: t[0]), width, to_keep, ratio, target))
+    # the steps that leave a group's removed fraction lowest go first (the cheapest first
+    # halved a 32-channel early conv of PP-OCRv4's recognizer: 0.855 of its lines against
+    # 0.915 unrounded, bench/same_scores.py); then the smaller cost
+    nxt = [(1 - steps[0] / len(scores[g]), budget.unit_cost(g, target) * (width[g] - steps[0]),
+            g, 0, steps[0]) for g in scores if (steps := _steps(width[g], multiple[g], least[g]))]
+    nxt = [(cost, g, i, w) for _, cost, g, i, w in sorted(nxt, key=lambda t: t[:2])]
+    filled = to_keep(_fill(budget, nxt, width, to_keep, ratio, target))
     gap = lambda k: abs(budget.removed(k, target) - ratio)  # noqa: E731
     return filled if gap(filled) <= gap(past) else past
 
