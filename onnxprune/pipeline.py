@@ -217,7 +217,9 @@ def _prune_round(am: AnalyzedModel, opts: PruneOptions, step: int, run: Run,
         took["scoring"] = time.perf_counter() - t0 - sum(took.values())
         rounds.evaluations += (plan.spent_evaluations or 0) if plan is not None else 0
     t1 = time.perf_counter()
-    keeps = _allocations(am, opts, {g: s.values for g, s in scores.items()}, guard is not None)
+    curves = {g: s.extra["curve"] for g, s in scores.items() if "curve" in s.extra}
+    keeps = _allocations(am, opts, {g: s.values for g, s in scores.items()}, guard is not None,
+                         curves)
     keep = next(iter(keeps.values()))
     emit(progress, "rewrite", 0, 1)
     if all(all(len(k[g]) == am.analysis.group(g).units for g in k) for k in keeps.values()):
@@ -337,12 +339,14 @@ def _same_cut(opts: PruneOptions) -> bool:
 
 
 def _allocations(am: AnalyzedModel, opts: PruneOptions, scores: Mapping[int, np.ndarray],
-                 guarded: bool) -> dict[str, dict[int, np.ndarray]]:
-    """The kept units of the global allocation and, as the guard's fallback, of the uniform
-    one at the same budget (or only the uniform one with `uniform`)."""
+                 guarded: bool, curves: Mapping[int, list] | None = None,
+                 ) -> dict[str, dict[int, np.ndarray]]:
+    """The kept units of the global allocation (trading groups off by their measured loss
+    `curves` where scoring measured them) and, as the guard's fallback, of the uniform one
+    at the same budget (or only the uniform one with `uniform`)."""
     normalize = not METRICS[opts.score.metric].objective_units
     kw = dict(round_to=opts.round_multiple(), target=opts.target, min_keep=opts.step_min_keep(),
-              normalize=normalize)
+              normalize=normalize, curves=curves)
 
     def allocate(uniform: bool) -> dict[int, np.ndarray]:
         return select(am.analysis, scores, opts.step_ratio(), uniform=uniform, **kw)

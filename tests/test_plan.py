@@ -12,6 +12,7 @@ from onnxprune.api import analyze_model, as_calibration, plan_prune, score_plann
 from onnxprune.scoring.estimators import truncation_depth
 from onnxprune.scoring.estimators.truncated import planned_chains
 from onnxprune.scoring.plan import min_evaluations
+from onnxprune.scoring.shapley import curve_points
 from onnxprune_cli.main import main
 from onnxprune_cli.progress import eta_seconds
 
@@ -33,9 +34,9 @@ def test_plan_numbers_add_up():
         n, want = g["units"], 10 * g["units"]
         if g["estimator"] == "exact":
             want = 2 ** n
-        elif g["estimator"] == "truncated":  # stops at its marginal count, within the budget
-            d = truncation_depth(n, share)
-            want = min(want, 2 + d * planned_chains(n, scoring, d))
+        elif g["estimator"] == "truncated":  # stops at its marginal count, within the budget,
+            d = truncation_depth(n, share)  # and the loss curve a global allocation reads
+            want = min(want, 2 + d * planned_chains(n, scoring, d)) + len(curve_points(n)) + 1
         assert g["evaluations"] == want
         assert g["seconds_per_evaluation"] > 0 and g["minimum"] <= g["evaluations"]
 

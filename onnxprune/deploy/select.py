@@ -79,6 +79,38 @@ def lamp(scores: np.ndarray) -> np.ndarray:
     return out
 
 
+def curve_scores(scores: np.ndarray, curve) -> np.ndarray:
+    """A group's scores for the global ranking from its measured loss curve ([[k, value
+    lost with the k lowest-scored units removed], ...] from k = 0, scoring/shapley.py): each
+    unit gets the slope of the curve's lower convex hull where the removal order reaches it
+    (past the last point, the last slope), so that the scores of any prefix of the order sum
+    to the measured loss at the hull's points; the order itself is the scores'. The curve
+    is made non-decreasing first (a loss that falls as more units go is noise or the
+    compensation's luck, not a gain to plan on)."""
+    s = np.asarray(scores, dtype=np.float64)
+    n = len(s)
+    ks = np.array([k for k, _ in curve], dtype=np.float64)
+    lost = np.maximum.accumulate(np.array([v for _, v in curve], dtype=np.float64))
+    hull = [0]  # lower convex hull (Andrew's monotone chain), from the first point
+    for i in range(1, len(ks)):
+        while len(hull) > 1 and _cross(ks, lost, hull[-2], hull[-1], i) <= 0:
+            hull.pop()
+        hull.append(i)
+    slope, rate = np.zeros(n), 0.0
+    for a, b in zip(hull, hull[1:]):
+        rate = (lost[b] - lost[a]) / (ks[b] - ks[a])
+        slope[int(ks[a]):int(ks[b])] = rate
+    slope[int(ks[hull[-1]]):] = rate  # past the last point: the last slope
+    order = _order(s)
+    out = np.empty(n)
+    out[order] = slope + 1e-12 * (1 + np.abs(slope).max()) * np.arange(n)  # keeps the order
+    return out
+
+
+def _cross(x: np.ndarray, y: np.ndarray, o: int, a: int, b: int) -> float:
+    return (x[a] - x[o]) * (y[b] - y[o]) - (y[a] - y[o]) * (x[b] - x[o])
+
+
 def _order(scores: np.ndarray) -> np.ndarray:
     """Ascending score; later index first on ties."""
     return np.lexsort((-np.arange(len(scores)), scores))
@@ -123,9 +155,12 @@ class Budget:
 
 def select(analysis: Analysis, scores: Mapping[int, np.ndarray], ratio: float, *,
            round_to: int = 1, target: str = DEFAULT_TARGET, uniform: bool = False,
-           min_keep: float = DEFAULT_MIN_KEEP, normalize: bool = False) -> dict[int, np.ndarray]:
+           min_keep: float = DEFAULT_MIN_KEEP, normalize: bool = False,
+           curves: Mapping[int, list] | None = None) -> dict[int, np.ndarray]:
     """Kept unit indices (sorted) per scored group. `normalize`: the scores are heuristic
-    (not in the objective's units): LAMP-normalize each group before a global ranking."""
+    (not in the objective's units): LAMP-normalize each group before a global ranking.
+    `curves`: per group its measured loss curve along the scores' order (scoring/shapley.py);
+    when every group has one, the global ranking trades groups off by them (`curve_scores`)."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}")
     multiple = {gid: width_multiple(analysis.group(gid), round_to) for gid in scores}
@@ -135,7 +170,12 @@ def select(analysis: Analysis, scores: Mapping[int, np.ndarray], ratio: float, *
     elif uniform:
         keep = _uniform_to_cost(Budget(analysis, scores), scores, ratio, target, multiple, least)
     else:
-        ranked = {g: lamp(s) for g, s in scores.items()} if normalize else scores
+        if normalize:
+            ranked = {g: lamp(s) for g, s in scores.items()}
+        elif curves and all(g in curves for g in scores):
+            ranked = {g: curve_scores(s, curves[g]) for g, s in scores.items()}
+        else:
+            ranked = scores
         keep = _select_global(Budget(analysis, scores), ranked, ratio, target, multiple, least)
     return repair_empty(analysis, keep, scores)
 

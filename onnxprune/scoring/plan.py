@@ -96,12 +96,13 @@ class Sampling:
     per_sample: bool = False  # the engine takes a coalition per sample
     removal: float | None = None  # the share of units the run removes (truncated depth)
     samples: int = 0  # calibration samples per evaluation
+    curve: bool = False  # each group's loss curve is measured too (a global allocation)
 
     def budgeted(self, metric: str, n: int, budget: int | None = None) -> tuple[str, int, int]:
         """(estimator, planned evaluations, minimum) of a group of `n` units (`budget`
         instead of the run's)."""
         return _budgeted(metric, n, budget if budget is not None else self.budget, self.estimator,
-                         self.per_sample, self.removal, self.samples)
+                         self.per_sample, self.removal, self.samples, self.curve)
 
 
 @dataclass
@@ -220,10 +221,11 @@ def min_evaluations(estimator: str, n: int, removal: float | None = None) -> int
 
 def _budgeted(metric: str, n: int, budget: int | None, estimator: str,
               per_sample: bool, removal: float | None = None,
-              n_samples: int = 0) -> tuple[str, int, int]:
+              n_samples: int = 0, curve: bool = False) -> tuple[str, int, int]:
     """(estimator, planned evaluations, minimum) of one group, as shapley_group decides
-    (`removal`: the share of units the run removes, None when not known)."""
-    from .shapley import pick_estimator
+    (`removal`: the share of units the run removes, None when not known; `curve`: the
+    group's loss curve is measured too, its points counted in both)."""
+    from .shapley import curve_points, pick_estimator
     if metric in _ENGINE_METRICS_FIXED:
         return metric, n + 1, n + 1
     budget = budget or default_budget(n)
@@ -233,19 +235,20 @@ def _budgeted(metric: str, n: int, budget: int | None, estimator: str,
     if CAPABILITIES[name].needs_depth and n_samples:  # stops at its marginal count
         d = truncation_depth(n, removal)
         budget = min(int(budget), 2 + d * planned_chains(n, n_samples, d))
-    return name, int(budget), min_evaluations(name, n, removal)
+    points = len(curve_points(n)) + 1 if curve and CAPABILITIES[name].needs_depth and n > 1 else 0
+    return name, int(budget) + points, min_evaluations(name, n, removal) + points
 
 
 def plan_scoring(engine: Any, analysis: Analysis, gids: Sequence[int], *, metric: str,
                  estimator: str = "auto", budget: int | None = None, aggregate: str = "mean",
                  forward: Forward | None = None, probe: bool = True,
-                 removal: float | None = None) -> ScorePlan:
+                 removal: float | None = None, curve: bool = False) -> ScorePlan:
     """The scoring plan of `gids` (scored in this order); measures the engine unless there
     is none (metrics without forward passes) or `probe` is off. The first group's setup is
     paid here (its data stays live for scoring), so its plan counts none."""
     per_sample = bool(getattr(engine, "per_sample_masks", False)) and aggregate == "mean"
     n_samples = int(getattr(engine, "n", 0) or 0)
-    sampling = Sampling(estimator, budget, per_sample, removal, n_samples)
+    sampling = Sampling(estimator, budget, per_sample, removal, n_samples, curve)
     if engine is None or not gids:
         return ScorePlan(metric, [], forward, sampling=sampling, samples=n_samples)
     macs = {g: suffix_macs(analysis, g) for g in gids}
