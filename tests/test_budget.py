@@ -374,3 +374,57 @@ def test_uniform_fill_takes_the_wide_groups_steps_before_halving_a_narrow_one():
         assert all(len(k) % 16 == 0 for k in keep.values())
         removed = Budget(am.analysis, scores).removed(keep, "params")
         assert abs(removed - ratio) <= step_cost(am, scores, "params", 16) / 2 + 1e-9, (ratio, removed)
+
+
+def test_curve_scores_follow_the_measured_loss_and_keep_the_order():
+    """Prefix sums along the scores' order meet the measured loss at the convex hull's points;
+    the order is the scores'; a loss that falls as more units go counts as flat."""
+    from onnxprune.deploy.select import _order, curve_scores
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal(20)
+    curve = [[0, 0.0], [1, 0.01], [2, 0.005], [4, 0.05], [6, 0.06], [10, 0.4], [16, 0.9]]
+    c = curve_scores(s, curve)
+    order = _order(s)
+    assert np.array_equal(_order(c), order)
+    steps = c[order]
+    assert np.all(np.diff(steps) > 0)  # convex: marginal costs never fall along the order
+    prefix = np.r_[0.0, np.cumsum(steps)]
+    # the lower convex hull of (0, 0), (1, .01), (2, .01: the fall to .005 counts as flat),
+    # (4, .05), (6, .06), (10, .4), (16, .9) runs through k = 0, 2, 6 and 16
+    for k, lost in ([0, 0.0], [2, 0.01], [6, 0.06], [16, 0.9]):
+        assert prefix[k] == pytest.approx(lost, abs=1e-9)
+    assert prefix[4] == pytest.approx(0.035, abs=1e-9) and prefix[10] == pytest.approx(0.396, abs=1e-9)
+    assert steps[-1] == pytest.approx((0.9 - 0.06) / 10)  # past the last point: the last slope
+
+
+def test_global_allocation_trades_groups_off_by_their_measured_curves():
+    """Scores that say a group's weakest units are free (negative, as the truncated game's
+    deep marginals can be) while removing them costs the most: the curves move the cut to
+    the group whose measured loss is lowest."""
+    am = analyze_model(mlp((32, 32)))
+    a, b = [g.id for g in am.analysis.prunable][:2]
+    scores = {a: np.linspace(-1.0, 1.0, 32), b: np.linspace(0.5, 2.0, 32)}
+    costly = [[0, 0.0], [4, 2.0], [8, 4.0], [16, 8.0]]
+    cheap = [[0, 0.0], [4, 0.01], [8, 0.02], [16, 0.04]]
+    plain = select(am.analysis, scores, 0.25, target="units", min_keep=1)
+    curved = select(am.analysis, scores, 0.25, target="units", min_keep=1,
+                    curves={a: costly, b: cheap})
+    assert len(plain[a]) < 32 and len(plain[b]) == 32  # by the scores: group a goes
+    assert len(curved[a]) == 32 and len(curved[b]) < 32  # by the measured loss: group b
+    uniform = select(am.analysis, scores, 0.25, target="units", uniform=True, min_keep=1,
+                     curves={a: costly, b: cheap})
+    assert len(uniform[a]) == len(uniform[b])  # the uniform allocation does not read them
+
+
+def test_default_prune_measures_each_groups_loss_curve():
+    """A budget's global allocation: every scored group's report carries its loss curve
+    (from k = 0, one point per cut size); `--uniform --target units` measures none."""
+    from onnxprune.scoring.shapley import curve_points
+    calib = {"x": np.random.default_rng(0).standard_normal((32, 3, 8, 8)).astype(np.float32)}
+    res = onnxprune.prune(cnn((8, 16)), calib, ratio=0.4, latency=False)
+    scored = [g for g in res.report["groups"] if g.get("scores")]
+    assert scored and all(g["curve"][0] == [0, 0.0] for g in scored)
+    for g in scored:
+        assert [k for k, _ in g["curve"][1:]] == curve_points(g["units"])
+    same = onnxprune.prune(cnn((8, 16)), calib, ratio=0.4, latency=False, uniform=True, target="units")
+    assert not any("curve" in g for g in same.report["groups"])

@@ -34,7 +34,7 @@ PRUNE_CACHE_HELP = (
 RATIO_MEANING = ("The fraction R of the model's prunable cost to remove (by default the "
                  "multiply-accumulates per sample of the Conv/Gemm/MatMul layers whose channels "
                  "can be removed), "
-                 "placed where the unit scores say it costs least.")
+                 "placed where scoring says it costs least.")
 
 
 class DefaultToPrune(click.Group):
