@@ -343,11 +343,11 @@ def default_scores(m: Model, scoring, seed: int, means, budget: float) -> tuple[
     """Shapley scores as prune() computes them for a params or MACs budget: the default
     estimator (auto: the truncated game where the cut is known) with the depth of that
     budget's expected width cut, 1-(1-R)^0.5 of each group's units (pipeline._unit_share, the same
-    for both targets)."""
+    for both targets), with each group's loss curve as prune() measures it for a budget."""
     t0 = time.perf_counter()
     out = score_model(m.am, scoring, metric="shapley", seed=seed, means=means,
                       removal=1 - (1 - budget) ** 0.5)
-    return {g: np.asarray(s.values, dtype=np.float64) for g, s in out.items()}, time.perf_counter() - t0
+    return out, time.perf_counter() - t0  # GroupScores: prune() reads their loss curves
 
 
 # ----------------------------------------------------------------------------- tables

@@ -126,13 +126,15 @@ def score_model(am: AnalyzedModel, calib: Calibration | None, options: ScoreOpti
 
 def prune(model: str | os.PathLike | onnx.ModelProto | AnalyzedModel,
           calib: str | os.PathLike | Mapping[str, np.ndarray] | Calibration | None = None,
-          options: PruneOptions | None = None, *, scores: Mapping[int, np.ndarray] | None = None,
+          options: PruneOptions | None = None, *,
+          scores: Mapping[int, np.ndarray | GroupScores] | None = None,
           progress: ProgressFn | None = None, **keywords: Any) -> PruneResult:
     """Score, select, rewrite, verify. Keywords (ratio=, metric=, target=, ...: the fields of
     PruneOptions and ScoreOptions) amend `options`. `ratio` is the fraction of units removed
     per group (or of the model's parameters/MACs with `target`). Compensation and `refit` are
     guarded: each is kept only if it beats plain removal on held-out samples (deploy.py).
-    `scores` reuses per-group unit scores instead of scoring. Before scoring, the plan
+    `scores` reuses per-group unit scores instead of scoring (arrays, or `score_model`'s
+    GroupScores, whose loss curves the global allocation then reads). Before scoring, the plan
     (scoring/plan.py) is emitted as a `plan` progress event; the report's `plan` holds it with
     what each stage actually took."""
     opts, am, data, run = _prepare(model, calib, options, scores, keywords)
@@ -215,7 +217,7 @@ def _shipped(am: AnalyzedModel, model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _prepare(model: Any, calib: Any, options: PruneOptions | None,
-             scores: Mapping[int, np.ndarray] | None, keywords: Mapping[str, Any]):
+             scores: Mapping[int, np.ndarray | GroupScores] | None, keywords: Mapping[str, Any]):
     """Options, analysed model, calibration, checks, the split and one timed forward pass."""
     opts = (options or PruneOptions()).updated(**keywords).validate()
     if scores is not None and opts.steps > 1:

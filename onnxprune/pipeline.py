@@ -361,9 +361,12 @@ def _reused(am: AnalyzedModel, scores: Mapping[int, Any], gids: list[int]) -> di
     for gid in gids:
         if gid not in scores:
             continue
-        values = np.asarray(scores[gid], dtype=np.float64)
+        given = scores[gid]  # an array, or score_model's GroupScores (its loss curve kept)
+        values = np.asarray(given.values if isinstance(given, GroupScores) else given,
+                            dtype=np.float64)
         if values.shape != (am.analysis.group(gid).units,):
             raise OnnxPruneError(f"--scores: group {gid} has {values.size} scores but "
                                  f"{am.analysis.group(gid).units} units; rescore this model")
-        out[gid] = GroupScores(gid, values, method="reused")
+        curve = given.extra.get("curve") if isinstance(given, GroupScores) else None
+        out[gid] = GroupScores(gid, values, method="reused", extra={"curve": curve} if curve else {})
     return out

@@ -428,3 +428,20 @@ def test_default_prune_measures_each_groups_loss_curve():
         assert [k for k, _ in g["curve"][1:]] == curve_points(g["units"])
     same = onnxprune.prune(cnn((8, 16)), calib, ratio=0.4, latency=False, uniform=True, target="units")
     assert not any("curve" in g for g in same.report["groups"])
+
+
+def test_reused_group_scores_keep_their_loss_curves():
+    """score_model's GroupScores passed to prune(scores=...) keep their curves (the global
+    allocation reads them); plain arrays have none."""
+    from onnxprune.api import score_model
+    rng = np.random.default_rng(1)
+    calib = {"x": rng.standard_normal((32, 3, 8, 8)).astype(np.float32)}
+    am = analyze_model(cnn((8, 16)))
+    scored = score_model(am, as_calibration(calib, am.proto), ratio=None, removal=0.3)
+    assert all("curve" in s.extra for s in scored.values())
+    res = onnxprune.prune(am, calib, ratio=0.4, latency=False, scores=scored)
+    curves = {g["id"]: g.get("curve") for g in res.report["groups"] if g.get("scores")}
+    assert curves == {g: s.extra["curve"] for g, s in scored.items()}
+    plain = onnxprune.prune(am, calib, ratio=0.4, latency=False,
+                            scores={g: s.values for g, s in scored.items()})
+    assert not any(g.get("curve") for g in plain.report["groups"])

@@ -288,13 +288,23 @@ def read_scores(path: str, model: str) -> tuple[dict[int, list[float]], str | No
     """(scores per group, the metric that made them)."""
     try:
         doc = json.loads(Path(path).read_text())
-        scores = {int(g["group"]): g["scores"] for g in doc["groups"]}
+        scores = {int(g["group"]): _reusable(g) for g in doc["groups"]}
         metric = doc.get("metric")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise OnnxPruneError(f"--scores {path}: not a scores file from 'onnxprune score' ({exc})") from None
     if doc.get("model_sha256") not in (None, _sha256(Path(model))):
         raise OnnxPruneError(f"--scores {path} was computed for a different model")
     return scores, metric if isinstance(metric, str) else None
+
+
+def _reusable(group: dict) -> Any:
+    """A group's scores as prune() reuses them: with its loss curve where the file has one."""
+    if not group.get("curve"):
+        return group["scores"]
+    import numpy as np
+    from onnxprune.scoring.shapley import GroupScores
+    return GroupScores(int(group["group"]), np.asarray(group["scores"], dtype=np.float64),
+                       extra={"curve": group["curve"]})
 
 
 def _sha256(path: Path) -> str:

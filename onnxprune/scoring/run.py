@@ -134,7 +134,7 @@ def _plan(ctx: ScoreContext, am: AnalyzedModel, gids: list[int], opts: ScoreOpti
     plan = plan_scoring(ctx.engine, am.analysis, gids, metric=opts.metric,
                         estimator=opts.estimator, budget=opts.budget, aggregate=opts.aggregate,
                         forward=round_.forward, removal=cut.share,
-                        curve=cut.share is not None and not cut.at_cut)
+                        curve=cut.share is not None and cut.steering is None)  # as _shapley
     plan.measured_s = {**round_.spent, "engine": t1 - t0, "plan": time.perf_counter() - t1}
     plan.stages, plan.steps, plan.time_budget_s = dict(round_.stages), round_.left, opts.time_budget_s
     if round_.allowance is not None and (seconds := round_.allowance(plan)) is not None:
