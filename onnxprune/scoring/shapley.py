@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..deploy.select import _order
 from ..errors import OnnxPruneError
 from .estimators import (
     CAPABILITIES,
@@ -109,7 +110,7 @@ def loss_curve(fn, values: np.ndarray) -> list[list[float]]:
     removed (the order select.py removes them in), one evaluation per point."""
     n = len(values)
     ks = curve_points(n)
-    order = np.lexsort((-np.arange(n), values))  # select._order: ascending, later first on ties
+    order = _order(values)  # the order selection removes them in
     masks = np.ones((len(ks) + 1, n), dtype=bool)
     for row, k in enumerate(ks, 1):
         masks[row, order[:k]] = False
